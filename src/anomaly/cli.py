@@ -1,0 +1,62 @@
+"""Command line: ``anomaly <stage>`` runs one pipeline stage; user errors print one line.
+
+Exit codes: 0 success, 2 a user error (message names the file or key),
+130 interrupted. Anything else is a bug and shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .errors import AnomalyError
+
+
+def run_stage(name: str, params_path: str | Path = "params.yaml") -> None:
+    from .params import load_params
+    from .pipeline import STAGES
+
+    params = load_params(params_path)
+    STAGES[name](params)
+
+
+def _examples(params_path: str, out: str) -> None:
+    from .data.manifest import read_manifest
+    from .params import load_params
+    from .paths import manifest
+    from .plots import dataset_examples_figure
+
+    params = load_params(params_path)
+    dataset_examples_figure(read_manifest(manifest(params.dataset.name)), Path(out))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .pipeline import STAGES
+
+    parser = argparse.ArgumentParser(prog="anomaly", description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in STAGES:
+        sub.add_parser(name, help=f"run the {name} stage")
+    examples = sub.add_parser("examples", help="draw example rolls of the dataset (README figure)")
+    examples.add_argument("--out", default="docs/dataset_examples.png")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "examples":
+            _examples(args.params, args.out)
+        else:
+            run_stage(args.command, args.params)
+    except AnomalyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; no partial output was kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The manifest: one row per source image, the table every dataset family ends in.
+
+Columns: ``image_path, mask_path, label, defect_type, group, source_split``.
+Paths are relative to the manifest's folder, or absolute when the data lives
+where the user keeps it (a local ``dataset.source``). ``mask_path`` may list
+several masks separated by ``;`` (AITEX splits some defects over files); they
+are merged. Everything after ``download`` reads only this table, which is why
+the later stages do not care which dataset they run on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError
+from ..io import read_csv, read_image, read_mask, write_csv
+
+COLUMNS = ["image_path", "mask_path", "label", "defect_type", "group", "source_split"]
+MANIFEST_NAME = "manifest.csv"
+
+
+def write_manifest(frame: pd.DataFrame, path: str | Path) -> None:
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"manifest frame lacks {missing}")
+    frame = frame[COLUMNS].copy()
+    frame["image_id"] = np.arange(len(frame))
+    write_csv(path, frame[["image_id", *COLUMNS]])
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    frame = read_csv(path, required=["image_id", *COLUMNS])
+    frame["mask_path"] = frame["mask_path"].fillna("").astype(str)
+    frame["source_split"] = frame["source_split"].fillna("").astype(str)
+    frame["group"] = frame["group"].astype(str)
+    frame["defect_type"] = frame["defect_type"].astype(str)
+    bad = ~frame["label"].isin([0, 1])
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(f"{path}: row {row + 2} has label {frame['label'].iloc[row]!r}, not 0 or 1")
+    frame.attrs["root"] = str(Path(path).parent)
+    return frame
+
+
+def resolve(frame: pd.DataFrame, relative: str) -> Path:
+    path = Path(relative)
+    return path if path.is_absolute() else Path(frame.attrs.get("root", ".")) / path
+
+
+def load_image_and_mask(frame: pd.DataFrame, row: pd.Series, mode: str = "L"
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """The image (HxW or HxWxC uint8) and its boolean mask (all False for good images)."""
+    image = read_image(resolve(frame, row["image_path"]), mode=mode)
+    shape = image.shape[:2]
+    mask = np.zeros(shape, dtype=bool)
+    if row["mask_path"]:
+        for part in str(row["mask_path"]).split(";"):
+            mask |= read_mask(resolve(frame, part), expected_shape=shape)
+    return image, mask

@@ -1,0 +1,65 @@
+"""Batches of tiles from the memory-mapped patch store.
+
+Not a torch DataLoader: tiles are small and already decoded, so slicing the
+memmap with sorted indices is faster than per-item workers, and a seeded
+NumPy generator makes the batch order identical on every run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from ..io import read_json
+
+
+class PatchStore:
+    """Read-only view of ``data/patches/``."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.meta = read_json(self.root / "meta.json")
+        for name in ("patches.npy", "masks.npy"):
+            if not (self.root / name).is_file():
+                raise DataError(f"{self.root / name}: missing; rerun the patchify stage")
+        self.tiles = np.load(self.root / "patches.npy", mmap_mode="r")
+        self.masks = np.load(self.root / "masks.npy", mmap_mode="r")
+
+    @property
+    def channels(self) -> int:
+        return int(self.meta["channels"])
+
+    @property
+    def tile_size(self) -> int:
+        return int(self.meta["tile_size"])
+
+    def batches(self, ids: np.ndarray, batch_size: int, shuffle: bool = False,
+                rng: np.random.Generator | None = None) -> Iterator[torch.Tensor]:
+        """Float tensors (B, C, S, S) in [0, 1]."""
+        ids = np.asarray(ids, dtype=np.int64)
+        order = rng.permutation(len(ids)) if shuffle and rng is not None else np.arange(len(ids))
+        for start in range(0, len(ids), batch_size):
+            chunk = ids[order[start : start + batch_size]]
+            sort = np.argsort(chunk, kind="stable")
+            data = np.empty((len(chunk), *self.tiles.shape[1:]), dtype=np.uint8)
+            data[sort] = self.tiles[chunk[sort]]
+            yield torch.from_numpy(data).float().div_(255.0)
+
+
+class BatchSource:
+    """A re-iterable of batches: each pass reshuffles with the same generator."""
+
+    def __init__(self, store: PatchStore, ids: np.ndarray, batch_size: int, shuffle: bool,
+                 seed: int) -> None:
+        self.store, self.ids, self.batch_size, self.shuffle = store, ids, batch_size, shuffle
+        self.rng = np.random.default_rng([seed, 11])
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return self.store.batches(self.ids, self.batch_size, self.shuffle, self.rng)
+
+    def __len__(self) -> int:
+        return (len(self.ids) + self.batch_size - 1) // self.batch_size

@@ -1,0 +1,154 @@
+"""Atomic writes and safe image reading.
+
+DVC caches whatever a stage leaves at its output paths, so every artefact is
+written to a temporary sibling first and renamed into place: an interrupted
+stage leaves either the old file or none, never a truncated one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DataError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary directory that replaces ``path`` as a whole on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / "x")
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__} to JSON")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (run the stage that writes it first)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+
+
+def write_csv(path: str | Path, frame: Any) -> None:
+    """Write a pandas DataFrame atomically, without its index."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def read_csv(path: str | Path, required: list[str] | None = None) -> Any:
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (run the stage that writes it first)")
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({exc})") from exc
+    missing = [c for c in (required or []) if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
+    return frame
+
+
+def save_png(path: str | Path, array: np.ndarray) -> None:
+    """Save a uint8 HxW or HxWxC array as PNG, atomically."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+
+
+def read_image(path: str | Path, mode: str = "L") -> np.ndarray:
+    """Read an image fully into a uint8 array, turning any decoding failure into a DataError.
+
+    ``mode`` is a Pillow mode: "L" for grayscale, "RGB" for colour. The image is
+    decoded completely (not lazily) so that a truncated file fails here, at the
+    line that names it, instead of deep inside a training loop.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: image not found")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            converted = img.convert(mode)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: corrupt or unreadable image ({exc})") from exc
+    return np.asarray(converted, dtype=np.uint8)
+
+
+def read_mask(path: str | Path, expected_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a defect mask as a boolean array; any non-zero pixel is defect."""
+    mask = read_image(path, mode="L") > 127
+    if expected_shape is not None and mask.shape != tuple(expected_shape):
+        h, w = expected_shape
+        raise DataError(
+            f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {w}x{h}"
+        )
+    return mask
+
+
+def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()

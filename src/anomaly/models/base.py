@@ -1,0 +1,103 @@
+"""The interface every model implements, and the shared reconstruction-model logic.
+
+Why one interface: the score, threshold and evaluate stages never ask which
+model they hold. A model learns from good data only (``fit``), and maps a
+batch to per-sample scores and per-pixel anomaly maps (``score``), higher
+meaning more anomalous.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from ..scoring import error_components, pixel_maps, reduce_maps
+
+
+@dataclass
+class TrainOverrides:
+    """Per-model overrides of the global ``train`` block (null = use ``train.*``)."""
+
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    weight_decay: float | None = None
+
+
+class AnomalyModel(nn.Module):
+    """Base class: subclasses set ``config_cls`` and implement the hooks below."""
+
+    name: ClassVar[str] = "base"
+    config_cls: ClassVar[type] = TrainOverrides
+    trainable: ClassVar[bool] = True
+
+    def __init__(self, config: Any, in_channels: int, image_size: int) -> None:
+        super().__init__()
+        self.config = config
+        self.in_channels = in_channels
+        self.image_size = image_size
+
+    def training_loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss terms for one batch of good samples; key ``loss`` is minimised."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def calibrate(self, batches: Any) -> None:
+        """Fit score normalisation on held-out good data after training (optional)."""
+
+    def score(self, x: torch.Tensor, cfg: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-sample anomaly scores (B,) and per-pixel maps (B, H, W) or None."""
+        raise NotImplementedError
+
+
+class ReconstructionModel(AnomalyModel):
+    """A model that scores by how badly it reconstructs its input.
+
+    ``error_scale`` holds the mean squared error and mean SSIM error of good
+    validation pixels, so ``score.map: mse_ssim`` can add the two on a common
+    scale; it is a buffer, so checkpoints carry it.
+    """
+
+    loss_kind: Literal["mse", "ssim", "mse_ssim"] = "mse"
+
+    def __init__(self, config: Any, in_channels: int, image_size: int) -> None:
+        super().__init__(config, in_channels, image_size)
+        self.register_buffer("error_scale", torch.ones(2))
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def reconstruction_loss(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        kind = getattr(self.config, "loss", "mse")
+        mse, ssim_err = error_components(x, recon, window=7, need_ssim=kind != "mse")
+        if kind == "mse":
+            return mse.mean()
+        if kind == "ssim":
+            return ssim_err.mean()
+        return mse.mean() + ssim_err.mean()
+
+    def training_loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        recon = self.reconstruct(x)
+        loss = self.reconstruction_loss(x, recon)
+        return {"loss": loss}
+
+    @torch.no_grad()
+    def calibrate(self, batches: Any) -> None:
+        totals = torch.zeros(2, dtype=torch.float64)
+        count = 0
+        for x in batches:
+            x = x.to(self.error_scale.device)
+            mse, ssim_err = error_components(x, self.reconstruct(x), window=7, need_ssim=True)
+            totals += torch.stack([mse.double().sum(), ssim_err.double().sum()]).cpu()
+            count += mse.numel()
+        if count:
+            self.error_scale.copy_((totals / count).clamp_min(1e-8).to(self.error_scale))
+
+    @torch.no_grad()
+    def score(self, x: torch.Tensor, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        recon = self.reconstruct(x)
+        maps = pixel_maps(x, recon, cfg, self.error_scale)
+        return reduce_maps(maps, cfg.patch_reduce, cfg.patch_top_fraction), maps

@@ -1,0 +1,59 @@
+"""Convolutional building blocks shared by the CNN autoencoders."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def _refine(width: int, blocks: int) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    for _ in range(blocks):
+        layers += [nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                   nn.LeakyReLU(0.2, inplace=True)]
+    return layers
+
+
+def conv_encoder(in_channels: int, base: int, depth: int, blocks: int = 1
+                 ) -> tuple[nn.Sequential, int]:
+    """``depth`` stride-2 stages doubling the width (capped at 8x base), each followed by
+    ``blocks`` 3x3 convolutions; returns (net, output width)."""
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for level in range(depth):
+        width = base * min(2**level, 8)
+        layers += [
+            nn.Conv2d(channels, width, 4, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.LeakyReLU(0.2, inplace=True),
+            *_refine(width, blocks),
+        ]
+        channels = width
+    return nn.Sequential(*layers), channels
+
+
+def conv_decoder(out_channels: int, base: int, depth: int, in_width: int, blocks: int = 1
+                 ) -> nn.Sequential:
+    """Mirror of :func:`conv_encoder`, ending in a sigmoid (pixels live in [0, 1])."""
+    layers: list[nn.Module] = []
+    channels = in_width
+    for level in reversed(range(depth)):
+        width = base * min(2 ** max(level - 1, 0), 8)
+        layers += [
+            nn.ConvTranspose2d(channels, width, 4, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.LeakyReLU(0.2, inplace=True),
+            *_refine(width, blocks),
+        ]
+        channels = width
+    layers += [nn.Conv2d(channels, out_channels, 3, padding=1), nn.Sigmoid()]
+    return nn.Sequential(*layers)
+
+
+def check_divisible(image_size: int, depth: int, where: str) -> None:
+    from ..errors import ParamsError
+
+    if image_size % (2**depth):
+        raise ParamsError(
+            f"params.yaml: {where}.depth={depth} needs a patch size divisible by {2**depth}, "
+            f"got {image_size} (set patch.resize or patch.size)"
+        )

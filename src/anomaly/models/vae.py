@@ -1,0 +1,81 @@
+"""Variational autoencoder with a convolutional encoder and decoder.
+
+Loss (negative ELBO per pixel): sum of squared errors / (2 sigma^2) plus
+beta * KL(q(z|x) || N(0, I)), divided by the pixel count so that the scale
+does not depend on the tile size. ``score: elbo`` scores a tile by that same
+quantity with the posterior mean; ``score: recon`` uses the pixel map like the
+other autoencoders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ..scoring import pixel_maps
+from .base import ReconstructionModel, TrainOverrides
+from .blocks import check_divisible, conv_decoder, conv_encoder
+from .registry import register
+
+
+@dataclass
+class VAEConfig(TrainOverrides):
+    base_channels: int = 32
+    blocks: int = 1
+    depth: int = 4
+    latent_dim: int = 128
+    beta: float = 1.0
+    likelihood_sigma: float = 0.1
+    score: Literal["recon", "elbo"] = "recon"
+
+
+@register("vae")
+class VariationalAutoencoder(ReconstructionModel):
+    config_cls = VAEConfig
+
+    def __init__(self, config: VAEConfig, in_channels: int, image_size: int) -> None:
+        super().__init__(config, in_channels, image_size)
+        check_divisible(image_size, config.depth, "models.vae")
+        self.encoder, width = conv_encoder(in_channels, config.base_channels, config.depth, config.blocks)
+        self.grid = image_size // 2**config.depth
+        flat = width * self.grid * self.grid
+        self.width = width
+        self.to_stats = nn.Linear(flat, 2 * config.latent_dim)
+        self.from_latent = nn.Sequential(nn.Linear(config.latent_dim, flat), nn.LeakyReLU(0.2))
+        self.decoder = conv_decoder(in_channels, config.base_channels, config.depth, width, config.blocks)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.to_stats(self.encoder(x).flatten(1)).chunk(2, dim=1)
+        return mu, logvar.clamp(-12, 8)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.from_latent(z).view(-1, self.width, self.grid, self.grid))
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x)[0])
+
+    def _neg_elbo(self, x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor,
+                  logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pixels = x[0].numel()
+        sq = ((x.float() - recon.float()) ** 2).flatten(1).sum(1)
+        rec = sq / (2 * self.config.likelihood_sigma**2) / pixels
+        kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1) / pixels
+        return rec + self.config.beta * kl, rec, kl
+
+    def training_loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        total, rec, kl = self._neg_elbo(x, self.decode(z), mu, logvar)
+        return {"loss": total.mean(), "recon": rec.mean(), "kl": kl.mean()}
+
+    @torch.no_grad()
+    def score(self, x: torch.Tensor, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config.score == "recon":
+            return super().score(x, cfg)
+        mu, logvar = self.encode(x)
+        recon = self.decode(mu)
+        total, _, _ = self._neg_elbo(x, recon, mu, logvar)
+        return total, pixel_maps(x, recon, cfg, self.error_scale)

@@ -1,0 +1,249 @@
+"""The typed view of params.yaml.
+
+Every stage loads the whole file through :func:`load_params`, so a typo or a
+wrong type anywhere fails fast with the key's name, before any work is done.
+Model blocks are validated against the model's own config class from the
+registry, so adding a model never touches this file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .config_schema import build, require
+from .errors import ParamsError
+
+DEFECT_KINDS = (
+    "broken_end",
+    "broken_pick",
+    "fuzzyball",
+    "contamination",
+    "crease",
+    "knots",
+    "nep",
+)
+FABRIC_KINDS = ("plain", "twill", "irregular", "satin")
+
+
+def _default_contrast() -> dict[str, list[float]]:
+    return {
+        "broken_end": [0.25, 0.5],
+        "broken_pick": [0.25, 0.5],
+        "fuzzyball": [0.25, 0.5],
+        "contamination": [0.12, 0.25],
+        "crease": [0.12, 0.25],
+        "knots": [0.3, 0.55],
+        "nep": [0.3, 0.55],
+    }
+
+
+@dataclass
+class SyntheticFabricConfig:
+    """Size and difficulty of the generated AITEX-like rolls."""
+
+    n_good: int = 40
+    n_defect: int = 30
+    width: int = 1024
+    height: int = 256
+    fabrics: list[str] = field(default_factory=lambda: ["plain", "twill", "irregular"])
+    defects: list[str] = field(default_factory=lambda: list(DEFECT_KINDS))
+    defects_per_image: list[int] = field(default_factory=lambda: [1, 2])
+    contrast: dict[str, list[float]] = field(default_factory=_default_contrast)
+    noise: float = 0.03
+
+    def validate(self, where: str, source: str) -> None:
+        require(self.n_good >= 1, source, f"{where}.n_good", "must be at least 1")
+        require(self.n_defect >= 0, source, f"{where}.n_defect", "must be >= 0")
+        require(self.width >= 32 and self.height >= 32, source, where, "rolls must be >= 32 px")
+        for name in self.fabrics:
+            require(name in FABRIC_KINDS, source, f"{where}.fabrics",
+                    f"has unknown fabric {name!r} (known: {', '.join(FABRIC_KINDS)})")
+        require(bool(self.fabrics), source, f"{where}.fabrics", "must not be empty")
+        for name in self.defects:
+            require(name in DEFECT_KINDS, source, f"{where}.defects",
+                    f"has unknown defect {name!r} (known: {', '.join(DEFECT_KINDS)})")
+        lo_hi = self.defects_per_image
+        require(len(lo_hi) == 2 and 1 <= lo_hi[0] <= lo_hi[1], source,
+                f"{where}.defects_per_image", "must be [min, max] with 1 <= min <= max")
+        for name, pair in self.contrast.items():
+            require(name in DEFECT_KINDS, source, f"{where}.contrast.{name}", "is not a defect kind")
+            require(len(pair) == 2 and 0 < pair[0] <= pair[1] <= 1, source,
+                    f"{where}.contrast.{name}", "must be [low, high] with 0 < low <= high <= 1")
+        require(0 <= self.noise < 0.5, source, f"{where}.noise", "must be in [0, 0.5)")
+
+
+DATASET_NAMES = ("synthetic_fabric", "aitex")
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "synthetic_fabric"
+    category: str | list[str] | None = None
+    source: str | None = None
+    normal_class: int = 0
+    synthetic: SyntheticFabricConfig = field(default_factory=SyntheticFabricConfig)
+
+    def validate(self, where: str, source: str) -> None:
+        require(self.name in DATASET_NAMES, source, f"{where}.name",
+                f"is {self.name!r}, not a known dataset (known: {', '.join(DATASET_NAMES)})")
+
+    @property
+    def categories(self) -> list[str] | None:
+        if self.category is None:
+            return None
+        return [self.category] if isinstance(self.category, str) else list(self.category)
+
+
+@dataclass
+class PatchConfig:
+    size: int = 64
+    stride: int = 64
+    resize: int | None = None
+    min_defect_pixels: int = 16
+
+    def validate(self, where: str, source: str) -> None:
+        require(self.size >= 8, source, f"{where}.size", "must be >= 8")
+        require(1 <= self.stride, source, f"{where}.stride", "must be >= 1")
+        require(self.resize is None or self.resize >= 8, source, f"{where}.resize",
+                "must be null or >= 8")
+        require(self.min_defect_pixels >= 1, source, f"{where}.min_defect_pixels", "must be >= 1")
+
+    @property
+    def out_size(self) -> int:
+        return self.resize or self.size
+
+
+@dataclass
+class SplitConfig:
+    val_fraction: float = 0.15
+    test_good_fraction: float = 0.3
+    labeled_val_fraction: float = 0.0
+
+    def validate(self, where: str, source: str) -> None:
+        require(0 < self.val_fraction < 1, source, f"{where}.val_fraction", "must be in (0, 1)")
+        require(0 <= self.test_good_fraction < 1, source, f"{where}.test_good_fraction",
+                "must be in [0, 1)")
+        require(self.val_fraction + self.test_good_fraction < 1, source, where,
+                "val_fraction + test_good_fraction must leave good images for training")
+        require(0 <= self.labeled_val_fraction < 1, source, f"{where}.labeled_val_fraction",
+                "must be in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 8
+    device: str = "auto"
+    amp: bool = True
+    max_train_patches: int | None = None
+
+    def validate(self, where: str, source: str) -> None:
+        require(self.epochs >= 1, source, f"{where}.epochs", "must be >= 1")
+        require(self.batch_size >= 1, source, f"{where}.batch_size", "must be >= 1")
+        require(self.lr > 0, source, f"{where}.lr", "must be > 0")
+        require(self.patience >= 1, source, f"{where}.patience", "must be >= 1")
+        ok = self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
+        require(ok, source, f"{where}.device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+@dataclass
+class ScoreConfig:
+    map: Literal["mse", "ssim", "mse_ssim"] = "mse"
+    ssim_window: int = 7
+    smooth_sigma: float = 4.0
+    normalize: Literal["none", "group"] = "group"
+    patch_reduce: Literal["max", "mean", "topk_mean"] = "topk_mean"
+    patch_top_fraction: float = 0.01
+    aggregate: Literal["max", "mean", "topk_mean"] = "max"
+    aggregate_k: int = 3
+    batch_size: int = 128
+
+    def validate(self, where: str, source: str) -> None:
+        require(self.ssim_window >= 3 and self.ssim_window % 2 == 1, source,
+                f"{where}.ssim_window", "must be an odd integer >= 3")
+        require(self.smooth_sigma >= 0, source, f"{where}.smooth_sigma", "must be >= 0")
+        require(0 < self.patch_top_fraction <= 1, source, f"{where}.patch_top_fraction",
+                "must be in (0, 1]")
+        require(self.aggregate_k >= 1, source, f"{where}.aggregate_k", "must be >= 1")
+
+
+@dataclass
+class ThresholdConfig:
+    method: Literal["percentile", "mean_std", "f1_optimal", "manual"] = "percentile"
+    percentile: float = 95.0
+    k: float = 3.0
+    value: float | None = None
+
+    def validate(self, where: str, source: str) -> None:
+        require(0 < self.percentile <= 100, source, f"{where}.percentile", "must be in (0, 100]")
+        require(self.method != "manual" or self.value is not None, source, f"{where}.value",
+                "must be set when threshold.method is manual")
+
+
+@dataclass
+class EvaluateConfig:
+    aupro_max_fpr: float = 0.3
+    pixel_max_samples: int = 4_000_000
+
+    def validate(self, where: str, source: str) -> None:
+        require(0 < self.aupro_max_fpr <= 1, source, f"{where}.aupro_max_fpr", "must be in (0, 1]")
+
+
+@dataclass
+class PlotConfig:
+    gallery_per_group: int = 3
+    dpi: int = 110
+
+
+@dataclass
+class Params:
+    seed: int = 0
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    patch: PatchConfig = field(default_factory=PatchConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    model: str = "cae"
+    models: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    plot: PlotConfig = field(default_factory=PlotConfig)
+
+    def validate(self, where: str, source: str) -> None:
+        from .models.registry import available_models, model_config
+
+        known = available_models()
+        if self.model not in known:
+            raise ParamsError(
+                f"{source}: model is {self.model!r}, not a known model (known: {', '.join(known)})"
+            )
+        for name, block in self.models.items():
+            if name not in known:
+                raise ParamsError(f"{source}: models.{name} is not a known model "
+                                  f"(known: {', '.join(known)})")
+            model_config(name, block, source)
+
+    def model_block(self, name: str | None = None) -> Any:
+        """The active (or named) model's typed config, defaults filled in."""
+        from .models.registry import model_config
+
+        name = name or self.model
+        return model_config(name, self.models.get(name), "params.yaml")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: not found (run from the project root)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    return build(Params, data, "", source=str(path))

@@ -1,0 +1,286 @@
+"""The body of each DVC stage: read params and inputs, call the package, write outputs.
+
+The scripts in ``stages/`` only call these functions, so every stage can also
+be run (and tested) without DVC.
+"""
+
+from __future__ import annotations
+
+import logging
+import numpy as np
+import pandas as pd
+
+from . import paths
+from .config_schema import to_dict
+from .data.download import CHANNELS, download
+from .data.manifest import load_image_and_mask, read_manifest
+from .data.patching import patchify
+from .data.splitting import SPLITS, make_splits
+from .data.store import BatchSource, PatchStore
+from .errors import DataError
+from .io import atomic_dir, atomic_path, read_csv, read_json, write_csv, write_json
+from .params import Params
+
+log = logging.getLogger(__name__)
+
+
+def stage_download(params: Params) -> None:
+    manifest = download(params, paths.RAW)
+    log.info("wrote %s", manifest)
+
+
+def stage_patchify(params: Params) -> None:
+    manifest = read_manifest(paths.manifest(params.dataset.name))
+    meta = patchify(manifest, params.patch, paths.PATCHES, CHANNELS[params.dataset.name])
+    log.info("patchify: %d tiles from %d images", meta["n_patches"], meta["n_images"])
+
+
+def stage_split(params: Params) -> None:
+    patches = read_csv(paths.PATCHES / "patches.csv", required=["patch_id", "image_id", "label"])
+    images = read_csv(paths.PATCHES / "images.csv", required=["image_id", "label", "group"])
+    images["group"] = images["group"].astype(str)
+    parts, summary = make_splits(patches, images, params.split, params.seed)
+    with atomic_dir(paths.SPLITS) as tmp:
+        for name in SPLITS:
+            write_csv(tmp / f"{name}.csv", parts[name])
+        write_json(tmp / "summary.json", summary)
+
+
+def _split_ids(name: str, good_only: bool = False) -> pd.DataFrame:
+    frame = read_csv(paths.SPLITS / f"{name}.csv", required=["patch_id", "image_id", "label"])
+    return frame[frame["label"] == 0] if good_only else frame
+
+
+def stage_train(params: Params) -> None:
+    import torch
+
+    from .logging_utils import make_logger
+    from .models.registry import build_model, save_checkpoint
+    from .training import effective_train_config, fit, resolve_device, seed_everything
+
+    seed_everything(params.seed)
+    config = params.model_block()
+    train_cfg = effective_train_config(params.train, config)
+    device = resolve_device(train_cfg.device)
+    store = PatchStore(paths.PATCHES)
+    train_ids = _split_ids("train", good_only=True)["patch_id"].to_numpy()
+    if train_cfg.max_train_patches and len(train_ids) > train_cfg.max_train_patches:
+        rng = np.random.default_rng([params.seed, 5])
+        train_ids = np.sort(rng.choice(train_ids, train_cfg.max_train_patches, replace=False))
+    val_ids = _split_ids("val", good_only=True)["patch_id"].to_numpy()
+    if len(train_ids) == 0:
+        raise DataError(f"{paths.SPLITS / 'train.csv'}: the good-only training set is empty")
+    model = build_model(params.model, config, store.channels, store.tile_size)
+    train_batches = BatchSource(store, train_ids, train_cfg.batch_size, True, params.seed)
+    val_batches = BatchSource(store, val_ids, train_cfg.batch_size, False, params.seed)
+    logger = make_logger(paths.TRAIN_LOG)
+    try:
+        result = fit(model, train_batches, val_batches, train_cfg, logger, device)
+    finally:
+        logger.close()
+    model.calibrate(x.to(device) for x in val_batches)
+    out = paths.model_dir(params.model)
+    out.mkdir(parents=True, exist_ok=True)
+    model.cpu()
+    save_checkpoint(model, out / "model.pt", {
+        "train": to_dict(train_cfg),
+        "seed": params.seed,
+        "preprocessing": {"channels": store.channels, "tile_size": store.tile_size,
+                          "patch": store.meta["patch"], "scale": "uint8 / 255"},
+    })
+    write_json(out / "train_summary.json", {
+        "model": params.model,
+        "device": str(device),
+        "train_patches": int(len(train_ids)),
+        "val_patches": int(len(val_ids)),
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        **to_dict(result),
+    })
+    torch.set_grad_enabled(True)
+
+
+def score_split(model, store: PatchStore, tiles: pd.DataFrame, score_cfg, device,
+                keep_maps: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Tile scores (N,) and, when asked, tile maps (N, S, S) as float16."""
+    import torch
+
+    ids = tiles["patch_id"].to_numpy()
+    scores, maps = [], []
+    with torch.no_grad():
+        for x in store.batches(ids, score_cfg.batch_size):
+            s, m = model.score(x.to(device), score_cfg)
+            scores.append(s.float().cpu().numpy())
+            if keep_maps and m is not None:
+                maps.append(m.float().cpu().numpy().astype(np.float16))
+    score_arr = np.concatenate(scores) if scores else np.zeros(0)
+    map_arr = np.concatenate(maps) if maps else None
+    return score_arr, map_arr
+
+
+def stage_score(params: Params) -> None:
+    from .models.registry import load_checkpoint
+    from .scoring import aggregate_images, fit_group_normalizer, group_affine, stitch
+    from .training import resolve_device, seed_everything
+
+    seed_everything(params.seed)
+    device = resolve_device(params.train.device)
+    model, _ = load_checkpoint(paths.model_dir(params.model) / "model.pt", device)
+    store = PatchStore(paths.PATCHES)
+    images = read_csv(paths.PATCHES / "images.csv", required=["image_id", "label", "height",
+                                                              "width"])
+    out_dir = paths.score_dir(params.model)
+    with atomic_dir(out_dir) as tmp:
+        normalizer = None
+        for split in ("val", "test"):
+            tiles = _split_ids(split)
+            tiles["group"] = tiles["group"].astype(str)
+            scores, maps = score_split(model, store, tiles, params.score, device,
+                                       keep_maps=split == "test")
+            tiles = tiles.assign(raw_score=scores)
+            if normalizer is None:
+                normalizer = (fit_group_normalizer(tiles.rename(columns={"raw_score": "score"}))
+                              if params.score.normalize == "group" else None)
+                write_json(tmp / "normalization.json", {"method": params.score.normalize,
+                                                        **(normalizer or {})})
+            shift, scale = (group_affine(tiles["group"], normalizer) if normalizer
+                            else (np.zeros(len(tiles)), np.ones(len(tiles))))
+            tiles["score"] = (scores - shift) / scale
+            write_csv(tmp / f"{split}_patches.csv", tiles)
+            per_image = aggregate_images(tiles, params.score.aggregate, params.score.aggregate_k)
+            per_image = per_image.merge(
+                images[["image_id", "label", "defect_type", "group", "image_path"]],
+                on="image_id", how="left")
+            write_csv(tmp / f"{split}_images.csv", per_image)
+            if split == "test" and maps is not None:
+                full = {}
+                for image_id, group in tiles.groupby("image_id", sort=True):
+                    rows = group.index.to_numpy()
+                    tile_maps = (maps[rows].astype(np.float32) - shift[rows, None, None]) / scale[
+                        rows, None, None]
+                    info = images.loc[images["image_id"] == image_id].iloc[0]
+                    full[f"img_{image_id}"] = stitch(
+                        tile_maps, group, int(info["height"]), int(info["width"])
+                    ).astype(np.float16)
+                with atomic_path(tmp / "test_maps.npz") as target, open(target, "wb") as handle:
+                    np.savez(handle, **full)
+
+
+def stage_threshold(params: Params) -> None:
+    from .thresholds import choose_threshold
+
+    base = paths.score_dir(params.model)
+    images = read_csv(base / "val_images.csv", required=["score", "label"])
+    patches = read_csv(base / "val_patches.csv", required=["score", "label"])
+    patches = patches[patches["label"] >= 0]
+    cfg = params.threshold
+    result = {
+        "method": cfg.method,
+        "image": choose_threshold(cfg, images["score"].to_numpy(), images["label"].to_numpy(),
+                                  "image"),
+        "patch": choose_threshold(cfg, patches["score"].to_numpy(), patches["label"].to_numpy(),
+                                  "tile"),
+        "val_good_images": int((images["label"] == 0).sum()),
+        "val_defect_images": int((images["label"] == 1).sum()),
+    }
+    write_json(paths.THRESHOLD, result)
+
+
+def _load_maps_and_masks(params: Params, images: pd.DataFrame
+                         ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    manifest = read_manifest(paths.manifest(params.dataset.name))
+    maps_file = paths.score_dir(params.model) / "test_maps.npz"
+    if not maps_file.is_file():
+        return [], [], []
+    maps, masks, ids = [], [], []
+    with np.load(maps_file) as stored:
+        for image_id in images["image_id"]:
+            row = manifest.loc[manifest["image_id"] == image_id].iloc[0]
+            if row["label"] == 1 and not row["mask_path"]:
+                continue  # a defect without a mask cannot be scored per pixel
+            key = f"img_{image_id}"
+            if key not in stored:
+                continue
+            _, mask = load_image_and_mask(manifest, row)
+            score_map = stored[key].astype(np.float32)
+            if score_map.shape != mask.shape:
+                raise DataError(f"{maps_file}: map of image {image_id} is {score_map.shape}, "
+                                f"mask is {mask.shape}; rerun the score stage")
+            maps.append(score_map)
+            masks.append(mask)
+            ids.append(int(image_id))
+    return maps, masks, ids
+
+
+def stage_evaluate(params: Params) -> None:
+    from .metrics import aupro, classification_metrics, pixel_auroc, pr_points, roc_points
+
+    base = paths.score_dir(params.model)
+    threshold = read_json(paths.THRESHOLD)
+    images = read_csv(base / "test_images.csv", required=["image_id", "score", "label",
+                                                          "defect_type"])
+    patches = read_csv(base / "test_patches.csv", required=["score", "label"])
+    patches = patches[patches["label"] >= 0]
+    y, s = images["label"].to_numpy(), images["score"].to_numpy()
+    flat: dict = {"model": params.model, "dataset": params.dataset.name,
+                  "threshold": float(threshold["image"]),
+                  "threshold_method": threshold["method"]}
+    for key, value in classification_metrics(y, s, threshold["image"]).items():
+        flat[f"image.{key}"] = value
+    for key, value in classification_metrics(patches["label"].to_numpy(),
+                                             patches["score"].to_numpy(),
+                                             threshold["patch"]).items():
+        flat[f"patch.{key}"] = value
+    maps, masks, _ = _load_maps_and_masks(params, images)
+    if maps:
+        flat["pixel.auroc"] = pixel_auroc(maps, masks, params.evaluate.pixel_max_samples,
+                                          params.seed)
+        flat["pixel.aupro"] = aupro(maps, masks, params.evaluate.aupro_max_fpr)
+    good = images[images["label"] == 0]
+    for defect, part in images[images["label"] == 1].groupby("defect_type", sort=True):
+        both = pd.concat([good, part])
+        m = classification_metrics(both["label"].to_numpy(), both["score"].to_numpy(),
+                                   threshold["image"])
+        flat[f"by_defect.{defect}.auroc"] = m["auroc"]
+        flat[f"by_defect.{defect}.recall"] = m["recall"]
+        flat[f"by_defect.{defect}.n"] = int(len(part))
+    write_json(paths.EVAL, flat)
+    write_json(paths.CURVES / "roc.json", {"roc": roc_points(y, s) if len(set(y)) > 1 else []})
+    write_json(paths.CURVES / "pr.json", {"pr": pr_points(y, s) if len(set(y)) > 1 else []})
+    write_json(paths.CURVES / "scores.json", {"scores": [
+        {"image_id": int(r.image_id), "score": float(r.score), "label": int(r.label),
+         "defect_type": str(r.defect_type)} for r in images.itertuples()]})
+
+
+def stage_plot(params: Params) -> None:
+    from . import plots
+
+    base = paths.score_dir(params.model)
+    images = read_csv(base / "test_images.csv", required=["image_id", "score", "label"])
+    threshold = read_json(paths.THRESHOLD)
+    metrics = read_json(paths.EVAL)
+    out = paths.FIGURES
+    manifest = read_manifest(paths.manifest(params.dataset.name))
+    maps_file = base / "test_maps.npz"
+    with atomic_dir(out) as tmp:
+        plots.roc_figure(images, metrics, tmp / "roc.png", params.plot.dpi)
+        plots.pr_figure(images, metrics, tmp / "pr.png", params.plot.dpi)
+        plots.histogram_figure(images, threshold["image"], tmp / "score_histogram.png",
+                               params.plot.dpi)
+        plots.confusion_figure(metrics, tmp / "confusion_matrix.png", params.plot.dpi)
+        plots.training_figure(paths.TRAIN_LOG, tmp / "training_curves.png", params.plot.dpi)
+        if maps_file.is_file():
+            plots.gallery_figure(images, manifest, maps_file, threshold["image"],
+                                 params.plot.gallery_per_group, tmp / "gallery.png",
+                                 params.plot.dpi)
+
+
+STAGES = {
+    "download": stage_download,
+    "patchify": stage_patchify,
+    "split": stage_split,
+    "train": stage_train,
+    "score": stage_score,
+    "threshold": stage_threshold,
+    "evaluate": stage_evaluate,
+    "plot": stage_plot,
+}

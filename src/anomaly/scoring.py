@@ -1,0 +1,156 @@
+"""From reconstructions to pixel maps, tile scores and image scores.
+
+Pixel maps: squared error, SSIM error (1 - SSIM) / 2, or their sum after
+scaling each by its mean on good validation pixels, then Gaussian smoothing
+(isolated noisy pixels are not defects). Tile score: max, mean or mean of the
+top fraction of its map. Image score: max, mean or top-k mean of its tiles.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+
+def gaussian_kernel1d(sigma: float, device: torch.device | None = None,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3 * sigma)))
+    coords = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
+    kernel = torch.exp(-0.5 * (coords / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, H, W) with reflect padding."""
+    if sigma <= 0:
+        return images
+    kernel = gaussian_kernel1d(sigma, images.device, images.dtype)
+    radius = kernel.numel() // 2
+    channels = images.shape[1]
+    pad_mode = "reflect" if min(images.shape[-2:]) > radius else "replicate"
+    out = F.pad(images, (radius, radius, 0, 0), mode=pad_mode)
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+    out = F.pad(out, (0, 0, radius, radius), mode=pad_mode)
+    return F.conv2d(out, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 7) -> torch.Tensor:
+    """Per-pixel SSIM (B, C, H, W) with a Gaussian window, for images in [0, 1]."""
+    sigma = window / 6
+    c1, c2 = 0.01**2, 0.03**2
+    mu_x, mu_y = gaussian_blur(x, sigma), gaussian_blur(y, sigma)
+    var_x = gaussian_blur(x * x, sigma) - mu_x**2
+    var_y = gaussian_blur(y * y, sigma) - mu_y**2
+    cov = gaussian_blur(x * y, sigma) - mu_x * mu_y
+    num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
+    den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    return num / den
+
+
+def error_components(x: torch.Tensor, recon: torch.Tensor, window: int = 7,
+                     need_ssim: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Squared error and SSIM error, each (B, H, W), averaged over channels."""
+    x, recon = x.float(), recon.float()
+    mse = ((x - recon) ** 2).mean(dim=1)
+    ssim_err = None
+    if need_ssim:
+        ssim_err = ((1 - ssim_map(x, recon, window)) / 2).mean(dim=1)
+    return mse, ssim_err
+
+
+def pixel_maps(x: torch.Tensor, recon: torch.Tensor, cfg: Any,
+               scale: torch.Tensor | None = None) -> torch.Tensor:
+    """The anomaly map (B, H, W) chosen by ``score.map``, smoothed by ``score.smooth_sigma``."""
+    mse, ssim_err = error_components(x, recon, cfg.ssim_window, need_ssim=cfg.map != "mse")
+    if cfg.map == "mse":
+        maps = mse
+    elif cfg.map == "ssim":
+        maps = ssim_err
+    else:
+        s = scale if scale is not None else torch.ones(2, device=x.device)
+        maps = mse / s[0] + ssim_err / s[1]
+    return gaussian_blur(maps.unsqueeze(1), cfg.smooth_sigma).squeeze(1)
+
+
+def reduce_maps(maps: torch.Tensor, how: str, top_fraction: float = 0.01) -> torch.Tensor:
+    """One score per map: max, mean, or mean of the top fraction of pixels."""
+    flat = maps.flatten(1)
+    if how == "max":
+        return flat.max(dim=1).values
+    if how == "mean":
+        return flat.mean(dim=1)
+    k = max(1, int(round(flat.shape[1] * top_fraction)))
+    return flat.topk(k, dim=1).values.mean(dim=1)
+
+
+def aggregate_images(patches: pd.DataFrame, how: str, k: int = 3) -> pd.DataFrame:
+    """Image scores from tile scores (``patches`` has image_id and score columns)."""
+
+    def reduce(values: pd.Series) -> float:
+        arr = np.sort(values.to_numpy())[::-1]
+        if how == "max":
+            return float(arr[0])
+        if how == "mean":
+            return float(arr.mean())
+        return float(arr[: min(k, len(arr))].mean())
+
+    scores = patches.groupby("image_id", sort=True)["score"].agg(reduce)
+    return scores.rename("score").reset_index()
+
+
+def stitch(tile_maps: np.ndarray, tiles: pd.DataFrame, height: int, width: int) -> np.ndarray:
+    """Full-resolution map of one image from its tiles' maps, averaging overlaps.
+
+    ``tiles`` gives each tile's ``x``, ``y`` and ``size`` in image pixels; maps
+    computed at a resized resolution are scaled back up bilinearly.
+    """
+    total = np.zeros((height, width), dtype=np.float32)
+    weight = np.zeros((height, width), dtype=np.float32)
+    for tile_map, (_, tile) in zip(tile_maps, tiles.iterrows(), strict=True):
+        size = int(tile["size"])
+        m = torch.as_tensor(np.asarray(tile_map, dtype=np.float32))
+        if m.shape[-1] != size:
+            m = F.interpolate(m[None, None], size=(size, size), mode="bilinear",
+                              align_corners=False)[0, 0]
+        y, x = int(tile["y"]), int(tile["x"])
+        total[y : y + size, x : x + size] += m.numpy()
+        weight[y : y + size, x : x + size] += 1
+    covered = weight > 0
+    total[covered] /= weight[covered]
+    if not covered.all():
+        total[~covered] = total[covered].min() if covered.any() else 0
+    return total
+
+
+def fit_group_normalizer(tiles: pd.DataFrame) -> dict:
+    """Mean and spread of good validation tile scores, per group and overall.
+
+    Why: fabrics (or MVTec categories) differ in how well they reconstruct, so
+    a raw score of 4 can be normal for a coarse irregular weave and alarming
+    for a fine plain one. Standardising per group with good validation data
+    puts every group on one scale before thresholds are chosen.
+    """
+    good = tiles[tiles["label"] == 0]
+    if good.empty:
+        return {"overall": [0.0, 1.0], "groups": {}}
+
+    def stats(values: pd.Series) -> list[float]:
+        spread = float(values.std(ddof=0)) if len(values) > 1 else 0.0
+        return [float(values.mean()), spread if spread > 1e-12 else 1.0]
+
+    groups = {str(g): stats(v["score"]) for g, v in good.groupby("group", sort=True)}
+    return {"overall": stats(good["score"]), "groups": groups}
+
+
+def group_affine(groups: pd.Series, normalizer: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(shift, scale) per row: ``(score - shift) / scale`` is the normalised score."""
+    known = normalizer["groups"]
+    fallback = normalizer["overall"]
+    pairs = [known.get(str(g), fallback) for g in groups]
+    arr = np.asarray(pairs, dtype=np.float64).reshape(-1, 2)
+    return arr[:, 0], arr[:, 1]

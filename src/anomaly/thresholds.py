@@ -1,0 +1,43 @@
+"""Pick the score above which a sample is called defective.
+
+All statistical methods look only at validation data (never at test), so the
+test metrics stay honest: ``percentile`` and ``mean_std`` use good validation
+scores only, ``f1_optimal`` needs labelled defects in validation
+(``split.labeled_val_fraction`` > 0), ``manual`` takes a number.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import precision_recall_curve
+
+from .errors import DataError, ParamsError
+from .params import ThresholdConfig
+
+
+def f1_optimal(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(threshold, F1) maximising F1; predictions are ``score >= threshold``."""
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    f1 = 2 * precision * recall / np.clip(precision + recall, 1e-12, None)
+    best = int(np.argmax(f1[:-1])) if len(thresholds) else 0
+    return float(thresholds[best]), float(f1[best])
+
+
+def choose_threshold(cfg: ThresholdConfig, scores: np.ndarray, labels: np.ndarray,
+                     what: str = "image") -> float:
+    """The threshold for one level (``what`` names it in errors)."""
+    good = scores[labels == 0]
+    if cfg.method == "manual":
+        return float(cfg.value)  # validated non-null by ThresholdConfig
+    if cfg.method == "f1_optimal":
+        if not (labels == 1).any() or not good.size:
+            raise ParamsError(
+                "params.yaml: threshold.method=f1_optimal needs good and defect samples in "
+                "validation; set split.labeled_val_fraction > 0"
+            )
+        return f1_optimal(scores, labels)[0]
+    if good.size == 0:
+        raise DataError(f"threshold: no good validation {what} scores to set a threshold from")
+    if cfg.method == "percentile":
+        return float(np.percentile(good, cfg.percentile))
+    return float(good.mean() + cfg.k * good.std())

@@ -1,0 +1,79 @@
+"""Shared fixtures: a tiny project configuration that runs the whole pipeline in seconds."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "dataset": {
+        "synthetic": {
+            "n_good": 8,
+            "n_defect": 6,
+            "width": 256,
+            "height": 64,
+            "defects": ["fuzzyball", "knots", "broken_pick"],
+            "contrast": {"fuzzyball": [0.5, 0.6], "knots": [0.5, 0.6], "broken_pick": [0.5, 0.6]},
+        }
+    },
+    "patch": {"size": 32, "stride": 32},
+    "split": {"val_fraction": 0.25, "test_good_fraction": 0.25},
+    "models": {
+        "cae": {"base_channels": 8, "depth": 2, "latent_channels": 4, "blocks": 0},
+        "ae": {"hidden": [64], "latent_dim": 8},
+        "vae": {"base_channels": 8, "depth": 2, "latent_dim": 16, "blocks": 0},
+    },
+    "train": {"epochs": 2, "batch_size": 32},
+    "plot": {"dpi": 40, "gallery_per_group": 1},
+}
+
+
+def deep_update(base: dict, changes: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def tiny_params(**overrides: dict) -> dict:
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    return deep_update(deep_update(base, TINY), overrides)
+
+
+def write_params(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A temporary project root with a tiny params.yaml, as the current directory."""
+    write_params(tmp_path / "params.yaml", tiny_params())
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def copy_project(dest: Path) -> None:
+    """Copy what a fresh clone holds (code, pipeline, params) into ``dest``."""
+    for name in ("stages", "src", "dvc.yaml", "params.yaml", ".dvcignore"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / name)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_tqdm(monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    os.environ.setdefault("MPLBACKEND", "Agg")

@@ -1,0 +1,55 @@
+import pytest
+
+from anomaly.errors import ParamsError
+from anomaly.params import load_params
+from conftest import REPO, tiny_params, write_params
+
+
+def test_repo_params_load_with_defaults():
+    params = load_params(REPO / "params.yaml")
+    assert params.model == "cae"
+    assert params.dataset.name == "synthetic_fabric"
+    assert params.model_block().latent_channels > 0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"train": {"epochs": "ten"}}, "train.epochs must be an integer, got 'ten' (str)"),
+        ({"train": {"lr": True}}, "train.lr must be a number"),
+        ({"model": "resnet"}, "model is 'resnet', not a known model"),
+        ({"dataset": {"name": "imagenet"}}, "dataset.name is 'imagenet', not a known dataset"),
+        ({"score": {"aggregate": "median"}}, "score.aggregate must be one of 'max', 'mean'"),
+        ({"train": {"epoch": 3}}, "unknown key train.epoch"),
+        ({"models": {"cae": {"depth": "deep"}}}, "models.cae.depth must be an integer"),
+        ({"models": {"cae": {"dropout": 0.1}}}, "unknown key models.cae.dropout"),
+        ({"models": {"transformer": {}}}, "models.transformer is not a known model"),
+        ({"threshold": {"method": "manual"}}, "threshold.value must be set"),
+        ({"split": {"val_fraction": 0.6, "test_good_fraction": 0.5}}, "must leave good images"),
+        ({"patch": {"size": 4}}, "patch.size must be >= 8"),
+    ],
+)
+def test_bad_params_name_the_key(tmp_path, change, message):
+    path = write_params(tmp_path / "params.yaml", tiny_params(**change))
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    text = str(info.value)
+    assert message in text
+    assert "\n" not in text
+    assert str(path) in text
+
+
+def test_invalid_yaml_is_reported(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(path)
+
+
+def test_model_block_overrides_train(tmp_path):
+    from anomaly.training import effective_train_config
+
+    path = write_params(tmp_path / "p.yaml", tiny_params(models={"vae": {"epochs": 7, "lr": 0.01}}))
+    params = load_params(path)
+    eff = effective_train_config(params.train, params.model_block("vae"))
+    assert (eff.epochs, eff.lr, eff.batch_size) == (7, 0.01, params.train.batch_size)

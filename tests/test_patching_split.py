@@ -1,0 +1,88 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly.data.download import download
+from anomaly.data.manifest import read_manifest
+from anomaly.data.patching import patchify, tile_origins
+from anomaly.data.splitting import make_splits
+from anomaly.errors import DataError
+from anomaly.io import save_png
+from anomaly.params import PatchConfig, SplitConfig, load_params
+
+
+def test_tile_origins_cover_the_edge():
+    assert tile_origins(100, 32, 32) == [0, 32, 64, 68]
+    assert tile_origins(64, 32, 16) == [0, 16, 32]
+    assert tile_origins(20, 32, 32) == []
+
+
+@pytest.fixture
+def manifest(project):
+    params = load_params()
+    return read_manifest(download(params, project / "data/raw"))
+
+
+def test_patchify_labels_tiles_from_masks(project, manifest):
+    meta = patchify(manifest, PatchConfig(size=32, stride=32, min_defect_pixels=4),
+                    project / "patches")
+    tiles = np.load(project / "patches/patches.npy", mmap_mode="r")
+    masks = np.load(project / "patches/masks.npy", mmap_mode="r")
+    table = pd.read_csv(project / "patches/patches.csv")
+    assert tiles.shape == (meta["n_patches"], 1, 32, 32) == (len(table), 1, 32, 32)
+    assert len(table) == len(manifest) * 2 * 8
+    defect = table["label"] == 1
+    assert defect.any()
+    assert (table.loc[defect, "defect_pixels"] >= 4).all()
+    assert (table.loc[table["label"] == 0, "defect_pixels"] == 0).all()
+    assert masks[defect.to_numpy()].any(axis=(1, 2)).all()
+    good_images = manifest.loc[manifest["label"] == 0, "image_id"]
+    assert (table[table["image_id"].isin(good_images)]["label"] == 0).all()
+
+
+def test_patchify_resizes(project, manifest):
+    patchify(manifest, PatchConfig(size=32, stride=32, resize=16), project / "p")
+    assert np.load(project / "p/patches.npy").shape[-1] == 16
+
+
+def test_mask_of_wrong_size_stops_patchify(project, manifest):
+    row = manifest[manifest["label"] == 1].iloc[0]
+    save_png(project / "data/raw/synthetic_fabric" / row["mask_path"], np.zeros((10, 10), np.uint8))
+    with pytest.raises(DataError, match=r"_mask\.png: mask is 10x10 but its image is 256x64"):
+        patchify(manifest, PatchConfig(size=32, stride=32), project / "patches")
+    assert not (project / "patches").exists()
+
+
+def test_corrupt_png_stops_patchify(project, manifest):
+    path = project / "data/raw/synthetic_fabric" / manifest.iloc[2]["image_path"]
+    path.write_bytes(path.read_bytes()[:60])
+    with pytest.raises(DataError, match=f"{path.name}: corrupt or unreadable image"):
+        patchify(manifest, PatchConfig(size=32, stride=32), project / "patches")
+
+
+def _images(labels, groups=None):
+    return pd.DataFrame({"image_id": range(len(labels)), "label": labels,
+                         "group": groups or ["a"] * len(labels), "defect_type": [
+                             "good" if v == 0 else "x" for v in labels]})
+
+
+def test_split_is_grouped_and_train_is_good_only():
+    images = _images([0] * 10 + [1] * 5)
+    patches = pd.DataFrame({
+        "patch_id": range(60), "image_id": np.repeat(np.arange(15), 4),
+        "label": [0] * 40 + [1, 0, 0, -1] * 5})
+    parts, summary = make_splits(patches, images, SplitConfig(0.2, 0.3, 0.4), seed=0)
+    owners = [set(parts[n]["image_id"]) for n in ("train", "val", "test")]
+    assert not (owners[0] & owners[1] or owners[0] & owners[2] or owners[1] & owners[2])
+    assert (parts["train"]["label"] == 0).all()
+    assert summary["val"]["defect_images"] == 2 and summary["test"]["defect_images"] == 3
+    assert summary["train"]["good_images"] == 5
+    again, _ = make_splits(patches, images, SplitConfig(0.2, 0.3, 0.4), seed=0)
+    assert again["test"].equals(parts["test"])
+
+
+def test_split_without_good_images_fails():
+    images = _images([1, 1, 1])
+    patches = pd.DataFrame({"patch_id": range(3), "image_id": range(3), "label": [1, 1, 1]})
+    with pytest.raises(DataError, match="good-only training set would be empty"):
+        make_splits(patches, images, SplitConfig(), seed=0)

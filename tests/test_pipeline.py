@@ -1,0 +1,105 @@
+"""The stages in process on a tiny dataset: outputs, metrics, determinism, bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from anomaly import pipeline
+from anomaly.errors import DataError
+from anomaly.params import load_params
+from conftest import REPO, tiny_params, write_params
+
+STAGES = ["download", "patchify", "split", "train", "score", "threshold", "evaluate", "plot"]
+
+
+def run_all(root):
+    params = load_params(root / "params.yaml")
+    for name in STAGES:
+        pipeline.STAGES[name](params)
+    return json.loads((root / "metrics/eval.json").read_text())
+
+
+def test_pipeline_produces_every_artefact_and_is_deterministic(project):
+    first = run_all(project)
+    for path in [
+        "data/raw/synthetic_fabric/manifest.csv", "data/patches/patches.npy",
+        "data/splits/summary.json", "models/cae/model.pt", "scores/cae/test_images.csv",
+        "scores/cae/test_maps.npz", "metrics/threshold.json", "plots/curves/roc.json",
+        "plots/figures/roc.png", "plots/figures/gallery.png", "plots/figures/training_curves.png",
+        "metrics/train/metrics.json",
+    ]:
+        assert (project / path).is_file(), path
+    for key in ["image.auroc", "image.aupr", "image.f1", "image.precision", "image.recall",
+                "image.f1_max", "image.accuracy", "patch.auroc", "pixel.auroc", "pixel.aupro",
+                "threshold", "image.tp"]:
+        assert key in first, key
+    assert first["model"] == "cae" and first["dataset"] == "synthetic_fabric"
+    assert any(k.startswith("by_defect.") for k in first)
+    # Tiny model, obvious defects: it must beat chance clearly.
+    assert first["pixel.auroc"] > 0.75
+    second = run_all(project)
+    assert first == second
+
+
+def test_threshold_changes_only_threshold_outputs(project):
+    run_all(project)
+    before = json.loads((project / "metrics/eval.json").read_text())
+    write_params(project / "params.yaml", tiny_params(threshold={"percentile": 50}))
+    params = load_params(project / "params.yaml")
+    pipeline.stage_threshold(params)
+    pipeline.stage_evaluate(params)
+    after = json.loads((project / "metrics/eval.json").read_text())
+    assert after["threshold"] < before["threshold"]
+    assert after["image.auroc"] == before["image.auroc"]
+    assert after["image.recall"] >= before["image.recall"]
+
+
+def test_empty_good_training_set(project):
+    write_params(project / "params.yaml",
+                 tiny_params(dataset={"synthetic": {"n_good": 1, "n_defect": 2}}))
+    params = load_params(project / "params.yaml")
+    pipeline.stage_download(params)
+    pipeline.stage_patchify(params)
+    with pytest.raises(DataError, match="validation set has no good tiles|training set is empty"):
+        pipeline.stage_split(params)
+    assert not (project / "data/splits").exists()
+
+
+def cli(*args, cwd):
+    return subprocess.run([sys.executable, str(REPO / "stages" / f"{args[0]}.py"), *args[1:]],
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_stage_scripts_report_bad_input_in_one_line(project):
+    write_params(project / "params.yaml", tiny_params(model="unet"))
+    result = cli("download", cwd=project)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "model is 'unet', not a known model" in lines[0]
+
+    write_params(project / "params.yaml", tiny_params(train={"batch_size": 1.5}))
+    result = cli("train", cwd=project)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: params.yaml: train.batch_size must be an integer, got 1.5 (float)")
+
+
+def test_stage_script_reports_corrupt_png(project):
+    write_params(project / "params.yaml", tiny_params())
+    assert cli("download", cwd=project).returncode == 0
+    victim = sorted((project / "data/raw/synthetic_fabric/images/Defect_images").glob("*.png"))[0]
+    victim.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    result = cli("patchify", cwd=project)
+    assert result.returncode == 2
+    assert f"{victim.name}: corrupt or unreadable image" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (project / "data/patches").exists()
+
+
+def test_missing_inputs_say_which_stage_to_run(project):
+    result = cli("train", cwd=project)
+    assert result.returncode == 2
+    assert "meta.json: file not found" in result.stderr

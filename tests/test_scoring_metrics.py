@@ -1,0 +1,101 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from anomaly.errors import ParamsError
+from anomaly.metrics import aupro, classification_metrics, pixel_auroc
+from anomaly.params import ThresholdConfig
+from anomaly.scoring import (
+    aggregate_images,
+    fit_group_normalizer,
+    gaussian_blur,
+    group_affine,
+    reduce_maps,
+    ssim_map,
+    stitch,
+)
+from anomaly.thresholds import choose_threshold
+
+
+def test_blur_keeps_constants_and_mass():
+    x = torch.full((2, 1, 16, 16), 3.0)
+    assert torch.allclose(gaussian_blur(x, 2.0), x)
+    spike = torch.zeros(1, 1, 33, 33)
+    spike[0, 0, 16, 16] = 1
+    blurred = gaussian_blur(spike, 1.5)
+    assert blurred.sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert blurred[0, 0, 16, 16] < 1
+
+
+def test_ssim_is_one_for_identical_and_lower_for_noise():
+    x = torch.rand(1, 1, 32, 32)
+    assert torch.allclose(ssim_map(x, x), torch.ones_like(x), atol=1e-4)
+    assert ssim_map(x, torch.rand_like(x)).mean() < 0.5
+
+
+def test_reduce_maps():
+    maps = torch.zeros(2, 10, 10)
+    maps[1, :1, :] = 1.0
+    assert reduce_maps(maps, "max").tolist() == [0, 1]
+    assert reduce_maps(maps, "mean")[1].item() == pytest.approx(0.1)
+    assert reduce_maps(maps, "topk_mean", 0.05)[1].item() == pytest.approx(1.0)
+
+
+def test_aggregate_images():
+    tiles = pd.DataFrame({"image_id": [0, 0, 0, 1], "score": [1.0, 5.0, 3.0, 2.0]})
+    assert aggregate_images(tiles, "max")["score"].tolist() == [5.0, 2.0]
+    assert aggregate_images(tiles, "mean")["score"].tolist() == [3.0, 2.0]
+    assert aggregate_images(tiles, "topk_mean", 2)["score"].tolist() == [4.0, 2.0]
+
+
+def test_stitch_places_and_averages_tiles():
+    tiles = pd.DataFrame({"x": [0, 4, 0], "y": [0, 0, 4], "size": [8, 8, 8]})
+    maps = np.stack([np.full((8, 8), 1.0), np.full((8, 8), 3.0), np.full((4, 4), 5.0)])
+    full = stitch(maps, tiles, 12, 12)
+    assert full[0, 0] == 1 and full[0, 11] == 3 and full[0, 5] == 2
+    assert full[11, 0] == 5  # upscaled from a 4x4 map
+
+
+def test_group_normalizer_puts_groups_on_one_scale():
+    tiles = pd.DataFrame({"group": ["a"] * 4 + ["b"] * 4, "label": 0,
+                          "score": [1.0, 2.0, 1.0, 2.0, 10.0, 20.0, 10.0, 20.0]})
+    norm = fit_group_normalizer(tiles)
+    shift, scale = group_affine(tiles["group"], norm)
+    z = (tiles["score"] - shift) / scale
+    assert np.allclose(z[:4], z[4:])
+    shift, _ = group_affine(pd.Series(["unseen"]), norm)
+    assert shift[0] == pytest.approx(7.75)
+
+
+def test_classification_metrics_by_hand():
+    m = classification_metrics(np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.4, 0.9]), 0.5)
+    assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (1, 1, 1, 1)
+    assert m["auroc"] == pytest.approx(0.75)
+    assert m["precision"] == m["recall"] == m["f1"] == 0.5
+    assert m["f1_max"] == pytest.approx(0.8)
+
+
+def test_aupro_and_pixel_auroc_extremes():
+    rng = np.random.default_rng(0)
+    masks = [np.zeros((32, 32), bool) for _ in range(3)]
+    masks[0][4:10, 4:10] = True
+    masks[1][20:22, 3:30] = True
+    perfect = [m.astype(float) + 0.01 * rng.random(m.shape) for m in masks]
+    assert aupro(perfect, masks) == pytest.approx(1.0, abs=0.01)
+    assert pixel_auroc(perfect, masks, 10**6, 0) == pytest.approx(1.0)
+    noise = [rng.random(m.shape) for m in masks]
+    assert aupro(noise, masks) == pytest.approx(0.15, abs=0.05)  # chance: mean FPR over [0, .3]
+    assert pixel_auroc(noise, masks, 10**6, 0) == pytest.approx(0.5, abs=0.05)
+
+
+def test_thresholds():
+    scores = np.array([1.0, 2.0, 3.0, 4.0, 10.0, 11.0])
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    assert choose_threshold(ThresholdConfig("percentile", 50), scores, labels) == 2.5
+    mean_std = choose_threshold(ThresholdConfig("mean_std", k=2), scores, labels)
+    assert mean_std == pytest.approx(2.5 + 2 * np.std([1, 2, 3, 4]))
+    assert choose_threshold(ThresholdConfig("f1_optimal"), scores, labels) == 10.0
+    assert choose_threshold(ThresholdConfig("manual", value=7.0), scores, labels) == 7.0
+    with pytest.raises(ParamsError, match="labeled_val_fraction"):
+        choose_threshold(ThresholdConfig("f1_optimal"), scores[:4], labels[:4])

@@ -1,0 +1,43 @@
+import numpy as np
+
+from anomaly.data.aitex import read_aitex
+from anomaly.data.synthetic_fabric import generate, make_roll
+from anomaly.io import read_image
+from anomaly.params import DEFECT_KINDS, SyntheticFabricConfig
+
+
+def test_rolls_are_deterministic_and_masks_exact():
+    cfg = SyntheticFabricConfig(width=256, height=64)
+    for i, kind in enumerate(DEFECT_KINDS):
+        a, mask_a = make_roll(cfg, 3, i, "twill", kind)
+        b, mask_b = make_roll(cfg, 3, i, "twill", kind)
+        assert np.array_equal(a, b) and np.array_equal(mask_a, mask_b)
+        assert mask_a.any(), kind
+        clean, _ = make_roll(cfg, 3, i, "twill", None)
+        changed = np.abs(a.astype(int) - clean.astype(int)) > 6
+        # the defect changes the pixels under its mask and almost nothing elsewhere
+        assert changed[mask_a].mean() > 0.5, kind
+        assert changed[~mask_a].mean() < 0.01, kind
+
+
+def test_different_seeds_give_different_fabric():
+    cfg = SyntheticFabricConfig(width=128, height=64)
+    a, _ = make_roll(cfg, 0, 0, "plain", None)
+    b, _ = make_roll(cfg, 1, 0, "plain", None)
+    assert not np.array_equal(a, b)
+
+
+def test_generated_folder_has_aitex_layout(tmp_path):
+    cfg = SyntheticFabricConfig(n_good=4, n_defect=3, width=128, height=64)
+    root = generate(cfg, 0, tmp_path / "aitex")
+    assert sorted(p.name for p in root.iterdir()) == [
+        "Defect_images", "Mask_images", "NODefect_images"]
+    frame = read_aitex(root)
+    assert (frame["label"] == 0).sum() == 4 and (frame["label"] == 1).sum() == 3
+    defects = frame[frame["label"] == 1]
+    assert all(m.endswith("_mask.png") for m in defects["mask_path"])
+    assert set(defects["defect_type"]) <= set(DEFECT_KINDS)
+    image = read_image(root / defects.iloc[0]["image_path"])
+    assert image.shape == (64, 128)
+    only_fabric_2 = read_aitex(root, ["02"])
+    assert set(only_fabric_2["group"]) == {"02"}
