@@ -51,10 +51,13 @@ def test_aggregate_images():
 
 def test_stitch_places_and_averages_tiles():
     tiles = pd.DataFrame({"x": [0, 4, 0], "y": [0, 0, 4], "size": [8, 8, 8]})
-    maps = np.stack([np.full((8, 8), 1.0), np.full((8, 8), 3.0), np.full((4, 4), 5.0)])
+    maps = np.stack([np.full((8, 8), 1.0), np.full((8, 8), 3.0), np.full((8, 8), 5.0)])
     full = stitch(maps, tiles, 12, 12)
     assert full[0, 0] == 1 and full[0, 11] == 3 and full[0, 5] == 2
-    assert full[11, 0] == 5  # upscaled from a 4x4 map
+    assert full[11, 0] == 5 and full[6, 1] == 3  # (1 + 5) / 2 where two tiles overlap
+    assert full[11, 11] == 1  # uncovered pixels get the lowest covered score
+    small = stitch(np.full((1, 4, 4), 7.0), tiles.iloc[:1], 8, 8)  # a map at 1/2 resolution
+    assert small.shape == (8, 8) and np.allclose(small, 7.0)
 
 
 def test_group_normalizer_puts_groups_on_one_scale():
@@ -65,7 +68,7 @@ def test_group_normalizer_puts_groups_on_one_scale():
     z = (tiles["score"] - shift) / scale
     assert np.allclose(z[:4], z[4:])
     shift, _ = group_affine(pd.Series(["unseen"]), norm)
-    assert shift[0] == pytest.approx(7.75)
+    assert shift[0] == pytest.approx(8.25)  # unseen group: overall statistics
 
 
 def test_classification_metrics_by_hand():

@@ -14,10 +14,10 @@ def test_rolls_are_deterministic_and_masks_exact():
         assert np.array_equal(a, b) and np.array_equal(mask_a, mask_b)
         assert mask_a.any(), kind
         clean, _ = make_roll(cfg, 3, i, "twill", None)
-        changed = np.abs(a.astype(int) - clean.astype(int)) > 6
-        # the defect changes the pixels under its mask and almost nothing elsewhere
-        assert changed[mask_a].mean() > 0.5, kind
-        assert changed[~mask_a].mean() < 0.01, kind
+        change = np.abs(a.astype(int) - clean.astype(int))
+        # the defect changes the pixels under its mask, and nothing outside it much
+        assert change[mask_a].mean() > 10, kind
+        assert np.quantile(change[~mask_a], 0.999) < 0.3 * change.max(), kind
 
 
 def test_different_seeds_give_different_fabric():

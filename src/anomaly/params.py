@@ -135,7 +135,7 @@ class SplitConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
+    epochs: int = 15
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0

@@ -93,7 +93,7 @@ def fit(model: Any, train_batches: Any, val_batches: Any, cfg: TrainConfig,
             loss = terms["loss"]
             if not torch.isfinite(loss):
                 raise TrainingError(
-                    f"train: loss became {float(loss)} at epoch {epoch + 1}, batch {step + 1} "
+                    f"train: loss became {loss.item()} at epoch {epoch + 1}, batch {step + 1} "
                     f"(model {model.name}, lr {cfg.lr}); lower the learning rate or check the data"
                 )
             scaler.scale(loss).backward()

@@ -33,8 +33,8 @@ def write_manifest(frame: pd.DataFrame, path: str | Path) -> None:
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
     frame = read_csv(path, required=["image_id", *COLUMNS])
-    frame["mask_path"] = frame["mask_path"].fillna("").astype(str)
-    frame["source_split"] = frame["source_split"].fillna("").astype(str)
+    for column in ("mask_path", "source_split"):
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), "").astype(str)
     frame["group"] = frame["group"].astype(str)
     frame["defect_type"] = frame["defect_type"].astype(str)
     bad = ~frame["label"].isin([0, 1])

@@ -23,6 +23,10 @@ from ..io import atomic_dir, save_png
 from ..params import SyntheticFabricConfig
 from .aitex import DEFECT_CODES, FABRIC_FOLDERS
 
+# A pixel belongs to a defect's mask where the defect's weight reaches this level:
+# low enough that the mask covers every visibly changed pixel.
+MASK_LEVEL = 0.2
+
 FABRIC_CODES = {"plain": "01", "twill": "02", "irregular": "03", "satin": "04"}
 
 
@@ -157,7 +161,7 @@ def _fuzzyball(img, rng, c, warp, weft):
                        rng.uniform(0, np.pi), rng, 0.6)
     fluff = ndimage.gaussian_filter(img, 2.0) + c * rng.choice([-1, 1])
     img[:] = img * (1 - alpha) + fluff * alpha
-    return alpha > 0.5
+    return alpha > MASK_LEVEL
 
 
 def _contamination(img, rng, c, warp, weft):
@@ -165,7 +169,7 @@ def _contamination(img, rng, c, warp, weft):
     alpha = _soft_blob(img.shape, _random_center(img, rng, r / 2), (r, r * rng.uniform(0.6, 1.6)),
                        rng.uniform(0, np.pi), rng, 0.3)
     img -= c * alpha
-    return alpha > 0.5
+    return alpha > MASK_LEVEL
 
 
 def _crease(img, rng, c, warp, weft):
@@ -181,7 +185,7 @@ def _crease(img, rng, c, warp, weft):
     along = (yy >= y0) & (yy <= y0 + length)
     profile = profile * along
     img -= c * profile
-    return profile > 0.5
+    return profile > MASK_LEVEL
 
 
 def _knots(img, rng, c, warp, weft):
@@ -189,14 +193,14 @@ def _knots(img, rng, c, warp, weft):
     alpha = _soft_blob(img.shape, _random_center(img, rng, r + 2), (r, r * rng.uniform(1.0, 1.8)),
                        rng.uniform(0, np.pi), rng, 0.3)
     img += c * alpha
-    return alpha > 0.5
+    return alpha > MASK_LEVEL
 
 
 def _nep(img, rng, c, warp, weft):
     r = rng.uniform(2.5, 3.5)
     alpha = _soft_blob(img.shape, _random_center(img, rng, r + 2), (r, r), 0.0, rng, 0.1)
     img += c * alpha * rng.choice([-1, 1])
-    return alpha > 0.5
+    return alpha > MASK_LEVEL
 
 
 DEFECT_PAINTERS: dict[str, Callable] = {

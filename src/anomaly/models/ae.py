@@ -21,6 +21,7 @@ class AEConfig(TrainOverrides):
     hidden: list[int] = field(default_factory=lambda: [512, 128])
     latent_dim: int = 32
     loss: Literal["mse", "ssim", "mse_ssim"] = "mse"
+    denoise: float = 0.0  # share of training tiles corrupted (see models/corruption.py)
 
 
 def _mlp(sizes: list[int], last_activation: nn.Module | None) -> nn.Sequential:

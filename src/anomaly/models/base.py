@@ -14,7 +14,9 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from ..config_schema import require
 from ..scoring import error_components, pixel_maps, reduce_maps
+from .corruption import corrupt
 
 
 @dataclass
@@ -25,6 +27,14 @@ class TrainOverrides:
     lr: float | None = None
     batch_size: int | None = None
     weight_decay: float | None = None
+
+    def validate(self, where: str, source: str) -> None:
+        require(self.epochs is None or self.epochs >= 1, source, f"{where}.epochs", "must be >= 1")
+        require(self.lr is None or self.lr > 0, source, f"{where}.lr", "must be > 0")
+        require(self.batch_size is None or self.batch_size >= 1, source, f"{where}.batch_size",
+                "must be >= 1")
+        denoise = getattr(self, "denoise", 0.0)
+        require(0 <= denoise <= 1, source, f"{where}.denoise", "must be in [0, 1]")
 
 
 class AnomalyModel(nn.Module):
@@ -80,7 +90,9 @@ class ReconstructionModel(AnomalyModel):
         return mse.mean() + ssim_err.mean()
 
     def training_loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        recon = self.reconstruct(x)
+        """Reconstruct ``x``; with ``denoise`` > 0, from a corrupted copy (training only)."""
+        p = getattr(self.config, "denoise", 0.0) if self.training else 0.0
+        recon = self.reconstruct(corrupt(x, p))
         loss = self.reconstruction_loss(x, recon)
         return {"loss": loss}
 

@@ -22,10 +22,11 @@ from .registry import register
 @dataclass
 class CAEConfig(TrainOverrides):
     base_channels: int = 32
-    blocks: int = 1
+    blocks: int = 0
     depth: int = 3
     latent_channels: int = 16
-    loss: Literal["mse", "ssim", "mse_ssim"] = "mse_ssim"
+    loss: Literal["mse", "ssim", "mse_ssim"] = "mse"
+    denoise: float = 0.5  # share of training tiles corrupted (see models/corruption.py)
 
 
 @register("cae")

@@ -24,7 +24,7 @@ from .registry import register
 @dataclass
 class VAEConfig(TrainOverrides):
     base_channels: int = 32
-    blocks: int = 1
+    blocks: int = 0
     depth: int = 4
     latent_dim: int = 128
     beta: float = 1.0
