@@ -15,9 +15,20 @@ pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("dvc")]
 
 
 def sh(*cmd, cwd):
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-                                 "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+    result = subprocess.run(
+        cmd,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={
+            **os.environ,
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t",
+        },
+    )
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
 
@@ -33,8 +44,16 @@ def test_dvc_repro_end_to_end(tmp_path):
     sh("git", "commit", "-qm", "init", cwd=repo)
 
     out = sh(DVC, "repro", cwd=repo)
-    for stage in ["download", "patchify", "split", "train", "score", "threshold", "evaluate",
-                  "plot"]:
+    for stage in [
+        "download",
+        "patchify",
+        "split",
+        "train",
+        "score",
+        "threshold",
+        "evaluate",
+        "plot",
+    ]:
         assert f"Running stage '{stage}'" in out
     metrics = json.loads((repo / "metrics/eval.json").read_text())
     assert 0.0 <= metrics["image.auroc"] <= 1.0 and "pixel.aupro" in metrics

@@ -6,8 +6,13 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from anomaly.errors import TrainingError
-from anomaly.models.registry import available_models, build_model, load_checkpoint, model_config
-from anomaly.models.registry import save_checkpoint
+from anomaly.models.registry import (
+    available_models,
+    build_model,
+    load_checkpoint,
+    model_config,
+    save_checkpoint,
+)
 from anomaly.params import ScoreConfig, TrainConfig
 from anomaly.training import fit, seed_everything
 
@@ -18,8 +23,16 @@ def stripes(n: int, rng: np.random.Generator) -> torch.Tensor:
     """Normal data: horizontal sine stripes with random phase and small noise."""
     rows = np.arange(SIZE)[None, :, None]
     phase = rng.uniform(0, 2 * np.pi, size=(n, 1, 1))
-    img = 0.5 + 0.3 * np.sin(2 * np.pi * rows / 6 + phase) + 0.02 * rng.standard_normal((n, SIZE, SIZE))
-    return torch.tensor(np.clip(img, 0, 1)[:, None], dtype=torch.float32).expand(-1, 1, SIZE, SIZE).contiguous()
+    img = (
+        0.5
+        + 0.3 * np.sin(2 * np.pi * rows / 6 + phase)
+        + 0.02 * rng.standard_normal((n, SIZE, SIZE))
+    )
+    return (
+        torch.tensor(np.clip(img, 0, 1)[:, None], dtype=torch.float32)
+        .expand(-1, 1, SIZE, SIZE)
+        .contiguous()
+    )
 
 
 def with_blobs(x: torch.Tensor) -> torch.Tensor:
@@ -48,8 +61,14 @@ def train_tiny(name: str, epochs: int = 40, lr: float = 3e-3):
     rng = np.random.default_rng(0)
     model = build_model(name, model_config(name, TINY[name]), 1, SIZE)
     cfg = TrainConfig(epochs=epochs, batch_size=32, lr=lr, patience=epochs)
-    fit(model, ListSource(stripes(256, rng), 32), ListSource(stripes(64, rng), 64), cfg, None,
-        torch.device("cpu"))
+    fit(
+        model,
+        ListSource(stripes(256, rng), 32),
+        ListSource(stripes(64, rng), 64),
+        cfg,
+        None,
+        torch.device("cpu"),
+    )
     model.calibrate(iter([stripes(64, rng)]))
     return model, rng
 

@@ -24,8 +24,9 @@ def manifest(project):
 
 
 def test_patchify_labels_tiles_from_masks(project, manifest):
-    meta = patchify(manifest, PatchConfig(size=32, stride=32, min_defect_pixels=4),
-                    project / "patches")
+    meta = patchify(
+        manifest, PatchConfig(size=32, stride=32, min_defect_pixels=4), project / "patches"
+    )
     tiles = np.load(project / "patches/patches.npy", mmap_mode="r")
     masks = np.load(project / "patches/masks.npy", mmap_mode="r")
     table = pd.read_csv(project / "patches/patches.csv")
@@ -61,16 +62,25 @@ def test_corrupt_png_stops_patchify(project, manifest):
 
 
 def _images(labels, groups=None):
-    return pd.DataFrame({"image_id": range(len(labels)), "label": labels,
-                         "group": groups or ["a"] * len(labels), "defect_type": [
-                             "good" if v == 0 else "x" for v in labels]})
+    return pd.DataFrame(
+        {
+            "image_id": range(len(labels)),
+            "label": labels,
+            "group": groups or ["a"] * len(labels),
+            "defect_type": ["good" if v == 0 else "x" for v in labels],
+        }
+    )
 
 
 def test_split_is_grouped_and_train_is_good_only():
     images = _images([0] * 10 + [1] * 5)
-    patches = pd.DataFrame({
-        "patch_id": range(60), "image_id": np.repeat(np.arange(15), 4),
-        "label": [0] * 40 + [1, 0, 0, -1] * 5})
+    patches = pd.DataFrame(
+        {
+            "patch_id": range(60),
+            "image_id": np.repeat(np.arange(15), 4),
+            "label": [0] * 40 + [1, 0, 0, -1] * 5,
+        }
+    )
     parts, summary = make_splits(patches, images, SplitConfig(0.2, 0.3, 0.4), seed=0)
     owners = [set(parts[n]["image_id"]) for n in ("train", "val", "test")]
     assert not (owners[0] & owners[1] or owners[0] & owners[2] or owners[1] & owners[2])

@@ -24,16 +24,34 @@ def run_all(root):
 def test_pipeline_produces_every_artefact_and_is_deterministic(project):
     first = run_all(project)
     for path in [
-        "data/raw/synthetic_fabric/manifest.csv", "data/patches/patches.npy",
-        "data/splits/summary.json", "models/cae/model.pt", "scores/cae/test_images.csv",
-        "scores/cae/test_maps.npz", "metrics/threshold.json", "plots/curves/roc.json",
-        "plots/figures/roc.png", "plots/figures/gallery.png", "plots/figures/training_curves.png",
+        "data/raw/synthetic_fabric/manifest.csv",
+        "data/patches/patches.npy",
+        "data/splits/summary.json",
+        "models/cae/model.pt",
+        "scores/cae/test_images.csv",
+        "scores/cae/test_maps.npz",
+        "metrics/threshold.json",
+        "plots/curves/roc.json",
+        "plots/figures/roc.png",
+        "plots/figures/gallery.png",
+        "plots/figures/training_curves.png",
         "metrics/train/metrics.json",
     ]:
         assert (project / path).is_file(), path
-    for key in ["image.auroc", "image.aupr", "image.f1", "image.precision", "image.recall",
-                "image.f1_max", "image.accuracy", "patch.auroc", "pixel.auroc", "pixel.aupro",
-                "threshold", "image.tp"]:
+    for key in [
+        "image.auroc",
+        "image.aupr",
+        "image.f1",
+        "image.precision",
+        "image.recall",
+        "image.f1_max",
+        "image.accuracy",
+        "patch.auroc",
+        "pixel.auroc",
+        "pixel.aupro",
+        "threshold",
+        "image.tp",
+    ]:
         assert key in first, key
     assert first["model"] == "cae" and first["dataset"] == "synthetic_fabric"
     assert any(k.startswith("by_defect.") for k in first)
@@ -57,8 +75,9 @@ def test_threshold_changes_only_threshold_outputs(project):
 
 
 def test_empty_good_training_set(project):
-    write_params(project / "params.yaml",
-                 tiny_params(dataset={"synthetic": {"n_good": 1, "n_defect": 2}}))
+    write_params(
+        project / "params.yaml", tiny_params(dataset={"synthetic": {"n_good": 1, "n_defect": 2}})
+    )
     params = load_params(project / "params.yaml")
     pipeline.stage_download(params)
     pipeline.stage_patchify(params)
@@ -68,8 +87,13 @@ def test_empty_good_training_set(project):
 
 
 def cli(*args, cwd):
-    return subprocess.run([sys.executable, str(REPO / "stages" / f"{args[0]}.py"), *args[1:]],
-                          cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO / "stages" / f"{args[0]}.py"), *args[1:]],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_stage_scripts_report_bad_input_in_one_line(project):
@@ -84,7 +108,8 @@ def test_stage_scripts_report_bad_input_in_one_line(project):
     result = cli("train", cwd=project)
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "error: params.yaml: train.batch_size must be an integer, got 1.5 (float)")
+        "error: params.yaml: train.batch_size must be an integer, got 1.5 (float)"
+    )
 
 
 def test_stage_script_reports_corrupt_png(project):

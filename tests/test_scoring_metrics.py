@@ -61,8 +61,13 @@ def test_stitch_places_and_averages_tiles():
 
 
 def test_group_normalizer_puts_groups_on_one_scale():
-    tiles = pd.DataFrame({"group": ["a"] * 4 + ["b"] * 4, "label": 0,
-                          "score": [1.0, 2.0, 1.0, 2.0, 10.0, 20.0, 10.0, 20.0]})
+    tiles = pd.DataFrame(
+        {
+            "group": ["a"] * 4 + ["b"] * 4,
+            "label": 0,
+            "score": [1.0, 2.0, 1.0, 2.0, 10.0, 20.0, 10.0, 20.0],
+        }
+    )
     norm = fit_group_normalizer(tiles)
     shift, scale = group_affine(tiles["group"], norm)
     z = (tiles["score"] - shift) / scale

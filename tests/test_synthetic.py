@@ -31,7 +31,10 @@ def test_generated_folder_has_aitex_layout(tmp_path):
     cfg = SyntheticFabricConfig(n_good=4, n_defect=3, width=128, height=64)
     root = generate(cfg, 0, tmp_path / "aitex")
     assert sorted(p.name for p in root.iterdir()) == [
-        "Defect_images", "Mask_images", "NODefect_images"]
+        "Defect_images",
+        "Mask_images",
+        "NODefect_images",
+    ]
     frame = read_aitex(root)
     assert (frame["label"] == 0).sum() == 4 and (frame["label"] == 1).sum() == 3
     defects = frame[frame["label"] == 1]

@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     from .pipeline import STAGES
 
     parser = argparse.ArgumentParser(prog="anomaly", description=__doc__)
-    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (default: %(default)s)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in STAGES:
         sub.add_parser(name, help=f"run the {name} stage")

@@ -62,9 +62,7 @@ def coerce(tp: Any, value: Any, where: str, source: str = "params.yaml") -> Any:
         return value
     if origin is Literal:
         if value not in get_args(tp):
-            raise ParamsError(
-                f"{source}: {where} must be {_type_name(tp)}, got {_describe(value)}"
-            )
+            raise ParamsError(f"{source}: {where} must be {_type_name(tp)}, got {_describe(value)}")
         return value
     if tp is bool:
         if not isinstance(value, bool):

@@ -140,9 +140,7 @@ def read_mask(path: str | Path, expected_shape: tuple[int, int] | None = None) -
     mask = read_image(path, mode="L") > 127
     if expected_shape is not None and mask.shape != tuple(expected_shape):
         h, w = expected_shape
-        raise DataError(
-            f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {w}x{h}"
-        )
+        raise DataError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {w}x{h}")
     return mask
 
 

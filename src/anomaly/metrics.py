@@ -60,18 +60,22 @@ def classification_metrics(labels: np.ndarray, scores: np.ndarray, threshold: fl
 
 def roc_points(labels: np.ndarray, scores: np.ndarray) -> list[dict]:
     fpr, tpr, thr = roc_curve(labels, scores)
-    return [{"fpr": float(a), "tpr": float(b), "threshold": float(min(c, 1e300))}
-            for a, b, c in zip(fpr, tpr, thr, strict=True)]
+    return [
+        {"fpr": float(a), "tpr": float(b), "threshold": float(min(c, 1e300))}
+        for a, b, c in zip(fpr, tpr, thr, strict=True)
+    ]
 
 
 def pr_points(labels: np.ndarray, scores: np.ndarray) -> list[dict]:
     precision, recall, _ = precision_recall_curve(labels, scores)
-    return [{"recall": float(r), "precision": float(p)}
-            for p, r in zip(precision, recall, strict=True)]
+    return [
+        {"recall": float(r), "precision": float(p)} for p, r in zip(precision, recall, strict=True)
+    ]
 
 
-def aupro(maps: list[np.ndarray], masks: list[np.ndarray], max_fpr: float = 0.3,
-          steps: int = 400) -> float | None:
+def aupro(
+    maps: list[np.ndarray], masks: list[np.ndarray], max_fpr: float = 0.3, steps: int = 400
+) -> float | None:
     """Normalised area under the PRO curve for FPR in [0, max_fpr].
 
     PRO at a threshold is the mean, over connected defect regions, of the
@@ -97,13 +101,15 @@ def aupro(maps: list[np.ndarray], masks: list[np.ndarray], max_fpr: float = 0.3,
     fpr, pro = fpr[order], pro[order]
     keep = fpr <= max_fpr
     x = np.concatenate([[0.0], fpr[keep], [max_fpr]])
-    y = np.concatenate([[pro[keep][0] if keep.any() else 0.0], pro[keep],
-                        [np.interp(max_fpr, fpr, pro)]])
+    y = np.concatenate(
+        [[pro[keep][0] if keep.any() else 0.0], pro[keep], [np.interp(max_fpr, fpr, pro)]]
+    )
     return float(np.trapezoid(y, x) / max_fpr)
 
 
-def pixel_auroc(maps: list[np.ndarray], masks: list[np.ndarray], max_samples: int,
-                seed: int) -> float | None:
+def pixel_auroc(
+    maps: list[np.ndarray], masks: list[np.ndarray], max_samples: int, seed: int
+) -> float | None:
     scores = np.concatenate([m.ravel() for m in maps])
     labels = np.concatenate([k.ravel() for k in masks])
     if len(np.unique(labels)) < 2:

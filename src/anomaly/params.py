@@ -31,13 +31,13 @@ FABRIC_KINDS = ("plain", "twill", "irregular", "satin")
 
 def _default_contrast() -> dict[str, list[float]]:
     return {
-        "broken_end": [0.25, 0.5],
-        "broken_pick": [0.25, 0.5],
-        "fuzzyball": [0.25, 0.5],
-        "contamination": [0.12, 0.25],
-        "crease": [0.12, 0.25],
-        "knots": [0.3, 0.55],
-        "nep": [0.3, 0.55],
+        "broken_end": [0.2, 0.5],
+        "broken_pick": [0.2, 0.5],
+        "fuzzyball": [0.2, 0.5],
+        "contamination": [0.1, 0.25],
+        "crease": [0.1, 0.25],
+        "knots": [0.25, 0.55],
+        "nep": [0.25, 0.55],
     }
 
 
@@ -60,19 +60,37 @@ class SyntheticFabricConfig:
         require(self.n_defect >= 0, source, f"{where}.n_defect", "must be >= 0")
         require(self.width >= 32 and self.height >= 32, source, where, "rolls must be >= 32 px")
         for name in self.fabrics:
-            require(name in FABRIC_KINDS, source, f"{where}.fabrics",
-                    f"has unknown fabric {name!r} (known: {', '.join(FABRIC_KINDS)})")
+            require(
+                name in FABRIC_KINDS,
+                source,
+                f"{where}.fabrics",
+                f"has unknown fabric {name!r} (known: {', '.join(FABRIC_KINDS)})",
+            )
         require(bool(self.fabrics), source, f"{where}.fabrics", "must not be empty")
         for name in self.defects:
-            require(name in DEFECT_KINDS, source, f"{where}.defects",
-                    f"has unknown defect {name!r} (known: {', '.join(DEFECT_KINDS)})")
+            require(
+                name in DEFECT_KINDS,
+                source,
+                f"{where}.defects",
+                f"has unknown defect {name!r} (known: {', '.join(DEFECT_KINDS)})",
+            )
         lo_hi = self.defects_per_image
-        require(len(lo_hi) == 2 and 1 <= lo_hi[0] <= lo_hi[1], source,
-                f"{where}.defects_per_image", "must be [min, max] with 1 <= min <= max")
+        require(
+            len(lo_hi) == 2 and 1 <= lo_hi[0] <= lo_hi[1],
+            source,
+            f"{where}.defects_per_image",
+            "must be [min, max] with 1 <= min <= max",
+        )
         for name, pair in self.contrast.items():
-            require(name in DEFECT_KINDS, source, f"{where}.contrast.{name}", "is not a defect kind")
-            require(len(pair) == 2 and 0 < pair[0] <= pair[1] <= 1, source,
-                    f"{where}.contrast.{name}", "must be [low, high] with 0 < low <= high <= 1")
+            require(
+                name in DEFECT_KINDS, source, f"{where}.contrast.{name}", "is not a defect kind"
+            )
+            require(
+                len(pair) == 2 and 0 < pair[0] <= pair[1] <= 1,
+                source,
+                f"{where}.contrast.{name}",
+                "must be [low, high] with 0 < low <= high <= 1",
+            )
         require(0 <= self.noise < 0.5, source, f"{where}.noise", "must be in [0, 0.5)")
 
 
@@ -88,8 +106,12 @@ class DatasetConfig:
     synthetic: SyntheticFabricConfig = field(default_factory=SyntheticFabricConfig)
 
     def validate(self, where: str, source: str) -> None:
-        require(self.name in DATASET_NAMES, source, f"{where}.name",
-                f"is {self.name!r}, not a known dataset (known: {', '.join(DATASET_NAMES)})")
+        require(
+            self.name in DATASET_NAMES,
+            source,
+            f"{where}.name",
+            f"is {self.name!r}, not a known dataset (known: {', '.join(DATASET_NAMES)})",
+        )
 
     @property
     def categories(self) -> list[str] | None:
@@ -107,9 +129,13 @@ class PatchConfig:
 
     def validate(self, where: str, source: str) -> None:
         require(self.size >= 8, source, f"{where}.size", "must be >= 8")
-        require(1 <= self.stride, source, f"{where}.stride", "must be >= 1")
-        require(self.resize is None or self.resize >= 8, source, f"{where}.resize",
-                "must be null or >= 8")
+        require(self.stride >= 1, source, f"{where}.stride", "must be >= 1")
+        require(
+            self.resize is None or self.resize >= 8,
+            source,
+            f"{where}.resize",
+            "must be null or >= 8",
+        )
         require(self.min_defect_pixels >= 1, source, f"{where}.min_defect_pixels", "must be >= 1")
 
     @property
@@ -125,12 +151,24 @@ class SplitConfig:
 
     def validate(self, where: str, source: str) -> None:
         require(0 < self.val_fraction < 1, source, f"{where}.val_fraction", "must be in (0, 1)")
-        require(0 <= self.test_good_fraction < 1, source, f"{where}.test_good_fraction",
-                "must be in [0, 1)")
-        require(self.val_fraction + self.test_good_fraction < 1, source, where,
-                "val_fraction + test_good_fraction must leave good images for training")
-        require(0 <= self.labeled_val_fraction < 1, source, f"{where}.labeled_val_fraction",
-                "must be in [0, 1)")
+        require(
+            0 <= self.test_good_fraction < 1,
+            source,
+            f"{where}.test_good_fraction",
+            "must be in [0, 1)",
+        )
+        require(
+            self.val_fraction + self.test_good_fraction < 1,
+            source,
+            where,
+            "val_fraction + test_good_fraction must leave good images for training",
+        )
+        require(
+            0 <= self.labeled_val_fraction < 1,
+            source,
+            f"{where}.labeled_val_fraction",
+            "must be in [0, 1)",
+        )
 
 
 @dataclass
@@ -150,7 +188,9 @@ class TrainConfig:
         require(self.lr > 0, source, f"{where}.lr", "must be > 0")
         require(self.patience >= 1, source, f"{where}.patience", "must be >= 1")
         ok = self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
-        require(ok, source, f"{where}.device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        require(
+            ok, source, f"{where}.device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}"
+        )
 
 
 @dataclass
@@ -166,11 +206,19 @@ class ScoreConfig:
     batch_size: int = 128
 
     def validate(self, where: str, source: str) -> None:
-        require(self.ssim_window >= 3 and self.ssim_window % 2 == 1, source,
-                f"{where}.ssim_window", "must be an odd integer >= 3")
+        require(
+            self.ssim_window >= 3 and self.ssim_window % 2 == 1,
+            source,
+            f"{where}.ssim_window",
+            "must be an odd integer >= 3",
+        )
         require(self.smooth_sigma >= 0, source, f"{where}.smooth_sigma", "must be >= 0")
-        require(0 < self.patch_top_fraction <= 1, source, f"{where}.patch_top_fraction",
-                "must be in (0, 1]")
+        require(
+            0 < self.patch_top_fraction <= 1,
+            source,
+            f"{where}.patch_top_fraction",
+            "must be in (0, 1]",
+        )
         require(self.aggregate_k >= 1, source, f"{where}.aggregate_k", "must be >= 1")
 
 
@@ -183,8 +231,12 @@ class ThresholdConfig:
 
     def validate(self, where: str, source: str) -> None:
         require(0 < self.percentile <= 100, source, f"{where}.percentile", "must be in (0, 100]")
-        require(self.method != "manual" or self.value is not None, source, f"{where}.value",
-                "must be set when threshold.method is manual")
+        require(
+            self.method != "manual" or self.value is not None,
+            source,
+            f"{where}.value",
+            "must be set when threshold.method is manual",
+        )
 
 
 @dataclass
@@ -226,8 +278,9 @@ class Params:
             )
         for name, block in self.models.items():
             if name not in known:
-                raise ParamsError(f"{source}: models.{name} is not a known model "
-                                  f"(known: {', '.join(known)})")
+                raise ParamsError(
+                    f"{source}: models.{name} is not a known model (known: {', '.join(known)})"
+                )
             model_config(name, block, source)
 
     def model_block(self, name: str | None = None) -> Any:

@@ -7,6 +7,7 @@ be run (and tested) without DVC.
 from __future__ import annotations
 
 import logging
+
 import numpy as np
 import pandas as pd
 
@@ -82,25 +83,37 @@ def stage_train(params: Params) -> None:
     out = paths.model_dir(params.model)
     out.mkdir(parents=True, exist_ok=True)
     model.cpu()
-    save_checkpoint(model, out / "model.pt", {
-        "train": to_dict(train_cfg),
-        "seed": params.seed,
-        "preprocessing": {"channels": store.channels, "tile_size": store.tile_size,
-                          "patch": store.meta["patch"], "scale": "uint8 / 255"},
-    })
-    write_json(out / "train_summary.json", {
-        "model": params.model,
-        "device": str(device),
-        "train_patches": int(len(train_ids)),
-        "val_patches": int(len(val_ids)),
-        "parameters": int(sum(p.numel() for p in model.parameters())),
-        **to_dict(result),
-    })
+    save_checkpoint(
+        model,
+        out / "model.pt",
+        {
+            "train": to_dict(train_cfg),
+            "seed": params.seed,
+            "preprocessing": {
+                "channels": store.channels,
+                "tile_size": store.tile_size,
+                "patch": store.meta["patch"],
+                "scale": "uint8 / 255",
+            },
+        },
+    )
+    write_json(
+        out / "train_summary.json",
+        {
+            "model": params.model,
+            "device": str(device),
+            "train_patches": int(len(train_ids)),
+            "val_patches": int(len(val_ids)),
+            "parameters": int(sum(p.numel() for p in model.parameters())),
+            **to_dict(result),
+        },
+    )
     torch.set_grad_enabled(True)
 
 
-def score_split(model, store: PatchStore, tiles: pd.DataFrame, score_cfg, device,
-                keep_maps: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def score_split(
+    model, store: PatchStore, tiles: pd.DataFrame, score_cfg, device, keep_maps: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Tile scores (N,) and, when asked, tile maps (N, S, S) as float16."""
     import torch
 
@@ -126,37 +139,50 @@ def stage_score(params: Params) -> None:
     device = resolve_device(params.train.device)
     model, _ = load_checkpoint(paths.model_dir(params.model) / "model.pt", device)
     store = PatchStore(paths.PATCHES)
-    images = read_csv(paths.PATCHES / "images.csv", required=["image_id", "label", "height",
-                                                              "width"])
+    images = read_csv(
+        paths.PATCHES / "images.csv", required=["image_id", "label", "height", "width"]
+    )
     out_dir = paths.score_dir(params.model)
     with atomic_dir(out_dir) as tmp:
         normalizer = None
         for split in ("val", "test"):
             tiles = _split_ids(split)
             tiles["group"] = tiles["group"].astype(str)
-            scores, maps = score_split(model, store, tiles, params.score, device,
-                                       keep_maps=split == "test")
+            scores, maps = score_split(
+                model, store, tiles, params.score, device, keep_maps=split == "test"
+            )
             tiles = tiles.assign(raw_score=scores)
             if normalizer is None:
-                normalizer = (fit_group_normalizer(tiles.rename(columns={"raw_score": "score"}))
-                              if params.score.normalize == "group" else None)
-                write_json(tmp / "normalization.json", {"method": params.score.normalize,
-                                                        **(normalizer or {})})
-            shift, scale = (group_affine(tiles["group"], normalizer) if normalizer
-                            else (np.zeros(len(tiles)), np.ones(len(tiles))))
+                normalizer = (
+                    fit_group_normalizer(tiles.rename(columns={"raw_score": "score"}))
+                    if params.score.normalize == "group"
+                    else None
+                )
+                write_json(
+                    tmp / "normalization.json",
+                    {"method": params.score.normalize, **(normalizer or {})},
+                )
+            shift, scale = (
+                group_affine(tiles["group"], normalizer)
+                if normalizer
+                else (np.zeros(len(tiles)), np.ones(len(tiles)))
+            )
             tiles["score"] = (scores - shift) / scale
             write_csv(tmp / f"{split}_patches.csv", tiles)
             per_image = aggregate_images(tiles, params.score.aggregate, params.score.aggregate_k)
             per_image = per_image.merge(
                 images[["image_id", "label", "defect_type", "group", "image_path"]],
-                on="image_id", how="left")
+                on="image_id",
+                how="left",
+            )
             write_csv(tmp / f"{split}_images.csv", per_image)
             if split == "test" and maps is not None:
                 full = {}
                 for image_id, group in tiles.groupby("image_id", sort=True):
                     rows = group.index.to_numpy()
                     tile_maps = (maps[rows].astype(np.float32) - shift[rows, None, None]) / scale[
-                        rows, None, None]
+                        rows, None, None
+                    ]
                     info = images.loc[images["image_id"] == image_id].iloc[0]
                     full[f"img_{image_id}"] = stitch(
                         tile_maps, group, int(info["height"]), int(info["width"])
@@ -175,18 +201,21 @@ def stage_threshold(params: Params) -> None:
     cfg = params.threshold
     result = {
         "method": cfg.method,
-        "image": choose_threshold(cfg, images["score"].to_numpy(), images["label"].to_numpy(),
-                                  "image"),
-        "patch": choose_threshold(cfg, patches["score"].to_numpy(), patches["label"].to_numpy(),
-                                  "tile"),
+        "image_threshold": choose_threshold(
+            cfg, images["score"].to_numpy(), images["label"].to_numpy(), "image"
+        ),
+        "patch_threshold": choose_threshold(
+            cfg, patches["score"].to_numpy(), patches["label"].to_numpy(), "tile"
+        ),
         "val_good_images": int((images["label"] == 0).sum()),
         "val_defect_images": int((images["label"] == 1).sum()),
     }
     write_json(paths.THRESHOLD, result)
 
 
-def _load_maps_and_masks(params: Params, images: pd.DataFrame
-                         ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+def _load_maps_and_masks(
+    params: Params, images: pd.DataFrame
+) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
     manifest = read_manifest(paths.manifest(params.dataset.name))
     maps_file = paths.score_dir(params.model) / "test_maps.npz"
     if not maps_file.is_file():
@@ -203,8 +232,10 @@ def _load_maps_and_masks(params: Params, images: pd.DataFrame
             _, mask = load_image_and_mask(manifest, row)
             score_map = stored[key].astype(np.float32)
             if score_map.shape != mask.shape:
-                raise DataError(f"{maps_file}: map of image {image_id} is {score_map.shape}, "
-                                f"mask is {mask.shape}; rerun the score stage")
+                raise DataError(
+                    f"{maps_file}: map of image {image_id} is {score_map.shape}, "
+                    f"mask is {mask.shape}; rerun the score stage"
+                )
             maps.append(score_map)
             masks.append(mask)
             ids.append(int(image_id))
@@ -216,39 +247,56 @@ def stage_evaluate(params: Params) -> None:
 
     base = paths.score_dir(params.model)
     threshold = read_json(paths.THRESHOLD)
-    images = read_csv(base / "test_images.csv", required=["image_id", "score", "label",
-                                                          "defect_type"])
+    images = read_csv(
+        base / "test_images.csv", required=["image_id", "score", "label", "defect_type"]
+    )
     patches = read_csv(base / "test_patches.csv", required=["score", "label"])
     patches = patches[patches["label"] >= 0]
     y, s = images["label"].to_numpy(), images["score"].to_numpy()
-    flat: dict = {"model": params.model, "dataset": params.dataset.name,
-                  "threshold": float(threshold["image"]),
-                  "threshold_method": threshold["method"]}
-    for key, value in classification_metrics(y, s, threshold["image"]).items():
+    flat: dict = {
+        "model": params.model,
+        "dataset": params.dataset.name,
+        "threshold": float(threshold["image_threshold"]),
+        "threshold_method": threshold["method"],
+    }
+    for key, value in classification_metrics(y, s, threshold["image_threshold"]).items():
         flat[f"image.{key}"] = value
-    for key, value in classification_metrics(patches["label"].to_numpy(),
-                                             patches["score"].to_numpy(),
-                                             threshold["patch"]).items():
+    for key, value in classification_metrics(
+        patches["label"].to_numpy(), patches["score"].to_numpy(), threshold["patch_threshold"]
+    ).items():
         flat[f"patch.{key}"] = value
     maps, masks, _ = _load_maps_and_masks(params, images)
     if maps:
-        flat["pixel.auroc"] = pixel_auroc(maps, masks, params.evaluate.pixel_max_samples,
-                                          params.seed)
+        flat["pixel.auroc"] = pixel_auroc(
+            maps, masks, params.evaluate.pixel_max_samples, params.seed
+        )
         flat["pixel.aupro"] = aupro(maps, masks, params.evaluate.aupro_max_fpr)
     good = images[images["label"] == 0]
     for defect, part in images[images["label"] == 1].groupby("defect_type", sort=True):
         both = pd.concat([good, part])
-        m = classification_metrics(both["label"].to_numpy(), both["score"].to_numpy(),
-                                   threshold["image"])
+        m = classification_metrics(
+            both["label"].to_numpy(), both["score"].to_numpy(), threshold["image_threshold"]
+        )
         flat[f"by_defect.{defect}.auroc"] = m["auroc"]
         flat[f"by_defect.{defect}.recall"] = m["recall"]
         flat[f"by_defect.{defect}.n"] = int(len(part))
     write_json(paths.EVAL, flat)
     write_json(paths.CURVES / "roc.json", {"roc": roc_points(y, s) if len(set(y)) > 1 else []})
     write_json(paths.CURVES / "pr.json", {"pr": pr_points(y, s) if len(set(y)) > 1 else []})
-    write_json(paths.CURVES / "scores.json", {"scores": [
-        {"image_id": int(r.image_id), "score": float(r.score), "label": int(r.label),
-         "defect_type": str(r.defect_type)} for r in images.itertuples()]})
+    write_json(
+        paths.CURVES / "scores.json",
+        {
+            "scores": [
+                {
+                    "image_id": int(r.image_id),
+                    "score": float(r.score),
+                    "label": int(r.label),
+                    "defect_type": str(r.defect_type),
+                }
+                for r in images.itertuples()
+            ]
+        },
+    )
 
 
 def stage_plot(params: Params) -> None:
@@ -264,14 +312,21 @@ def stage_plot(params: Params) -> None:
     with atomic_dir(out) as tmp:
         plots.roc_figure(images, metrics, tmp / "roc.png", params.plot.dpi)
         plots.pr_figure(images, metrics, tmp / "pr.png", params.plot.dpi)
-        plots.histogram_figure(images, threshold["image"], tmp / "score_histogram.png",
-                               params.plot.dpi)
+        plots.histogram_figure(
+            images, threshold["image_threshold"], tmp / "score_histogram.png", params.plot.dpi
+        )
         plots.confusion_figure(metrics, tmp / "confusion_matrix.png", params.plot.dpi)
         plots.training_figure(paths.TRAIN_LOG, tmp / "training_curves.png", params.plot.dpi)
         if maps_file.is_file():
-            plots.gallery_figure(images, manifest, maps_file, threshold["image"],
-                                 params.plot.gallery_per_group, tmp / "gallery.png",
-                                 params.plot.dpi)
+            plots.gallery_figure(
+                images,
+                manifest,
+                maps_file,
+                threshold["image_threshold"],
+                params.plot.gallery_per_group,
+                tmp / "gallery.png",
+                params.plot.dpi,
+            )
 
 
 STAGES = {

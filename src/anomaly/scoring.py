@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 
 
-def gaussian_kernel1d(sigma: float, device: torch.device | None = None,
-                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def gaussian_kernel1d(
+    sigma: float, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     radius = max(1, int(math.ceil(3 * sigma)))
     coords = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
     kernel = torch.exp(-0.5 * (coords / sigma) ** 2)
@@ -52,8 +53,9 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 7) -> torch.Tensor:
     return num / den
 
 
-def error_components(x: torch.Tensor, recon: torch.Tensor, window: int = 7,
-                     need_ssim: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+def error_components(
+    x: torch.Tensor, recon: torch.Tensor, window: int = 7, need_ssim: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Squared error and SSIM error, each (B, H, W), averaged over channels."""
     x, recon = x.float(), recon.float()
     mse = ((x - recon) ** 2).mean(dim=1)
@@ -63,8 +65,9 @@ def error_components(x: torch.Tensor, recon: torch.Tensor, window: int = 7,
     return mse, ssim_err
 
 
-def pixel_maps(x: torch.Tensor, recon: torch.Tensor, cfg: Any,
-               scale: torch.Tensor | None = None) -> torch.Tensor:
+def pixel_maps(
+    x: torch.Tensor, recon: torch.Tensor, cfg: Any, scale: torch.Tensor | None = None
+) -> torch.Tensor:
     """The anomaly map (B, H, W) chosen by ``score.map``, smoothed by ``score.smooth_sigma``."""
     mse, ssim_err = error_components(x, recon, cfg.ssim_window, need_ssim=cfg.map != "mse")
     if cfg.map == "mse":
@@ -115,8 +118,9 @@ def stitch(tile_maps: np.ndarray, tiles: pd.DataFrame, height: int, width: int) 
         size = int(tile["size"])
         m = torch.as_tensor(np.asarray(tile_map, dtype=np.float32))
         if m.shape[-1] != size:
-            m = F.interpolate(m[None, None], size=(size, size), mode="bilinear",
-                              align_corners=False)[0, 0]
+            m = F.interpolate(
+                m[None, None], size=(size, size), mode="bilinear", align_corners=False
+            )[0, 0]
         y, x = int(tile["y"]), int(tile["x"])
         total[y : y + size, x : x + size] += m.numpy()
         weight[y : y + size, x : x + size] += 1

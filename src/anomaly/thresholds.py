@@ -23,8 +23,9 @@ def f1_optimal(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     return float(thresholds[best]), float(f1[best])
 
 
-def choose_threshold(cfg: ThresholdConfig, scores: np.ndarray, labels: np.ndarray,
-                     what: str = "image") -> float:
+def choose_threshold(
+    cfg: ThresholdConfig, scores: np.ndarray, labels: np.ndarray, what: str = "image"
+) -> float:
     """The threshold for one level (``what`` names it in errors)."""
     good = scores[labels == 0]
     if cfg.method == "manual":

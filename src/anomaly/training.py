@@ -71,8 +71,14 @@ def _mean_val_loss(model: Any, batches: Any, device: torch.device, amp: bool) ->
     return total / max(count, 1)
 
 
-def fit(model: Any, train_batches: Any, val_batches: Any, cfg: TrainConfig,
-        logger: EpochLogger | None, device: torch.device) -> FitResult:
+def fit(
+    model: Any,
+    train_batches: Any,
+    val_batches: Any,
+    cfg: TrainConfig,
+    logger: EpochLogger | None,
+    device: torch.device,
+) -> FitResult:
     """Train ``model`` in place; on return it holds the best-validation weights."""
     model.to(device)
     amp = cfg.amp and device.type == "cuda"
@@ -104,8 +110,10 @@ def fit(model: Any, train_batches: Any, val_batches: Any, cfg: TrainConfig,
         train_loss = running / max(seen, 1)
         val_loss = _mean_val_loss(model, val_batches, device, amp)
         if not math.isfinite(val_loss):
-            raise TrainingError(f"train: validation loss became {val_loss} at epoch {epoch + 1} "
-                                f"(model {model.name}); lower the learning rate")
+            raise TrainingError(
+                f"train: validation loss became {val_loss} at epoch {epoch + 1} "
+                f"(model {model.name}); lower the learning rate"
+            )
         epochs_run = epoch + 1
         if logger is not None:
             logger.log({"train/loss": train_loss, "val/loss": val_loss})

@@ -92,8 +92,9 @@ def read_aitex(root: str | Path, fabrics: list[str] | None = None) -> pd.DataFra
     return frame
 
 
-def _row(root: Path, image: Path, masks: list[Path] | None, label: int, defect: str,
-         fabric: str) -> dict:
+def _row(
+    root: Path, image: Path, masks: list[Path] | None, label: int, defect: str, fabric: str
+) -> dict:
     return {
         "image_path": str(image.relative_to(root)),
         "mask_path": ";".join(str(m.relative_to(root)) for m in masks) if masks else "",

@@ -50,8 +50,9 @@ def resolve(frame: pd.DataFrame, relative: str) -> Path:
     return path if path.is_absolute() else Path(frame.attrs.get("root", ".")) / path
 
 
-def load_image_and_mask(frame: pd.DataFrame, row: pd.Series, mode: str = "L"
-                        ) -> tuple[np.ndarray, np.ndarray]:
+def load_image_and_mask(
+    frame: pd.DataFrame, row: pd.Series, mode: str = "L"
+) -> tuple[np.ndarray, np.ndarray]:
     """The image (HxW or HxWxC uint8) and its boolean mask (all False for good images)."""
     image = read_image(resolve(frame, row["image_path"]), mode=mode)
     shape = image.shape[:2]

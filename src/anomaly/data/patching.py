@@ -49,8 +49,9 @@ def _resize(tile: np.ndarray, out: int, resample: int) -> np.ndarray:
     return np.asarray(Image.fromarray(tile).resize((out, out), resample=resample))
 
 
-def patchify(manifest: pd.DataFrame, cfg: PatchConfig, out_dir: str | Path,
-             channels: int = 1) -> dict:
+def patchify(
+    manifest: pd.DataFrame, cfg: PatchConfig, out_dir: str | Path, channels: int = 1
+) -> dict:
     """Tile every image in the manifest into ``out_dir`` (written atomically)."""
     mode = IMAGE_MODES[channels]
     sizes = []
@@ -76,10 +77,12 @@ def patchify(manifest: pd.DataFrame, cfg: PatchConfig, out_dir: str | Path,
     out = cfg.out_size
 
     with atomic_dir(out_dir) as tmp:
-        tiles = np.lib.format.open_memmap(tmp / "patches.npy", mode="w+", dtype=np.uint8,
-                                          shape=(total, channels, out, out))
-        masks = np.lib.format.open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8,
-                                          shape=(total, out, out))
+        tiles = np.lib.format.open_memmap(
+            tmp / "patches.npy", mode="w+", dtype=np.uint8, shape=(total, channels, out, out)
+        )
+        masks = np.lib.format.open_memmap(
+            tmp / "masks.npy", mode="w+", dtype=np.uint8, shape=(total, out, out)
+        )
         rows, images = [], []
         k = 0
         progress = tqdm(list(manifest.iterrows()), desc="patchify", unit="img", disable=None)
@@ -100,17 +103,19 @@ def patchify(manifest: pd.DataFrame, cfg: PatchConfig, out_dir: str | Path,
                     label = 0
                 else:
                     label = -1
-                rows.append({
-                    "patch_id": k,
-                    "image_id": int(row["image_id"]),
-                    "x": x,
-                    "y": y,
-                    "size": cfg.size,
-                    "label": label,
-                    "defect_pixels": defect_pixels,
-                    "defect_type": row["defect_type"] if label == 1 else "good",
-                    "group": row["group"],
-                })
+                rows.append(
+                    {
+                        "patch_id": k,
+                        "image_id": int(row["image_id"]),
+                        "x": x,
+                        "y": y,
+                        "size": cfg.size,
+                        "label": label,
+                        "defect_pixels": defect_pixels,
+                        "defect_type": row["defect_type"] if label == 1 else "good",
+                        "group": row["group"],
+                    }
+                )
                 k += 1
         tiles.flush()
         masks.flush()
@@ -121,8 +126,12 @@ def patchify(manifest: pd.DataFrame, cfg: PatchConfig, out_dir: str | Path,
         meta = {
             "channels": channels,
             "tile_size": out,
-            "patch": {"size": cfg.size, "stride": cfg.stride, "resize": cfg.resize,
-                      "min_defect_pixels": cfg.min_defect_pixels},
+            "patch": {
+                "size": cfg.size,
+                "stride": cfg.stride,
+                "resize": cfg.resize,
+                "min_defect_pixels": cfg.min_defect_pixels,
+            },
             "n_patches": total,
             "n_images": len(manifest),
             "n_defect_patches": int((frame["label"] == 1).sum()),

@@ -24,8 +24,9 @@ def assign_images(images: pd.DataFrame, cfg: SplitConfig, seed: int) -> pd.Serie
     split = pd.Series("test", index=images.index, dtype=object)
     good = images.index[images["label"] == 0].to_numpy()
     if len(good) == 0:
-        raise DataError("split: the dataset has no good images, so the good-only training set "
-                        "would be empty")
+        raise DataError(
+            "split: the dataset has no good images, so the good-only training set would be empty"
+        )
     # Stratify by group (fabric / category) so every group is seen in training.
     for _, members in images.loc[good].groupby("group", sort=True):
         ids = rng.permutation(members.index.to_numpy())
@@ -52,8 +53,9 @@ def assign_images(images: pd.DataFrame, cfg: SplitConfig, seed: int) -> pd.Serie
     return split
 
 
-def make_splits(patches: pd.DataFrame, images: pd.DataFrame, cfg: SplitConfig, seed: int
-                ) -> tuple[dict[str, pd.DataFrame], dict]:
+def make_splits(
+    patches: pd.DataFrame, images: pd.DataFrame, cfg: SplitConfig, seed: int
+) -> tuple[dict[str, pd.DataFrame], dict]:
     """Tile tables per split plus a summary of counts per split and defect type."""
     image_split = assign_images(images, cfg, seed)
     split_of = dict(zip(images["image_id"], image_split, strict=True))
@@ -65,11 +67,15 @@ def make_splits(patches: pd.DataFrame, images: pd.DataFrame, cfg: SplitConfig, s
             part = part[part["label"] == 0]
         out[name] = part.reset_index(drop=True)
     if out["train"].empty:
-        raise DataError("split: the good-only training set is empty (no defect-free tiles in the "
-                        "training images); add good images or lower split.val_fraction")
+        raise DataError(
+            "split: the good-only training set is empty (no defect-free tiles in the "
+            "training images); add good images or lower split.val_fraction"
+        )
     if (out["val"]["label"] == 0).sum() == 0:
-        raise DataError("split: the validation set has no good tiles; add good images or raise "
-                        "split.val_fraction")
+        raise DataError(
+            "split: the validation set has no good tiles; add good images or raise "
+            "split.val_fraction"
+        )
     summary: dict = {"seed": seed}
     for name, part in out.items():
         ids = part["image_id"].unique()
@@ -84,7 +90,10 @@ def make_splits(patches: pd.DataFrame, images: pd.DataFrame, cfg: SplitConfig, s
             "ambiguous_tiles": int((part["label"] == -1).sum()),
             "defect_images_by_type": {
                 str(k): int(v)
-                for k, v in imgs[imgs["label"] == 1]["defect_type"].value_counts().sort_index().items()
+                for k, v in imgs[imgs["label"] == 1]["defect_type"]
+                .value_counts()
+                .sort_index()
+                .items()
             },
         }
     return out, summary

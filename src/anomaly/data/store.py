@@ -37,8 +37,13 @@ class PatchStore:
     def tile_size(self) -> int:
         return int(self.meta["tile_size"])
 
-    def batches(self, ids: np.ndarray, batch_size: int, shuffle: bool = False,
-                rng: np.random.Generator | None = None) -> Iterator[torch.Tensor]:
+    def batches(
+        self,
+        ids: np.ndarray,
+        batch_size: int,
+        shuffle: bool = False,
+        rng: np.random.Generator | None = None,
+    ) -> Iterator[torch.Tensor]:
         """Float tensors (B, C, S, S) in [0, 1]."""
         ids = np.asarray(ids, dtype=np.int64)
         order = rng.permutation(len(ids)) if shuffle and rng is not None else np.arange(len(ids))
@@ -53,8 +58,9 @@ class PatchStore:
 class BatchSource:
     """A re-iterable of batches: each pass reshuffles with the same generator."""
 
-    def __init__(self, store: PatchStore, ids: np.ndarray, batch_size: int, shuffle: bool,
-                 seed: int) -> None:
+    def __init__(
+        self, store: PatchStore, ids: np.ndarray, batch_size: int, shuffle: bool, seed: int
+    ) -> None:
         self.store, self.ids, self.batch_size, self.shuffle = store, ids, batch_size, shuffle
         self.rng = np.random.default_rng([seed, 11])
 

@@ -103,8 +103,14 @@ def weave(
     return img, warp, weft
 
 
-def _soft_blob(shape: tuple[int, int], center: tuple[float, float], radii: tuple[float, float],
-               angle: float, rng: np.random.Generator, roughness: float) -> np.ndarray:
+def _soft_blob(
+    shape: tuple[int, int],
+    center: tuple[float, float],
+    radii: tuple[float, float],
+    angle: float,
+    rng: np.random.Generator,
+    roughness: float,
+) -> np.ndarray:
     """An irregular blob: an ellipse whose edge is perturbed by smooth noise (values 0..1)."""
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w].astype(float)
@@ -157,8 +163,14 @@ def _random_center(img, rng, margin):
 
 def _fuzzyball(img, rng, c, warp, weft):
     r = rng.uniform(4, 9)
-    alpha = _soft_blob(img.shape, _random_center(img, rng, r + 2), (r, r * rng.uniform(0.8, 1.3)),
-                       rng.uniform(0, np.pi), rng, 0.6)
+    alpha = _soft_blob(
+        img.shape,
+        _random_center(img, rng, r + 2),
+        (r, r * rng.uniform(0.8, 1.3)),
+        rng.uniform(0, np.pi),
+        rng,
+        0.6,
+    )
     fluff = ndimage.gaussian_filter(img, 2.0) + c * rng.choice([-1, 1])
     img[:] = img * (1 - alpha) + fluff * alpha
     return alpha > MASK_LEVEL
@@ -166,8 +178,14 @@ def _fuzzyball(img, rng, c, warp, weft):
 
 def _contamination(img, rng, c, warp, weft):
     r = rng.uniform(10, 28)
-    alpha = _soft_blob(img.shape, _random_center(img, rng, r / 2), (r, r * rng.uniform(0.6, 1.6)),
-                       rng.uniform(0, np.pi), rng, 0.3)
+    alpha = _soft_blob(
+        img.shape,
+        _random_center(img, rng, r / 2),
+        (r, r * rng.uniform(0.6, 1.6)),
+        rng.uniform(0, np.pi),
+        rng,
+        0.3,
+    )
     img -= c * alpha
     return alpha > MASK_LEVEL
 
@@ -190,8 +208,14 @@ def _crease(img, rng, c, warp, weft):
 
 def _knots(img, rng, c, warp, weft):
     r = rng.uniform(3, 5.5)
-    alpha = _soft_blob(img.shape, _random_center(img, rng, r + 2), (r, r * rng.uniform(1.0, 1.8)),
-                       rng.uniform(0, np.pi), rng, 0.3)
+    alpha = _soft_blob(
+        img.shape,
+        _random_center(img, rng, r + 2),
+        (r, r * rng.uniform(1.0, 1.8)),
+        rng.uniform(0, np.pi),
+        rng,
+        0.3,
+    )
     img += c * alpha
     return alpha > MASK_LEVEL
 
@@ -214,8 +238,9 @@ DEFECT_PAINTERS: dict[str, Callable] = {
 }
 
 
-def make_roll(cfg: SyntheticFabricConfig, seed: int, index: int, fabric: str,
-              defect: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+def make_roll(
+    cfg: SyntheticFabricConfig, seed: int, index: int, fabric: str, defect: str | None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """One roll as uint8 (and its boolean mask when ``defect`` is given).
 
     Each roll draws from its own generator seeded by (seed, index), so any roll

@@ -31,8 +31,12 @@ class TrainOverrides:
     def validate(self, where: str, source: str) -> None:
         require(self.epochs is None or self.epochs >= 1, source, f"{where}.epochs", "must be >= 1")
         require(self.lr is None or self.lr > 0, source, f"{where}.lr", "must be > 0")
-        require(self.batch_size is None or self.batch_size >= 1, source, f"{where}.batch_size",
-                "must be >= 1")
+        require(
+            self.batch_size is None or self.batch_size >= 1,
+            source,
+            f"{where}.batch_size",
+            "must be >= 1",
+        )
         denoise = getattr(self, "denoise", 0.0)
         require(0 <= denoise <= 1, source, f"{where}.denoise", "must be in [0, 1]")
 

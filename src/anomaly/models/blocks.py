@@ -8,13 +8,17 @@ from torch import nn
 def _refine(width: int, blocks: int) -> list[nn.Module]:
     layers: list[nn.Module] = []
     for _ in range(blocks):
-        layers += [nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                   nn.LeakyReLU(0.2, inplace=True)]
+        layers += [
+            nn.Conv2d(width, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
     return layers
 
 
-def conv_encoder(in_channels: int, base: int, depth: int, blocks: int = 1
-                 ) -> tuple[nn.Sequential, int]:
+def conv_encoder(
+    in_channels: int, base: int, depth: int, blocks: int = 1
+) -> tuple[nn.Sequential, int]:
     """``depth`` stride-2 stages doubling the width (capped at 8x base), each followed by
     ``blocks`` 3x3 convolutions; returns (net, output width)."""
     layers: list[nn.Module] = []
@@ -31,8 +35,9 @@ def conv_encoder(in_channels: int, base: int, depth: int, blocks: int = 1
     return nn.Sequential(*layers), channels
 
 
-def conv_decoder(out_channels: int, base: int, depth: int, in_width: int, blocks: int = 1
-                 ) -> nn.Sequential:
+def conv_decoder(
+    out_channels: int, base: int, depth: int, in_width: int, blocks: int = 1
+) -> nn.Sequential:
     """Mirror of :func:`conv_encoder`, ending in a sigmoid (pixels live in [0, 1])."""
     layers: list[nn.Module] = []
     channels = in_width

@@ -26,7 +26,7 @@ class CAEConfig(TrainOverrides):
     depth: int = 3
     latent_channels: int = 16
     loss: Literal["mse", "ssim", "mse_ssim"] = "mse"
-    denoise: float = 0.5  # share of training tiles corrupted (see models/corruption.py)
+    denoise: float = 0.8  # share of training tiles corrupted (see models/corruption.py)
 
 
 @register("cae")
@@ -36,12 +36,16 @@ class ConvAutoencoder(ReconstructionModel):
     def __init__(self, config: CAEConfig, in_channels: int, image_size: int) -> None:
         super().__init__(config, in_channels, image_size)
         check_divisible(image_size, config.depth, "models.cae")
-        self.encoder, width = conv_encoder(in_channels, config.base_channels, config.depth, config.blocks)
+        self.encoder, width = conv_encoder(
+            in_channels, config.base_channels, config.depth, config.blocks
+        )
         self.to_latent = nn.Conv2d(width, config.latent_channels, 1)
         self.from_latent = nn.Sequential(
             nn.Conv2d(config.latent_channels, width, 1), nn.LeakyReLU(0.2, inplace=True)
         )
-        self.decoder = conv_decoder(in_channels, config.base_channels, config.depth, width, config.blocks)
+        self.decoder = conv_decoder(
+            in_channels, config.base_channels, config.depth, width, config.blocks
+        )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.to_latent(self.encoder(x))

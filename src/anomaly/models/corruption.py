@@ -18,8 +18,9 @@ import torch
 from ..scoring import gaussian_blur
 
 
-def corrupt(x: torch.Tensor, probability: float, generator: torch.Generator | None = None
-            ) -> torch.Tensor:
+def corrupt(
+    x: torch.Tensor, probability: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """A copy of ``x`` (B, C, H, W in [0, 1]) where each sample is corrupted with ``probability``."""
     if probability <= 0:
         return x

@@ -1,8 +1,8 @@
 """Map the names used in params.yaml to model classes.
 
 Adding a model is adding one module under ``models/`` that decorates its class
-with :func:`register`, an import line in ``models/__init__.py`` and a params
-block; nothing else in the pipeline names a model.
+with :func:`register`, its import in ``models/__init__.py`` and a params block;
+nothing else in the pipeline names a model.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def register(name: str):
 
 
 def _ensure_loaded() -> None:
-    from . import ae, cae, vae  # noqa: F401
+    """Import the models package, whose __init__ imports (and so registers) every family."""
+    import anomaly.models  # noqa: F401
 
 
 def available_models() -> list[str]:

@@ -39,13 +39,17 @@ class VariationalAutoencoder(ReconstructionModel):
     def __init__(self, config: VAEConfig, in_channels: int, image_size: int) -> None:
         super().__init__(config, in_channels, image_size)
         check_divisible(image_size, config.depth, "models.vae")
-        self.encoder, width = conv_encoder(in_channels, config.base_channels, config.depth, config.blocks)
+        self.encoder, width = conv_encoder(
+            in_channels, config.base_channels, config.depth, config.blocks
+        )
         self.grid = image_size // 2**config.depth
         flat = width * self.grid * self.grid
         self.width = width
         self.to_stats = nn.Linear(flat, 2 * config.latent_dim)
         self.from_latent = nn.Sequential(nn.Linear(config.latent_dim, flat), nn.LeakyReLU(0.2))
-        self.decoder = conv_decoder(in_channels, config.base_channels, config.depth, width, config.blocks)
+        self.decoder = conv_decoder(
+            in_channels, config.base_channels, config.depth, width, config.blocks
+        )
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.to_stats(self.encoder(x).flatten(1)).chunk(2, dim=1)
@@ -57,8 +61,9 @@ class VariationalAutoencoder(ReconstructionModel):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x)[0])
 
-    def _neg_elbo(self, x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor,
-                  logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _neg_elbo(
+        self, x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pixels = x[0].numel()
         sq = ((x.float() - recon.float()) ** 2).flatten(1).sum(1)
         rec = sq / (2 * self.config.likelihood_sigma**2) / pixels

@@ -1,0 +1,55 @@
+"""Lint, format and the benchmark script stay working."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+RUFF = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+SOURCES = ["src", "stages", "tests", "benchmarks"]
+
+
+@pytest.mark.skipif(not Path(RUFF).exists(), reason="ruff is installed by `make setup`")
+def test_ruff_lint_and_format_are_clean():
+    lint = subprocess.run([RUFF, "check", *SOURCES], cwd=REPO, capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout
+    fmt = subprocess.run(
+        [RUFF, "format", "--check", *SOURCES], cwd=REPO, capture_output=True, text=True
+    )
+    assert fmt.returncode == 0, fmt.stdout
+
+
+def test_benchmark_script_reports_every_model(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/bench_models.py",
+            "--device",
+            "cpu",
+            "--tile",
+            "16",
+            "--batch",
+            "4",
+            "--steps",
+            "1",
+            "--models",
+            "ae,cae,vae",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["model"] for r in rows] == ["ae", "cae", "vae"]
+    assert all(r["train_tiles_per_s"] > 0 and r["score_tiles_per_s"] > 0 for r in rows)
