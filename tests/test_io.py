@@ -45,3 +45,18 @@ def test_mask_of_wrong_size(tmp_path):
     assert read_mask(path, (10, 12)).all()
     with pytest.raises(DataError, match=r"m\.png: mask is 12x10 but its image is 16x10"):
         read_mask(path, (10, 16))
+
+
+def test_atomic_outputs_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"v": 1})
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "x").write_text("1")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755

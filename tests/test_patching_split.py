@@ -96,3 +96,8 @@ def test_split_without_good_images_fails():
     patches = pd.DataFrame({"patch_id": range(3), "image_id": range(3), "label": [1, 1, 1]})
     with pytest.raises(DataError, match="good-only training set would be empty"):
         make_splits(patches, images, SplitConfig(), seed=0)
+
+
+def test_manifest_keeps_fabric_codes_as_text(manifest):
+    assert set(manifest["group"]) == {"01", "02", "03"}
+    assert set(manifest.loc[manifest["label"] == 0, "defect_type"]) == {"good"}

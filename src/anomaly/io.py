@@ -23,6 +23,17 @@ from PIL import Image, UnidentifiedImageError
 from .errors import DataError
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: Path, mode: int) -> None:
+    """Give a temp file or dir the permissions a plain open()/mkdir() would have had."""
+    os.chmod(tmp, mode & ~_current_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
@@ -33,6 +44,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        _publish(tmp, 0o666)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -47,6 +59,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        _publish(tmp, 0o777)
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old / "x")
@@ -94,6 +107,10 @@ def write_csv(path: str | Path, frame: Any) -> None:
         frame.to_csv(tmp, index=False)
 
 
+# Columns that hold names, never numbers: fabric code "01" must not become 1.
+TEXT_COLUMNS = ("group", "defect_type", "image_path", "mask_path", "source_split", "model")
+
+
 def read_csv(path: str | Path, required: list[str] | None = None) -> Any:
     import pandas as pd
 
@@ -101,7 +118,8 @@ def read_csv(path: str | Path, required: list[str] | None = None) -> Any:
     if not path.is_file():
         raise DataError(f"{path}: file not found (run the stage that writes it first)")
     try:
-        frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""],
+                            dtype={c: str for c in TEXT_COLUMNS})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not a readable CSV ({exc})") from exc
     missing = [c for c in (required or []) if c not in frame.columns]

@@ -188,7 +188,7 @@ def gallery_figure(
 
 
 def dataset_examples_figure(
-    manifest: pd.DataFrame, path: Path, per_type: int = 1, dpi: int = 100
+    manifest: pd.DataFrame, path: Path, per_type: int = 1, dpi: int = 72
 ) -> None:
     """Good rolls and one roll per defect type, mask outlined; for the README."""
     rows = [r for _, r in manifest[manifest["label"] == 0].groupby("group").head(1).iterrows()]
