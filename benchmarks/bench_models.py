@@ -29,6 +29,17 @@ from anomaly.training import resolve_device
 DEFAULT_TRAIN_TILES = 1408
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def bench(
     name: str,
     device: torch.device,
@@ -92,7 +103,7 @@ def bench(
         "model": name,
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": _cpu_name(),
         "threads": torch.get_num_threads(),
         "tile": tile,
         "batch": batch,

@@ -118,8 +118,9 @@ def read_csv(path: str | Path, required: list[str] | None = None) -> Any:
     if not path.is_file():
         raise DataError(f"{path}: file not found (run the stage that writes it first)")
     try:
-        frame = pd.read_csv(path, keep_default_na=False, na_values=[""],
-                            dtype={c: str for c in TEXT_COLUMNS})
+        frame = pd.read_csv(
+            path, keep_default_na=False, na_values=[""], dtype={c: str for c in TEXT_COLUMNS}
+        )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not a readable CSV ({exc})") from exc
     missing = [c for c in (required or []) if c not in frame.columns]
