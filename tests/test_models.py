@@ -113,3 +113,14 @@ def test_checkpoint_that_is_not_one(tmp_path):
     path.write_bytes(b"garbage")
     with pytest.raises(DataError, match="not a readable checkpoint"):
         load_checkpoint(path)
+
+
+def test_vae_elbo_score_separates_anomalies():
+    model, rng = train_tiny("vae")
+    model.config.score = "elbo"
+    cfg = ScoreConfig(smooth_sigma=1.0)
+    s_norm, _ = model.score(stripes(40, rng), cfg)
+    s_anom, maps = model.score(with_blobs(stripes(40, rng)), cfg)
+    assert maps.shape == (40, SIZE, SIZE)
+    labels = np.r_[np.zeros(40), np.ones(40)]
+    assert roc_auc_score(labels, np.r_[s_norm.numpy(), s_anom.numpy()]) > 0.9
