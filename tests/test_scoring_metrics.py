@@ -50,7 +50,7 @@ def test_aggregate_images():
 
 
 def test_stitch_places_and_averages_tiles():
-    tiles = pd.DataFrame({"x": [0, 4, 0], "y": [0, 0, 4], "size": [8, 8, 8]})
+    tiles = pd.DataFrame({"x": [0, 4, 0], "y": [0, 0, 4], "w": [8, 8, 8], "h": [8, 8, 8]})
     maps = np.stack([np.full((8, 8), 1.0), np.full((8, 8), 3.0), np.full((8, 8), 5.0)])
     full = stitch(maps, tiles, 12, 12)
     assert full[0, 0] == 1 and full[0, 11] == 3 and full[0, 5] == 2

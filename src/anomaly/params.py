@@ -94,7 +94,7 @@ class SyntheticFabricConfig:
         require(0 <= self.noise < 0.5, source, f"{where}.noise", "must be in [0, 0.5)")
 
 
-DATASET_NAMES = ("synthetic_fabric", "aitex")
+DATASET_NAMES = ("synthetic_fabric", "aitex", "mvtec", "mnist", "folder")
 
 
 @dataclass
@@ -103,6 +103,7 @@ class DatasetConfig:
     category: str | list[str] | None = None
     source: str | None = None
     normal_class: int = 0
+    cache_dir: str | None = None
     synthetic: SyntheticFabricConfig = field(default_factory=SyntheticFabricConfig)
 
     def validate(self, where: str, source: str) -> None:
@@ -125,7 +126,9 @@ class PatchConfig:
     size: int = 64
     stride: int = 64
     resize: int | None = None
+    image_size: int | None = None
     min_defect_pixels: int = 16
+    blank_std: float = 1.0
 
     def validate(self, where: str, source: str) -> None:
         require(self.size >= 8, source, f"{where}.size", "must be >= 8")
@@ -137,6 +140,13 @@ class PatchConfig:
             "must be null or >= 8",
         )
         require(self.min_defect_pixels >= 1, source, f"{where}.min_defect_pixels", "must be >= 1")
+        require(
+            self.image_size is None or self.image_size >= 8,
+            source,
+            f"{where}.image_size",
+            "must be null or >= 8",
+        )
+        require(self.blank_std >= 0, source, f"{where}.blank_std", "must be >= 0")
 
     @property
     def out_size(self) -> int:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from . import paths
 from .config_schema import to_dict
-from .data.download import CHANNELS, download
+from .data.download import dataset_channels, download
 from .data.manifest import load_image_and_mask, read_manifest
 from .data.patching import patchify
 from .data.splitting import SPLITS, make_splits
@@ -32,7 +32,9 @@ def stage_download(params: Params) -> None:
 
 def stage_patchify(params: Params) -> None:
     manifest = read_manifest(paths.manifest(params.dataset.name))
-    meta = patchify(manifest, params.patch, paths.PATCHES, CHANNELS[params.dataset.name])
+    meta = patchify(
+        manifest, params.patch, paths.PATCHES, dataset_channels(paths.RAW / params.dataset.name)
+    )
     log.info("patchify: %d tiles from %d images", meta["n_patches"], meta["n_images"])
 
 

@@ -109,21 +109,21 @@ def aggregate_images(patches: pd.DataFrame, how: str, k: int = 3) -> pd.DataFram
 def stitch(tile_maps: np.ndarray, tiles: pd.DataFrame, height: int, width: int) -> np.ndarray:
     """Full-resolution map of one image from its tiles' maps, averaging overlaps.
 
-    ``tiles`` gives each tile's ``x``, ``y`` and ``size`` in image pixels; maps
-    computed at a resized resolution are scaled back up bilinearly.
+    ``tiles`` gives each tile's box ``x``, ``y``, ``w``, ``h`` in image pixels;
+    maps computed at another resolution are resized to the box bilinearly.
     """
     total = np.zeros((height, width), dtype=np.float32)
     weight = np.zeros((height, width), dtype=np.float32)
     for tile_map, (_, tile) in zip(tile_maps, tiles.iterrows(), strict=True):
-        size = int(tile["size"])
-        m = torch.as_tensor(np.asarray(tile_map, dtype=np.float32))
-        if m.shape[-1] != size:
-            m = F.interpolate(
-                m[None, None], size=(size, size), mode="bilinear", align_corners=False
-            )[0, 0]
         y, x = int(tile["y"]), int(tile["x"])
-        total[y : y + size, x : x + size] += m.numpy()
-        weight[y : y + size, x : x + size] += 1
+        h, w = min(int(tile["h"]), height - y), min(int(tile["w"]), width - x)
+        m = torch.as_tensor(np.asarray(tile_map, dtype=np.float32))
+        if m.shape != (h, w):
+            m = F.interpolate(m[None, None], size=(h, w), mode="bilinear", align_corners=False)[
+                0, 0
+            ]
+        total[y : y + h, x : x + w] += m.numpy()
+        weight[y : y + h, x : x + w] += 1
     covered = weight > 0
     total[covered] /= weight[covered]
     if not covered.all():

@@ -38,10 +38,27 @@ DEFECT_NAMES = {
 }
 DEFECT_CODES = {name: code for code, name in DEFECT_NAMES.items()}
 
+# The database's three archives; AITEX publishes no checksums, so the first
+# verified download's sha256 is recorded (see sources.fetch_resource).
+_BASE = "https://www.aitex.es/wp-content/uploads/2019/07/"
+
+
+def _resources():
+    from .sources import Resource
+
+    return [
+        Resource(_BASE + name)
+        for name in ("Defect_images.7z", "NODefect_images.7z", "Mask_images.7z")
+    ]
+
+
 FABRIC_FOLDERS = {f"{i:02d}": f"fabric{i:02d}" for i in range(1, 8)}
 
 _NAME = re.compile(r"^(?P<id>\d{4})_(?P<defect>\d{3})_(?P<fabric>\d{2})$")
 _MASK = re.compile(r"^(?P<stem>\d{4}_\d{3}_\d{2})_mask(?P<part>\d*)$")
+
+
+OFFICIAL_RESOURCES = _resources()
 
 
 def _parse(path: Path) -> re.Match[str]:
@@ -80,6 +97,8 @@ def read_aitex(root: str | Path, fabrics: list[str] | None = None) -> pd.DataFra
         found = masks.get(path.stem, [])
         if not found:
             log.warning("%s: defect image has no mask; pixel metrics will skip it", path)
+        elif len(found) > 1:
+            log.warning("%s: %d mask files; merging them", path, len(found))
         rows.append(_row(root, path, found, 1, name, match["fabric"]))
     frame = pd.DataFrame(rows)
     if frame.empty:

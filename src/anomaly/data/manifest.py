@@ -26,9 +26,10 @@ def write_manifest(frame: pd.DataFrame, path: str | Path) -> None:
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"manifest frame lacks {missing}")
-    frame = frame[COLUMNS].copy()
+    extra = [c for c in frame.columns if c not in COLUMNS]  # e.g. MVTec's category_type
+    frame = frame[COLUMNS + extra].copy()
     frame["image_id"] = np.arange(len(frame))
-    write_csv(path, frame[["image_id", *COLUMNS]])
+    write_csv(path, frame[["image_id", *COLUMNS, *extra]])
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:

@@ -4,8 +4,9 @@ Layout of ``data/patches/``:
 
 - ``patches.npy``   uint8 (N, C, S, S) tiles, S = ``patch.resize`` or ``patch.size``
 - ``masks.npy``     uint8 (N, S, S) defect masks at tile resolution (0/1)
-- ``patches.csv``   one row per tile: patch_id, image_id, x, y, size, label,
-                    defect_pixels, defect_type, group (tile position in image pixels)
+- ``patches.csv``   one row per tile: patch_id, image_id, x, y, w, h (the tile's
+                    box in original image pixels), label, defect_pixels, defect_type,
+                    group, blank
 - ``images.csv``    the manifest plus each image's height and width, for stitching
 - ``meta.json``     channels, tile size, patch params
 
@@ -14,6 +15,13 @@ A tile is a defect tile (label 1) when its full-resolution mask has at least
 Tiles with a few defect pixels are ambiguous (label -1): they never enter a
 good-only set and tile-level metrics skip them, while pixel metrics still see
 every pixel.
+
+Images smaller than ``patch.size`` become one whole-image tile. With
+``patch.image_size`` every image is first resized to that square side (MVTec:
+1024 px photographs to 256) and then tiled; tile boxes are still recorded in
+original pixels, so maps are stitched back at the masks' resolution. Tiles
+with almost no variation (``patch.blank_std``, e.g. AITEX's flat white roll
+ends) are marked ``blank`` and left out of training and scoring.
 """
 
 from __future__ import annotations
@@ -49,6 +57,22 @@ def _resize(tile: np.ndarray, out: int, resample: int) -> np.ndarray:
     return np.asarray(Image.fromarray(tile).resize((out, out), resample=resample))
 
 
+def _plan(h: int, w: int, cfg: PatchConfig) -> tuple[tuple[int, int], list[tuple[int, int, int]]]:
+    """Working size (after ``image_size``) and tile origins + side in working pixels."""
+    work_h, work_w = (cfg.image_size, cfg.image_size) if cfg.image_size else (h, w)
+    if work_h < cfg.size or work_w < cfg.size:
+        return (work_h, work_w), [(0, 0, -1)]  # the whole image is one tile
+    ys = tile_origins(work_h, cfg.size, cfg.stride)
+    xs = tile_origins(work_w, cfg.size, cfg.stride)
+    return (work_h, work_w), [(y, x, cfg.size) for y in ys for x in xs]
+
+
+def _to_working(array: np.ndarray, work: tuple[int, int], resample: int) -> np.ndarray:
+    if array.shape[:2] == work:
+        return array
+    return np.asarray(Image.fromarray(array).resize((work[1], work[0]), resample=resample))
+
+
 def patchify(
     manifest: pd.DataFrame, cfg: PatchConfig, out_dir: str | Path, channels: int = 1
 ) -> dict:
@@ -64,16 +88,8 @@ def patchify(
                 sizes.append((img.height, img.width))
         except (OSError, SyntaxError, ValueError) as exc:
             raise DataError(f"{path}: corrupt or unreadable image ({exc})") from exc
-    plans = []
-    for (h, w), (_, row) in zip(sizes, manifest.iterrows(), strict=True):
-        ys, xs = tile_origins(h, cfg.size, cfg.stride), tile_origins(w, cfg.size, cfg.stride)
-        if not ys or not xs:
-            raise DataError(
-                f"{resolve(manifest, row['image_path'])}: image is {w}x{h}, smaller than "
-                f"patch.size={cfg.size}"
-            )
-        plans.append([(y, x) for y in ys for x in xs])
-    total = sum(len(p) for p in plans)
+    plans = [_plan(h, w, cfg) for h, w in sizes]
+    total = sum(len(tiles) for _, tiles in plans)
     out = cfg.out_size
 
     with atomic_dir(out_dir) as tmp:
@@ -86,12 +102,19 @@ def patchify(
         rows, images = [], []
         k = 0
         progress = tqdm(list(manifest.iterrows()), desc="patchify", unit="img", disable=None)
-        for (_, row), plan, (h, w) in zip(progress, plans, sizes, strict=True):
+        for (_, row), (work, plan), (h, w) in zip(progress, plans, sizes, strict=True):
             image, mask = load_image_and_mask(manifest, row, mode=mode)
             images.append({**row.to_dict(), "height": h, "width": w})
-            for y, x in plan:
-                crop = image[y : y + cfg.size, x : x + cfg.size]
-                crop_mask = mask[y : y + cfg.size, x : x + cfg.size]
+            image_w = _to_working(image, work, Image.BILINEAR)
+            mask_w = _to_working(mask.astype(np.uint8) * 255, work, Image.BILINEAR) >= 128
+            sy, sx = h / work[0], w / work[1]
+            for y, x, side in plan:
+                if side < 0:
+                    crop, crop_mask, box = image_w, mask_w, (0, 0, w, h)
+                else:
+                    crop = image_w[y : y + side, x : x + side]
+                    crop_mask = mask_w[y : y + side, x : x + side]
+                    box = (round(x * sx), round(y * sy), round(side * sx), round(side * sy))
                 resized = _resize(crop, out, Image.BILINEAR)
                 tiles[k] = resized[None] if channels == 1 else resized.transpose(2, 0, 1)
                 small = _resize(crop_mask.astype(np.uint8) * 255, out, Image.BILINEAR)
@@ -107,13 +130,15 @@ def patchify(
                     {
                         "patch_id": k,
                         "image_id": int(row["image_id"]),
-                        "x": x,
-                        "y": y,
-                        "size": cfg.size,
+                        "x": box[0],
+                        "y": box[1],
+                        "w": box[2],
+                        "h": box[3],
                         "label": label,
                         "defect_pixels": defect_pixels,
                         "defect_type": row["defect_type"] if label == 1 else "good",
                         "group": row["group"],
+                        "blank": int(float(crop.std()) < cfg.blank_std),
                     }
                 )
                 k += 1
@@ -130,12 +155,14 @@ def patchify(
                 "size": cfg.size,
                 "stride": cfg.stride,
                 "resize": cfg.resize,
+                "image_size": cfg.image_size,
                 "min_defect_pixels": cfg.min_defect_pixels,
             },
             "n_patches": total,
             "n_images": len(manifest),
             "n_defect_patches": int((frame["label"] == 1).sum()),
             "n_ambiguous_patches": int((frame["label"] == -1).sum()),
+            "n_blank_patches": int(frame["blank"].sum()),
         }
         write_json(tmp / "meta.json", meta)
     return meta

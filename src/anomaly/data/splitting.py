@@ -22,6 +22,12 @@ def assign_images(images: pd.DataFrame, cfg: SplitConfig, seed: int) -> pd.Serie
     """The split of each image (index aligned with ``images``)."""
     rng = np.random.default_rng([seed, 7])
     split = pd.Series("test", index=images.index, dtype=object)
+    official = images.get("source_split", pd.Series("", index=images.index)).fillna("")
+    if official.eq("test").any():
+        # An official split (MVTec, MNIST): its test images stay in test; validation comes
+        # out of the official training images.
+        cfg = SplitConfig(cfg.val_fraction, 0.0, cfg.labeled_val_fraction)
+        images = images[official.ne("test") | images["label"].eq(1)]
     good = images.index[images["label"] == 0].to_numpy()
     if len(good) == 0:
         raise DataError(
@@ -59,6 +65,8 @@ def make_splits(
     """Tile tables per split plus a summary of counts per split and defect type."""
     image_split = assign_images(images, cfg, seed)
     split_of = dict(zip(images["image_id"], image_split, strict=True))
+    if "blank" in patches:
+        patches = patches[patches["blank"] == 0]  # flat padding: neither trained on nor scored
     tiles = patches.assign(split=patches["image_id"].map(split_of))
     out: dict[str, pd.DataFrame] = {}
     for name in SPLITS:
