@@ -94,7 +94,19 @@ class SyntheticFabricConfig:
         require(0 <= self.noise < 0.5, source, f"{where}.noise", "must be in [0, 0.5)")
 
 
-DATASET_NAMES = ("synthetic_fabric", "aitex", "mvtec", "mnist", "folder")
+DATASET_NAMES = ("synthetic_fabric", "aitex", "mvtec", "mnist", "folder", "tabular")
+
+
+@dataclass
+class TabularConfig:
+    """A CSV's label column, or the synthetic table's shape (when dataset.source is null)."""
+
+    label_column: str | None = "label"
+    n_normal: int = 1000
+    n_anomalies: int = 50
+    dims: int = 10
+    shift: float = 2.0
+    spread: float = 2.0
 
 
 @dataclass
@@ -105,6 +117,7 @@ class DatasetConfig:
     normal_class: int = 0
     cache_dir: str | None = None
     synthetic: SyntheticFabricConfig = field(default_factory=SyntheticFabricConfig)
+    tabular: TabularConfig = field(default_factory=TabularConfig)
 
     def validate(self, where: str, source: str) -> None:
         require(

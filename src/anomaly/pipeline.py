@@ -7,15 +7,16 @@ be run (and tested) without DVC.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
 from . import paths
 from .config_schema import to_dict
-from .data.download import dataset_channels, download
+from .data.download import dataset_info, download
 from .data.manifest import load_image_and_mask, read_manifest
-from .data.patching import patchify
+from .data.patching import patchify, patchify_table
 from .data.splitting import SPLITS, make_splits
 from .data.store import BatchSource, PatchStore
 from .errors import DataError
@@ -32,9 +33,12 @@ def stage_download(params: Params) -> None:
 
 def stage_patchify(params: Params) -> None:
     manifest = read_manifest(paths.manifest(params.dataset.name))
-    meta = patchify(
-        manifest, params.patch, paths.PATCHES, dataset_channels(paths.RAW / params.dataset.name)
-    )
+    raw = paths.RAW / params.dataset.name
+    info = dataset_info(raw)
+    if info["kind"] == "tabular":
+        meta = patchify_table(manifest, raw / "table.csv", paths.PATCHES, info["features"])
+    else:
+        meta = patchify(manifest, params.patch, paths.PATCHES, info["channels"])
     log.info("patchify: %d tiles from %d images", meta["n_patches"], meta["n_images"])
 
 
@@ -43,10 +47,29 @@ def stage_split(params: Params) -> None:
     images = read_csv(paths.PATCHES / "images.csv", required=["image_id", "label", "group"])
     images["group"] = images["group"].astype(str)
     parts, summary = make_splits(patches, images, params.split, params.seed)
+    meta = read_json(paths.PATCHES / "meta.json")
     with atomic_dir(paths.SPLITS) as tmp:
         for name in SPLITS:
             write_csv(tmp / f"{name}.csv", parts[name])
         write_json(tmp / "summary.json", summary)
+        if meta.get("kind") == "tabular":
+            # Standardise features with statistics of the good-only training rows only.
+            rows = np.load(paths.PATCHES / "patches.npy")[parts["train"]["patch_id"].to_numpy()]
+            rows = rows.reshape(len(rows), -1).astype(np.float64)
+            std = rows.std(axis=0)
+            write_json(
+                tmp / "scaler.json",
+                {
+                    "mean": rows.mean(axis=0).tolist(),
+                    "std": np.where(std > 1e-12, std, 1.0).tolist(),
+                },
+            )
+
+
+def open_store() -> PatchStore:
+    """The patch store, with the training split's feature scaler when there is one."""
+    scaler_file = paths.SPLITS / "scaler.json"
+    return PatchStore(paths.PATCHES, read_json(scaler_file) if scaler_file.is_file() else None)
 
 
 def _split_ids(name: str, good_only: bool = False) -> pd.DataFrame:
@@ -65,7 +88,7 @@ def stage_train(params: Params) -> None:
     config = params.model_block()
     train_cfg = effective_train_config(params.train, config)
     device = resolve_device(train_cfg.device)
-    store = PatchStore(paths.PATCHES)
+    store = open_store()
     train_ids = _split_ids("train", good_only=True)["patch_id"].to_numpy()
     if train_cfg.max_train_patches and len(train_ids) > train_cfg.max_train_patches:
         rng = np.random.default_rng([params.seed, 5])
@@ -73,7 +96,7 @@ def stage_train(params: Params) -> None:
     val_ids = _split_ids("val", good_only=True)["patch_id"].to_numpy()
     if len(train_ids) == 0:
         raise DataError(f"{paths.SPLITS / 'train.csv'}: the good-only training set is empty")
-    model = build_model(params.model, config, store.channels, store.tile_size)
+    model = build_model(params.model, config, store.channels, store.tile_size, store.tile_shape)
     train_batches = BatchSource(store, train_ids, train_cfg.batch_size, True, params.seed)
     val_batches = BatchSource(store, val_ids, train_cfg.batch_size, False, params.seed)
     logger = make_logger(paths.TRAIN_LOG)
@@ -140,10 +163,14 @@ def stage_score(params: Params) -> None:
     seed_everything(params.seed)
     device = resolve_device(params.train.device)
     model, _ = load_checkpoint(paths.model_dir(params.model) / "model.pt", device)
-    store = PatchStore(paths.PATCHES)
+    store = open_store()
     images = read_csv(
         paths.PATCHES / "images.csv", required=["image_id", "label", "height", "width"]
     )
+    score_cfg = params.score
+    if store.is_tabular:
+        # Table rows have no spatial neighbourhood: per-feature squared error, averaged.
+        score_cfg = replace(score_cfg, map="mse", smooth_sigma=0.0, patch_reduce="mean")
     out_dir = paths.score_dir(params.model)
     with atomic_dir(out_dir) as tmp:
         normalizer = None
@@ -151,7 +178,7 @@ def stage_score(params: Params) -> None:
             tiles = _split_ids(split)
             tiles["group"] = tiles["group"].astype(str)
             scores, maps = score_split(
-                model, store, tiles, params.score, device, keep_maps=split == "test"
+                model, store, tiles, score_cfg, device, keep_maps=split == "test"
             )
             tiles = tiles.assign(raw_score=scores)
             if normalizer is None:
@@ -178,7 +205,14 @@ def stage_score(params: Params) -> None:
                 how="left",
             )
             write_csv(tmp / f"{split}_images.csv", per_image)
-            if split == "test" and maps is not None:
+            if split == "test" and maps is not None and store.is_tabular:
+                errors = pd.DataFrame(
+                    maps.reshape(len(maps), -1).astype(np.float32), columns=store.meta["features"]
+                )
+                errors.insert(0, "label", tiles["label"].to_numpy())
+                errors.insert(0, "image_id", tiles["image_id"].to_numpy())
+                write_csv(tmp / "test_feature_errors.csv", errors)
+            elif split == "test" and maps is not None:
                 full = {}
                 for image_id, group in tiles.groupby("image_id", sort=True):
                     rows = group.index.to_numpy()
@@ -319,6 +353,11 @@ def stage_plot(params: Params) -> None:
         )
         plots.confusion_figure(metrics, tmp / "confusion_matrix.png", params.plot.dpi)
         plots.training_figure(paths.TRAIN_LOG, tmp / "training_curves.png", params.plot.dpi)
+        errors_file = base / "test_feature_errors.csv"
+        if errors_file.is_file():
+            plots.feature_error_figure(
+                read_csv(errors_file), tmp / "feature_errors.png", params.plot.dpi
+            )
         if maps_file.is_file():
             plots.gallery_figure(
                 images,

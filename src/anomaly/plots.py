@@ -218,3 +218,18 @@ def dataset_examples_figure(
         )
         ax.axis("off")
     _save(fig, path, dpi)
+
+
+def feature_error_figure(errors: pd.DataFrame, path: Path, dpi: int) -> None:
+    """Mean squared reconstruction error per feature, normal vs anomalous test rows."""
+    features = [c for c in errors.columns if c not in ("image_id", "label")]
+    good = errors.loc[errors["label"] == 0, features].mean()
+    bad = errors.loc[errors["label"] == 1, features].mean()
+    x = np.arange(len(features))
+    fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(features)), 3.5))
+    ax.bar(x - 0.2, good, width=0.4, label="normal")
+    ax.bar(x + 0.2, bad, width=0.4, label="anomalous")
+    ax.set_xticks(x, features, rotation=45 if len(features) > 8 else 0, ha="right")
+    ax.set(ylabel="mean squared error (standardised)", title="Reconstruction error per feature")
+    ax.legend()
+    _save(fig, path, dpi)

@@ -25,6 +25,7 @@ from .mnist import write_mnist
 from .mvtec import CATEGORIES, GRAYSCALE, OFFICIAL_URL, read_mvtec
 from .sources import Resource, cache_root, local_folder
 from .synthetic_fabric import generate
+from .tabular import read_table, synthetic_table, write_table
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,22 @@ def _folder(params: Params, out: Path) -> tuple[pd.DataFrame, int, dict]:
     return frame, channels, {"variant": f"folder {root}"}
 
 
+def _tabular(params: Params, out: Path) -> tuple[pd.DataFrame, int, dict]:
+    cfg = params.dataset.tabular
+    if params.dataset.source:
+        features, labels, names = read_table(params.dataset.source, cfg.label_column)
+        variant = f"CSV {params.dataset.source}"
+    else:
+        table = synthetic_table(
+            params.seed, cfg.n_normal, cfg.n_anomalies, cfg.dims, cfg.shift, cfg.spread
+        )
+        labels = table.pop("label").to_numpy()
+        features, names = table.to_numpy("float32"), list(table.columns)
+        variant = f"synthetic Gaussian table ({cfg.dims}-D, {cfg.n_anomalies} anomalies)"
+    frame = write_table(out, features, labels, names)
+    return frame, 1, {"variant": variant, "kind": "tabular", "features": names}
+
+
 def _warn_odd_sizes(frame: pd.DataFrame) -> None:
     sizes: dict[tuple[int, int], int] = {}
     per_image = []
@@ -153,6 +170,7 @@ FAMILIES: dict[str, Family] = {
     "mvtec": _mvtec,
     "mnist": _mnist,
     "folder": _folder,
+    "tabular": _tabular,
 }
 
 
@@ -179,9 +197,9 @@ def download(params: Params, raw_root: str | Path = "data/raw") -> Path:
     return manifest
 
 
-def dataset_channels(raw_dir: str | Path) -> int:
-    """Colour channels recorded by the download stage (1 when unknown)."""
+def dataset_info(raw_dir: str | Path) -> dict:
+    """What the download stage recorded (channels, kind, variant); defaults when absent."""
     from ..io import read_json
 
     path = Path(raw_dir) / "dataset.json"
-    return int(read_json(path)["channels"]) if path.is_file() else 1
+    return {"channels": 1, "kind": "images", **(read_json(path) if path.is_file() else {})}

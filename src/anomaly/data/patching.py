@@ -166,3 +166,51 @@ def patchify(
         }
         write_json(tmp / "meta.json", meta)
     return meta
+
+
+def patchify_table(
+    manifest: pd.DataFrame, table_csv: str | Path, out_dir: str | Path, feature_names: list[str]
+) -> dict:
+    """Tabular pass-through: each row becomes a float32 (1, 1, D) "tile" of its own."""
+    from ..io import read_csv
+
+    table = read_csv(table_csv)
+    features = table[feature_names].to_numpy(dtype=np.float32)
+    n, dims = features.shape
+    with atomic_dir(out_dir) as tmp:
+        np.save(tmp / "patches.npy", features.reshape(n, 1, 1, dims))
+        np.save(tmp / "masks.npy", np.zeros((n, 1, dims), dtype=np.uint8))
+        labels = manifest["label"].to_numpy()
+        write_csv(
+            tmp / "patches.csv",
+            pd.DataFrame(
+                {
+                    "patch_id": np.arange(n),
+                    "image_id": manifest["image_id"].to_numpy(),
+                    "x": 0,
+                    "y": 0,
+                    "w": dims,
+                    "h": 1,
+                    "label": labels,
+                    "defect_pixels": labels,
+                    "defect_type": manifest["defect_type"].to_numpy(),
+                    "group": manifest["group"],
+                    "blank": 0,
+                }
+            ),
+        )
+        write_csv(tmp / "images.csv", manifest.assign(height=1, width=dims))
+        meta = {
+            "channels": 1,
+            "tile_size": dims,
+            "kind": "tabular",
+            "features": feature_names,
+            "n_patches": n,
+            "n_images": n,
+            "n_defect_patches": int(labels.sum()),
+            "n_ambiguous_patches": 0,
+            "n_blank_patches": 0,
+            "patch": {},
+        }
+        write_json(tmp / "meta.json", meta)
+    return meta

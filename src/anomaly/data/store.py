@@ -20,8 +20,9 @@ from ..io import read_json
 class PatchStore:
     """Read-only view of ``data/patches/``."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, scaler: dict | None = None) -> None:
         self.root = Path(root)
+        self.scaler = scaler
         self.meta = read_json(self.root / "meta.json")
         for name in ("patches.npy", "masks.npy"):
             if not (self.root / name).is_file():
@@ -37,6 +38,15 @@ class PatchStore:
     def tile_size(self) -> int:
         return int(self.meta["tile_size"])
 
+    @property
+    def tile_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one tile: square images, or (1, 1, D) for tabular rows."""
+        return tuple(int(v) for v in self.tiles.shape[1:])
+
+    @property
+    def is_tabular(self) -> bool:
+        return self.meta.get("kind") == "tabular"
+
     def batches(
         self,
         ids: np.ndarray,
@@ -50,9 +60,17 @@ class PatchStore:
         for start in range(0, len(ids), batch_size):
             chunk = ids[order[start : start + batch_size]]
             sort = np.argsort(chunk, kind="stable")
-            data = np.empty((len(chunk), *self.tiles.shape[1:]), dtype=np.uint8)
+            data = np.empty((len(chunk), *self.tiles.shape[1:]), dtype=self.tiles.dtype)
             data[sort] = self.tiles[chunk[sort]]
-            yield torch.from_numpy(data).float().div_(255.0)
+            batch = torch.from_numpy(data).float()
+            if self.tiles.dtype == np.uint8:
+                yield batch.div_(255.0)
+            elif self.scaler is not None:
+                mean = torch.tensor(self.scaler["mean"], dtype=torch.float32)
+                std = torch.tensor(self.scaler["std"], dtype=torch.float32)
+                yield (batch - mean.view_as(batch[0])) / std.view_as(batch[0])
+            else:
+                yield batch
 
 
 class BatchSource:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -39,9 +40,15 @@ def _mlp(sizes: list[int], last_activation: nn.Module | None) -> nn.Sequential:
 class MLPAutoencoder(ReconstructionModel):
     config_cls = AEConfig
 
-    def __init__(self, config: AEConfig, in_channels: int, image_size: int) -> None:
-        super().__init__(config, in_channels, image_size)
-        n = in_channels * image_size * image_size
+    def __init__(
+        self,
+        config: AEConfig,
+        in_channels: int,
+        image_size: int,
+        input_shape: tuple[int, int, int] | None = None,
+    ) -> None:
+        super().__init__(config, in_channels, image_size, input_shape)
+        n = int(np.prod(self.input_shape))
         sizes = [n, *config.hidden, config.latent_dim]
         self.encoder = _mlp(sizes, None)
         self.decoder = _mlp(sizes[::-1], nn.Sigmoid())

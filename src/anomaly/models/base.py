@@ -48,11 +48,18 @@ class AnomalyModel(nn.Module):
     config_cls: ClassVar[type] = TrainOverrides
     trainable: ClassVar[bool] = True
 
-    def __init__(self, config: Any, in_channels: int, image_size: int) -> None:
+    def __init__(
+        self,
+        config: Any,
+        in_channels: int,
+        image_size: int,
+        input_shape: tuple[int, int, int] | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         self.in_channels = in_channels
         self.image_size = image_size
+        self.input_shape = tuple(input_shape or (in_channels, image_size, image_size))
 
     def training_loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Loss terms for one batch of good samples; key ``loss`` is minimised."""
@@ -77,8 +84,14 @@ class ReconstructionModel(AnomalyModel):
 
     loss_kind: Literal["mse", "ssim", "mse_ssim"] = "mse"
 
-    def __init__(self, config: Any, in_channels: int, image_size: int) -> None:
-        super().__init__(config, in_channels, image_size)
+    def __init__(
+        self,
+        config: Any,
+        in_channels: int,
+        image_size: int,
+        input_shape: tuple[int, int, int] | None = None,
+    ) -> None:
+        super().__init__(config, in_channels, image_size, input_shape)
         self.register_buffer("error_scale", torch.ones(2))
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

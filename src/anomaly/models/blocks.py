@@ -54,9 +54,16 @@ def conv_decoder(
     return nn.Sequential(*layers)
 
 
-def check_divisible(image_size: int, depth: int, where: str) -> None:
+def check_divisible(
+    image_size: int, depth: int, where: str, input_shape: tuple[int, ...] | None = None
+) -> None:
     from ..errors import ParamsError
 
+    if input_shape is not None and input_shape[1] != input_shape[2]:
+        raise ParamsError(
+            f"params.yaml: {where} needs square image tiles, got input of shape "
+            f"{tuple(input_shape)}; for tabular data use model: ae"
+        )
     if image_size % (2**depth):
         raise ParamsError(
             f"params.yaml: {where}.depth={depth} needs a patch size divisible by {2**depth}, "

@@ -33,9 +33,15 @@ class CAEConfig(TrainOverrides):
 class ConvAutoencoder(ReconstructionModel):
     config_cls = CAEConfig
 
-    def __init__(self, config: CAEConfig, in_channels: int, image_size: int) -> None:
-        super().__init__(config, in_channels, image_size)
-        check_divisible(image_size, config.depth, "models.cae")
+    def __init__(
+        self,
+        config: CAEConfig,
+        in_channels: int,
+        image_size: int,
+        input_shape: tuple[int, int, int] | None = None,
+    ) -> None:
+        super().__init__(config, in_channels, image_size, input_shape)
+        check_divisible(image_size, config.depth, "models.cae", self.input_shape)
         self.encoder, width = conv_encoder(
             in_channels, config.base_channels, config.depth, config.blocks
         )

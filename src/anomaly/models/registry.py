@@ -56,9 +56,22 @@ def model_config(name: str, block: Any, source: str = "params.yaml") -> Any:
     return build(cls.config_cls, block or {}, f"models.{name}", source)
 
 
-def build_model(name: str, config: Any, in_channels: int, image_size: int) -> Any:
+def build_model(
+    name: str,
+    config: Any,
+    in_channels: int,
+    image_size: int,
+    input_shape: tuple[int, int, int] | None = None,
+) -> Any:
+    """``input_shape`` (C, H, W) matters only for non-square input such as table rows."""
     cls = get_model_class(name)
-    return cls(config, in_channels=in_channels, image_size=image_size)
+    model = cls(
+        config,
+        in_channels=in_channels,
+        image_size=image_size,
+        **({"input_shape": tuple(input_shape)} if input_shape else {}),
+    )
+    return model
 
 
 def save_checkpoint(model: Any, path: str | Path, extra: dict[str, Any]) -> None:
@@ -71,6 +84,7 @@ def save_checkpoint(model: Any, path: str | Path, extra: dict[str, Any]) -> None
         "config": to_dict(model.config),
         "in_channels": model.in_channels,
         "image_size": model.image_size,
+        "input_shape": list(model.input_shape),
         "state_dict": model.state_dict(),
         **extra,
     }
@@ -89,7 +103,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         raise DataError(f"{path}: not a readable checkpoint ({exc})") from exc
     name = payload.get("model")
     config = model_config(name, payload.get("config"), source=str(path))
-    model = build_model(name, config, payload["in_channels"], payload["image_size"])
+    shape = payload.get("input_shape")
+    model = build_model(
+        name, config, payload["in_channels"], payload["image_size"], tuple(shape) if shape else None
+    )
     model.load_state_dict(payload["state_dict"])
     model.to(device).eval()
     return model, payload

@@ -36,9 +36,15 @@ class VAEConfig(TrainOverrides):
 class VariationalAutoencoder(ReconstructionModel):
     config_cls = VAEConfig
 
-    def __init__(self, config: VAEConfig, in_channels: int, image_size: int) -> None:
-        super().__init__(config, in_channels, image_size)
-        check_divisible(image_size, config.depth, "models.vae")
+    def __init__(
+        self,
+        config: VAEConfig,
+        in_channels: int,
+        image_size: int,
+        input_shape: tuple[int, int, int] | None = None,
+    ) -> None:
+        super().__init__(config, in_channels, image_size, input_shape)
+        check_divisible(image_size, config.depth, "models.vae", self.input_shape)
         self.encoder, width = conv_encoder(
             in_channels, config.base_channels, config.depth, config.blocks
         )
