@@ -60,3 +60,14 @@ def test_atomic_outputs_get_ordinary_permissions(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+
+
+def test_grey_mask_is_binarised_with_a_warning(tmp_path, caplog):
+    import logging
+
+    path = tmp_path / "m.png"
+    save_png(path, np.array([[0, 100], [200, 255]], np.uint8))
+    with caplog.at_level(logging.WARNING):
+        mask = read_mask(path)
+    assert mask.tolist() == [[False, False], [True, True]]
+    assert "not binary" in caplog.text

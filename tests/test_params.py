@@ -53,3 +53,32 @@ def test_model_block_overrides_train(tmp_path):
     params = load_params(path)
     eff = effective_train_config(params.train, params.model_block("vae"))
     assert (eff.epochs, eff.lr, eff.batch_size) == (7, 0.01, params.train.batch_size)
+
+
+def test_every_param_is_in_params_yaml_so_dvc_can_set_it():
+    """`dvc exp run -S key=value` only overrides keys present in params.yaml."""
+    import dataclasses
+
+    import yaml
+
+    from anomaly.config_schema import to_dict
+    from anomaly.models.registry import available_models
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = load_params(REPO / "params.yaml")
+
+    def missing(schema: dict, present: dict, prefix: str = "") -> list[str]:
+        out = []
+        for key, value in schema.items():
+            if key not in present:
+                out.append(prefix + key)
+            elif isinstance(value, dict) and isinstance(present[key], dict) and key != "contrast":
+                out += missing(value, present[key], f"{prefix}{key}.")
+        return out
+
+    top = {k: v for k, v in to_dict(params).items() if k != "models"}
+    gaps = missing(top, raw)
+    for name in available_models():
+        block = dataclasses.asdict(params.model_block(name))
+        gaps += missing(block, raw["models"].get(name) or {}, f"models.{name}.")
+    assert gaps == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -21,6 +22,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def _current_umask() -> int:
@@ -155,8 +158,15 @@ def read_image(path: str | Path, mode: str = "L") -> np.ndarray:
 
 
 def read_mask(path: str | Path, expected_shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Read a defect mask as a boolean array; any non-zero pixel is defect."""
-    mask = read_image(path, mode="L") > 127
+    """Read a defect mask as a boolean array: pixels of 128 and more are defect.
+
+    Masks saved with anti-aliasing or JPEG artefacts have grey values; they are
+    binarised with a warning rather than silently, since it changes pixel labels.
+    """
+    gray = read_image(path, mode="L")
+    if np.any((gray != 0) & (gray != 255)):
+        log.warning("%s: mask is not binary (values other than 0 and 255); binarised at 128", path)
+    mask = gray > 127
     if expected_shape is not None and mask.shape != tuple(expected_shape):
         h, w = expected_shape
         raise DataError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {w}x{h}")
