@@ -24,6 +24,18 @@ def _save(fig: plt.Figure, path: Path, dpi: int) -> None:
     plt.close(fig)
 
 
+def _outline(ax: plt.Axes, mask: np.ndarray, outside: bool = False) -> None:
+    """Draw the true defect's outline in red: inside its edge, or just around it so the
+    defect itself stays visible."""
+    if not mask.any():
+        return
+    grown = ndimage.binary_dilation(mask, iterations=3) if outside else mask
+    shrunk = mask if outside else ndimage.binary_erosion(mask, iterations=2)
+    overlay = np.zeros((*mask.shape, 4))
+    overlay[grown & ~shrunk] = [1, 0, 0, 0.9]
+    ax.imshow(overlay)
+
+
 def _title(metrics: dict) -> str:
     return f"{metrics.get('model')} on {metrics.get('dataset')}"
 
@@ -173,11 +185,7 @@ def gallery_figure(
                 heat = plt.get_cmap("jet")(level)
                 heat[..., 3] = 0.65 * level
                 ax.imshow(heat)
-            if mask.any():
-                edge = mask ^ ndimage.binary_erosion(mask, iterations=2)
-                overlay = np.zeros((*mask.shape, 4))
-                overlay[edge] = [1, 0, 0, 1]
-                ax.imshow(overlay)
+            _outline(ax, mask)
             ax.set_title(
                 f"{kind}: {Path(str(info['image_path'])).name} "
                 f"({row['defect_type']}) score {row['score']:.4g}",
@@ -207,11 +215,7 @@ def dataset_examples_figure(
     for ax, row in zip(axes[:, 0], rows, strict=True):
         image, mask = load_image_and_mask(manifest, row)
         ax.imshow(image, cmap="gray", vmin=0, vmax=255)
-        if mask.any():
-            edge = mask ^ ndimage.binary_dilation(mask, iterations=3)
-            overlay = np.zeros((*mask.shape, 4))
-            overlay[edge] = [1, 0, 0, 0.9]
-            ax.imshow(overlay)
+        _outline(ax, mask, outside=True)
         ax.set_title(
             f"{Path(str(row['image_path'])).name}: {row['defect_type']} (fabric {row['group']})",
             fontsize=8,
