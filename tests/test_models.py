@@ -45,6 +45,8 @@ TINY = {
     "ae": {"hidden": [64], "latent_dim": 4},
     "cae": {"base_channels": 8, "depth": 2, "latent_channels": 2, "blocks": 0},
     "vae": {"base_channels": 8, "depth": 2, "latent_dim": 4, "blocks": 0, "beta": 0.1},
+    "aae": {"base_channels": 8, "depth": 2, "latent_dim": 4, "disc_hidden": 16},
+    "patchcore": {"feature_dim": 32, "coreset_ratio": 0.5, "layers": ["layer1", "layer2"]},
 }
 
 
@@ -60,6 +62,9 @@ def train_tiny(name: str, epochs: int = 40, lr: float = 3e-3):
     seed_everything(0)
     rng = np.random.default_rng(0)
     model = build_model(name, model_config(name, TINY[name]), 1, SIZE)
+    if not model.trainable:  # memory-based: one pass over good tiles
+        model.fit_memory(ListSource(stripes(128, rng), 32), torch.device("cpu"), 128, 0)
+        return model, rng
     cfg = TrainConfig(epochs=epochs, batch_size=32, lr=lr, patience=epochs)
     fit(
         model,
@@ -74,10 +79,10 @@ def train_tiny(name: str, epochs: int = 40, lr: float = 3e-3):
 
 
 def test_registry_lists_pipeline_models():
-    assert {"ae", "cae", "vae"} <= set(available_models())
+    assert {"ae", "cae", "vae", "aae", "patchcore"} <= set(available_models())
 
 
-@pytest.mark.parametrize("name", ["ae", "cae", "vae"])
+@pytest.mark.parametrize("name", ["ae", "cae", "vae", "aae", "patchcore"])
 def test_model_separates_obvious_anomalies_and_round_trips(name, tmp_path):
     model, rng = train_tiny(name)
     normal = stripes(40, rng)
@@ -124,3 +129,30 @@ def test_vae_elbo_score_separates_anomalies():
     assert maps.shape == (40, SIZE, SIZE)
     labels = np.r_[np.zeros(40), np.ones(40)]
     assert roc_auc_score(labels, np.r_[s_norm.numpy(), s_anom.numpy()]) > 0.9
+
+
+def test_patchcore_weights_from_local_path_and_memory_guard(tmp_path):
+    import torchvision
+
+    from anomaly.errors import DataError
+
+    path = tmp_path / "resnet18.pth"
+    torch.manual_seed(3)
+    reference = torchvision.models.resnet18(weights=None)
+    torch.save(reference.state_dict(), path)
+    rng = np.random.default_rng(0)
+    model = build_model(
+        "patchcore", model_config("patchcore", {**TINY["patchcore"], "weights": str(path)}), 1, SIZE
+    )
+    model.fit_memory(ListSource(stripes(32, rng), 32), torch.device("cpu"), 32, 0)
+    assert torch.equal(model.backbone.conv1.weight, reference.conv1.weight)
+
+    bad = build_model(
+        "patchcore", model_config("patchcore", {"weights": str(tmp_path / "no.pth")}), 1, SIZE
+    )
+    with pytest.raises(DataError, match="no.pth is not a file"):
+        bad.fit_memory(ListSource(stripes(8, rng), 8), torch.device("cpu"), 8, 0)
+
+    tight = build_model("patchcore", model_config("patchcore", {"max_memory_gb": 1e-6}), 1, SIZE)
+    with pytest.raises(TrainingError, match="memory bank before coreset needs"):
+        tight.fit_memory(ListSource(stripes(8, rng), 8), torch.device("cpu"), 10**6, 0)

@@ -7,6 +7,7 @@ be run (and tested) without DVC.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -99,12 +100,20 @@ def stage_train(params: Params) -> None:
     model = build_model(params.model, config, store.channels, store.tile_size, store.tile_shape)
     train_batches = BatchSource(store, train_ids, train_cfg.batch_size, True, params.seed)
     val_batches = BatchSource(store, val_ids, train_cfg.batch_size, False, params.seed)
-    logger = make_logger(paths.TRAIN_LOG)
-    try:
-        result = fit(model, train_batches, val_batches, train_cfg, logger, device)
-    finally:
+    if model.trainable:
+        logger = make_logger(paths.TRAIN_LOG)
+        try:
+            result = to_dict(fit(model, train_batches, val_batches, train_cfg, logger, device))
+        finally:
+            logger.close()
+        model.calibrate(x.to(device) for x in val_batches)
+    else:  # memory-based models (PatchCore): one pass over the good tiles, no epochs
+        start = time.perf_counter()
+        result = model.fit_memory(train_batches, device, len(train_ids), params.seed)
+        result["seconds"] = time.perf_counter() - start
+        logger = make_logger(paths.TRAIN_LOG)  # same files as a trained model: one step
+        logger.log({"memory_bank": float(result["memory_bank"])})
         logger.close()
-    model.calibrate(x.to(device) for x in val_batches)
     out = paths.model_dir(params.model)
     out.mkdir(parents=True, exist_ok=True)
     model.cpu()

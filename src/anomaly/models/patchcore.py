@@ -1,0 +1,246 @@
+"""PatchCore (Roth et al., CVPR 2022): nearest-neighbour distance to a memory of normal patches.
+
+No gradient training. A frozen CNN (``backbone``) gives mid-level features
+(``layer2`` and ``layer3``); each is averaged over a 3 x 3 neighbourhood so a
+patch feature sees its surroundings, layer3 is upsampled to layer2's grid and
+both are concatenated and pooled over channels to ``feature_dim``. Every
+training tile contributes its grid of patch features to a memory bank, which
+greedy k-center coreset selection (on a random projection) shrinks to
+``coreset_ratio`` of its size. A test patch scores its distance to the nearest
+memory entry (faiss when installed, else torch); the map is that distance
+upsampled and Gaussian-smoothed; the tile score is the largest patch distance
+re-weighted as in the paper, by how isolated its nearest memory entry is among
+its ``num_neighbours`` neighbours.
+
+``weights``: ``imagenet`` (torchvision's download, cached by torch hub),
+``none`` (random initialisation; works offline, weaker) or a path to a local
+state dict. The published MVTec numbers (mean image AUROC 0.99) assume ImageNet
+weights and wide_resnet50_2.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import DataError, ParamsError, TrainingError
+from ..scoring import gaussian_blur
+from .base import AnomalyModel, TrainOverrides
+from .registry import register
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class PatchCoreConfig(TrainOverrides):
+    backbone: Literal["resnet18", "wide_resnet50_2"] = "resnet18"
+    weights: str = "none"
+    layers: list[str] = field(default_factory=lambda: ["layer2", "layer3"])
+    feature_dim: int = 256
+    coreset_ratio: float = 0.01
+    projection_dim: int = 128
+    num_neighbours: int = 9
+    max_memory_gb: float = 4.0
+
+    def validate(self, where: str, source: str) -> None:
+        super().validate(where, source)
+        for layer in self.layers:
+            if layer not in ("layer1", "layer2", "layer3", "layer4"):
+                raise ParamsError(f"{source}: {where}.layers has unknown layer {layer!r}")
+        if not 0 < self.coreset_ratio <= 1:
+            raise ParamsError(f"{source}: {where}.coreset_ratio must be in (0, 1]")
+
+
+def _backbone(name: str) -> torch.nn.Module:
+    import torchvision
+
+    return getattr(torchvision.models, name)(weights=None)
+
+
+def load_backbone_weights(net: torch.nn.Module, name: str, weights: str) -> None:
+    """Put ImageNet or local weights into ``net``; ``none`` keeps the random init."""
+    if weights == "none":
+        log.warning(
+            "patchcore: backbone %s with random weights (weights: none); "
+            "expect much weaker results than with ImageNet weights",
+            name,
+        )
+        return
+    if weights == "imagenet":
+        import torchvision
+
+        try:
+            state = torchvision.models.get_model(name, weights="DEFAULT").state_dict()
+        except Exception as exc:  # network errors come in many types
+            raise DataError(
+                f"models.patchcore.weights=imagenet: could not get {name} weights ({exc}); "
+                "offline, download them elsewhere and set weights to the .pth path, or use none"
+            ) from exc
+    else:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise DataError(f"models.patchcore.weights: {path} is not a file")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise DataError(f"{path}: not a readable state dict ({exc})") from exc
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if [k for k in missing if not k.startswith("fc.")]:
+        raise DataError(f"models.patchcore.weights: not {name} weights (missing {missing[:3]})")
+
+
+def greedy_coreset(
+    features: torch.Tensor, count: int, projection_dim: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Indices of ``count`` rows chosen by k-center greedy on a random projection."""
+    n = features.shape[0]
+    if count >= n:
+        return torch.arange(n)
+    if features.shape[1] > projection_dim:
+        proj = torch.randn(features.shape[1], projection_dim, generator=generator)
+        points = features @ (proj / math.sqrt(projection_dim)).to(features)
+    else:
+        points = features
+    chosen = [int(torch.randint(n, (1,), generator=generator))]
+    nearest = ((points - points[chosen[0]]) ** 2).sum(1)
+    for _ in range(count - 1):
+        pick = int(nearest.argmax())
+        chosen.append(pick)
+        nearest = torch.minimum(nearest, ((points - points[pick]) ** 2).sum(1))
+    return torch.tensor(chosen)
+
+
+def nearest(queries: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Euclidean distances and indices of the ``k`` nearest bank rows for each query."""
+    k = min(k, bank.shape[0])
+    try:
+        import faiss
+    except ImportError:
+        faiss = None
+    if faiss is not None:
+        index = faiss.IndexFlatL2(bank.shape[1])
+        index.add(bank.detach().float().cpu().numpy())
+        dist, idx = index.search(queries.detach().float().cpu().numpy(), k)
+        return torch.from_numpy(dist).clamp_min(0).sqrt(), torch.from_numpy(idx)
+    dists, idxs = [], []
+    for chunk in queries.split(4096):
+        d = torch.cdist(chunk.float(), bank.float())
+        value, index = d.topk(k, dim=1, largest=False)
+        dists.append(value.cpu())
+        idxs.append(index.cpu())
+    return torch.cat(dists), torch.cat(idxs)
+
+
+@register("patchcore")
+class PatchCore(AnomalyModel):
+    config_cls = PatchCoreConfig
+    trainable = False
+
+    def __init__(
+        self,
+        config: PatchCoreConfig,
+        in_channels: int,
+        image_size: int,
+        input_shape: tuple[int, int, int] | None = None,
+    ) -> None:
+        super().__init__(config, in_channels, image_size, input_shape)
+        if self.input_shape[1] != self.input_shape[2]:
+            raise ParamsError("params.yaml: models.patchcore needs image tiles, not table rows")
+        self.backbone = _backbone(config.backbone)
+        self.backbone.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.register_buffer("memory_bank", torch.zeros(0, config.feature_dim))
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):
+        bank = state_dict.get("memory_bank")
+        if bank is not None:
+            self.memory_bank = torch.empty_like(bank, device=self.memory_bank.device)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch features (B, h, w, feature_dim) on the grid of the first chosen layer."""
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = (x - self.mean) / self.std
+        net = self.backbone
+        out = {}
+        h = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        for name in ("layer1", "layer2", "layer3", "layer4"):
+            h = getattr(net, name)(h)
+            if name in self.config.layers:
+                out[name] = F.avg_pool2d(h, 3, stride=1, padding=1)
+            if name == self.config.layers[-1]:
+                break
+        maps = [out[name] for name in self.config.layers]
+        size = maps[0].shape[-2:]
+        maps = [
+            m
+            if m.shape[-2:] == size
+            else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+            for m in maps
+        ]
+        feats = torch.cat(maps, dim=1).permute(0, 2, 3, 1)  # B, h, w, C
+        b, gh, gw, c = feats.shape
+        pooled = F.adaptive_avg_pool1d(feats.reshape(-1, 1, c), self.config.feature_dim)
+        return pooled.reshape(b, gh, gw, self.config.feature_dim)
+
+    @torch.no_grad()
+    def fit_memory(self, batches: Any, device: torch.device, n_tiles: int, seed: int) -> dict:
+        """Build the coreset memory bank from good training tiles."""
+        load_backbone_weights(self.backbone, self.config.backbone, self.config.weights)
+        self.to(device).eval()
+        chunks: list[torch.Tensor] = []
+        for x in batches:
+            feats = self.features(x.to(device))
+            if not chunks:
+                per_tile = feats.shape[1] * feats.shape[2]
+                need = n_tiles * per_tile * self.config.feature_dim * 4 / 2**30
+                if need > self.config.max_memory_gb:
+                    raise TrainingError(
+                        f"patchcore: the memory bank before coreset needs {need:.1f} GiB "
+                        f"({n_tiles} tiles x {per_tile} patches x {self.config.feature_dim} "
+                        f"floats), over models.patchcore.max_memory_gb="
+                        f"{self.config.max_memory_gb}; set train.max_train_patches or a "
+                        "smaller feature_dim"
+                    )
+            chunks.append(feats.reshape(-1, feats.shape[-1]).float().cpu())
+        bank = torch.cat(chunks)
+        count = max(1, int(round(bank.shape[0] * self.config.coreset_ratio)))
+        generator = torch.Generator().manual_seed(seed)
+        keep = greedy_coreset(bank, count, self.config.projection_dim, generator)
+        self.memory_bank = bank[keep].to(device)
+        return {"patch_features": int(bank.shape[0]), "memory_bank": int(count)}
+
+    @torch.no_grad()
+    def score(self, x: torch.Tensor, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.memory_bank.shape[0] == 0:
+            raise TrainingError("patchcore: empty memory bank; run the train stage first")
+        feats = self.features(x)
+        b, gh, gw, d = feats.shape
+        flat = feats.reshape(-1, d)
+        dist, idx = nearest(flat, self.memory_bank, 1)
+        patch = dist[:, 0].reshape(b, gh * gw)
+        best = patch.argmax(dim=1)
+        s_star = patch[torch.arange(b), best]
+        m_test = feats.reshape(b, gh * gw, d)[torch.arange(b), best].cpu()
+        m_star = self.memory_bank[idx[:, 0].reshape(b, gh * gw)[torch.arange(b), best]].cpu()
+        bank = self.memory_bank.cpu()
+        _, neigh = nearest(m_star, bank, self.config.num_neighbours)
+        d_neigh = torch.linalg.norm(m_test[:, None, :] - bank[neigh], dim=-1).double()
+        weight = 1 - 1 / torch.exp(d_neigh - s_star[:, None].double()).sum(1)
+        scores = (weight * s_star.double()).float()
+        grid = patch.reshape(b, 1, gh, gw).to(x.device)
+        maps = F.interpolate(grid, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        maps = gaussian_blur(maps, cfg.smooth_sigma).squeeze(1)
+        return scores.to(x.device), maps
