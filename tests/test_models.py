@@ -46,6 +46,8 @@ TINY = {
     "cae": {"base_channels": 8, "depth": 2, "latent_channels": 2, "blocks": 0},
     "vae": {"base_channels": 8, "depth": 2, "latent_dim": 4, "blocks": 0, "beta": 0.1},
     "aae": {"base_channels": 8, "depth": 2, "latent_dim": 4, "disc_hidden": 16},
+    "vit_vae": {"patch_size": 4, "dim": 32, "depth": 1, "heads": 2, "latent_dim": 8, "beta": 0.1},
+    "vae_grf": {"base_channels": 8, "depth": 2, "channels": 2, "blocks": 0, "beta": 0.1},
     "patchcore": {"feature_dim": 32, "coreset_ratio": 0.5, "layers": ["layer1", "layer2"]},
 }
 
@@ -79,10 +81,10 @@ def train_tiny(name: str, epochs: int = 40, lr: float = 3e-3):
 
 
 def test_registry_lists_pipeline_models():
-    assert {"ae", "cae", "vae", "aae", "patchcore"} <= set(available_models())
+    assert {"ae", "cae", "vae", "aae", "vit_vae", "vae_grf", "patchcore"} <= set(available_models())
 
 
-@pytest.mark.parametrize("name", ["ae", "cae", "vae", "aae", "patchcore"])
+@pytest.mark.parametrize("name", ["ae", "cae", "vae", "aae", "vit_vae", "vae_grf", "patchcore"])
 def test_model_separates_obvious_anomalies_and_round_trips(name, tmp_path):
     model, rng = train_tiny(name)
     normal = stripes(40, rng)
@@ -156,3 +158,28 @@ def test_patchcore_weights_from_local_path_and_memory_guard(tmp_path):
     tight = build_model("patchcore", model_config("patchcore", {"max_memory_gb": 1e-6}), 1, SIZE)
     with pytest.raises(TrainingError, match="memory bank before coreset needs"):
         tight.fit_memory(ListSource(stripes(8, rng), 8), torch.device("cpu"), 10**6, 0)
+
+
+def test_grf_kl_in_fourier_domain_equals_dense_formula():
+    from anomaly.models.vae_grf import grf_eigenvalues, grf_kl
+
+    g, length = 4, 1.5
+    torch.manual_seed(0)
+    idx = torch.arange(g)
+    yy, xx = torch.meshgrid(idx, idx, indexing="ij")
+    pos = torch.stack([yy.flatten(), xx.flatten()], 1).double()
+    diff = (pos[:, None, :] - pos[None, :, :]).abs()
+    diff = torch.minimum(diff, g - diff)
+    cov = torch.exp(-torch.sqrt((diff**2).sum(-1)) / length)
+    mu = torch.randn(1, 1, g, g).double()
+    logvar = 0.3 * torch.randn(1, 1, g, g).double()
+    inv = torch.linalg.inv(cov)
+    dense = 0.5 * (
+        torch.trace(inv @ torch.diag(logvar.exp().flatten()))
+        + mu.flatten() @ inv @ mu.flatten()
+        - g * g
+        + torch.logdet(cov)
+        - logvar.sum()
+    )
+    fast = grf_kl(mu, logvar, grf_eigenvalues(g, torch.tensor(length), "exponential"))
+    assert fast.item() == pytest.approx(dense.item(), rel=1e-9)

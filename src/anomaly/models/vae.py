@@ -32,8 +32,43 @@ class VAEConfig(TrainOverrides):
     score: Literal["recon", "elbo"] = "recon"
 
 
+class VariationalMixin:
+    """Negative ELBO training and ELBO/recon scoring for models with encode -> (mu, logvar),
+    decode(z) and a ``kl(mu, logvar)`` (standard normal prior unless overridden)."""
+
+    def kl(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        return -0.5 * (1 + logvar - mu**2 - logvar.exp()).flatten(1).sum(1)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x)[0])
+
+    def _neg_elbo(
+        self, x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pixels = x[0].numel()
+        sq = ((x.float() - recon.float()) ** 2).flatten(1).sum(1)
+        rec = sq / (2 * self.config.likelihood_sigma**2) / pixels
+        kl = self.kl(mu.float(), logvar.float()) / pixels
+        return rec + self.config.beta * kl, rec, kl
+
+    def training_loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        total, rec, kl = self._neg_elbo(x, self.decode(z), mu, logvar)
+        return {"loss": total.mean(), "recon": rec.mean(), "kl": kl.mean()}
+
+    @torch.no_grad()
+    def score(self, x: torch.Tensor, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config.score == "recon":
+            return ReconstructionModel.score(self, x, cfg)
+        mu, logvar = self.encode(x)
+        recon = self.decode(mu)
+        total, _, _ = self._neg_elbo(x, recon, mu, logvar)
+        return total, pixel_maps(x, recon, cfg, self.error_scale)
+
+
 @register("vae")
-class VariationalAutoencoder(ReconstructionModel):
+class VariationalAutoencoder(VariationalMixin, ReconstructionModel):
     config_cls = VAEConfig
 
     def __init__(
@@ -63,30 +98,3 @@ class VariationalAutoencoder(ReconstructionModel):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.from_latent(z).view(-1, self.width, self.grid, self.grid))
-
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x)[0])
-
-    def _neg_elbo(
-        self, x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        pixels = x[0].numel()
-        sq = ((x.float() - recon.float()) ** 2).flatten(1).sum(1)
-        rec = sq / (2 * self.config.likelihood_sigma**2) / pixels
-        kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1) / pixels
-        return rec + self.config.beta * kl, rec, kl
-
-    def training_loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        total, rec, kl = self._neg_elbo(x, self.decode(z), mu, logvar)
-        return {"loss": total.mean(), "recon": rec.mean(), "kl": kl.mean()}
-
-    @torch.no_grad()
-    def score(self, x: torch.Tensor, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.config.score == "recon":
-            return super().score(x, cfg)
-        mu, logvar = self.encode(x)
-        recon = self.decode(mu)
-        total, _, _ = self._neg_elbo(x, recon, mu, logvar)
-        return total, pixel_maps(x, recon, cfg, self.error_scale)
