@@ -48,6 +48,13 @@ TINY = {
     "aae": {"base_channels": 8, "depth": 2, "latent_dim": 4, "disc_hidden": 16},
     "vit_vae": {"patch_size": 4, "dim": 32, "depth": 1, "heads": 2, "latent_dim": 8, "beta": 0.1},
     "vae_grf": {"base_channels": 8, "depth": 2, "channels": 2, "blocks": 0, "beta": 0.1},
+    "draem": {
+        "base_channels": 8,
+        "depth": 2,
+        "latent_channels": 4,
+        "seg_channels": 8,
+        "smooth_size": 3,
+    },
     "patchcore": {"feature_dim": 32, "coreset_ratio": 0.5, "layers": ["layer1", "layer2"]},
 }
 
@@ -84,7 +91,9 @@ def test_registry_lists_pipeline_models():
     assert {"ae", "cae", "vae", "aae", "vit_vae", "vae_grf", "patchcore"} <= set(available_models())
 
 
-@pytest.mark.parametrize("name", ["ae", "cae", "vae", "aae", "vit_vae", "vae_grf", "patchcore"])
+@pytest.mark.parametrize(
+    "name", ["ae", "cae", "vae", "aae", "vit_vae", "vae_grf", "draem", "patchcore"]
+)
 def test_model_separates_obvious_anomalies_and_round_trips(name, tmp_path):
     model, rng = train_tiny(name)
     normal = stripes(40, rng)
