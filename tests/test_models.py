@@ -55,6 +55,7 @@ TINY = {
         "seg_channels": 8,
         "smooth_size": 3,
     },
+    "anogan": {"latent_dim": 8, "base_channels": 8, "depth": 2},
     "patchcore": {"feature_dim": 32, "coreset_ratio": 0.5, "layers": ["layer1", "layer2"]},
 }
 
@@ -92,7 +93,7 @@ def test_registry_lists_pipeline_models():
 
 
 @pytest.mark.parametrize(
-    "name", ["ae", "cae", "vae", "aae", "vit_vae", "vae_grf", "draem", "patchcore"]
+    "name", ["ae", "cae", "vae", "aae", "vit_vae", "vae_grf", "anogan", "draem", "patchcore"]
 )
 def test_model_separates_obvious_anomalies_and_round_trips(name, tmp_path):
     model, rng = train_tiny(name)
@@ -192,3 +193,30 @@ def test_grf_kl_in_fourier_domain_equals_dense_formula():
     )
     fast = grf_kl(mu, logvar, grf_eigenvalues(g, torch.tensor(length), "exponential"))
     assert fast.item() == pytest.approx(dense.item(), rel=1e-9)
+
+
+def test_anogan_latent_search_scores_and_logs_every_loss(tmp_path):
+    from anomaly.logging_utils import TsvLogger
+
+    seed_everything(0)
+    rng = np.random.default_rng(0)
+    model = build_model(
+        "anogan",
+        model_config("anogan", {**TINY["anogan"], "search_steps": 3, "mode": "latent_search"}),
+        1,
+        SIZE,
+    )
+    logger = TsvLogger(tmp_path / "log")
+    fit(
+        model,
+        ListSource(stripes(64, rng), 32),
+        ListSource(stripes(32, rng), 32),
+        TrainConfig(epochs=2, batch_size=32, lr=2e-4),
+        logger,
+        torch.device("cpu"),
+    )
+    logged = {p.stem for p in (tmp_path / "log/plots/metrics/train").glob("*.tsv")}
+    assert logged == {"loss", "disc", "gen", "izi_f"}
+    scores, maps = model.score(stripes(4, rng), ScoreConfig())
+    assert scores.shape == (4,) and maps.shape == (4, SIZE, SIZE)
+    assert torch.isfinite(scores).all()

@@ -91,6 +91,7 @@ def fit(
     for epoch in bar:
         model.train()
         running, seen = 0.0, 0
+        term_sums: dict[str, float] = {}
         for step, x in enumerate(train_batches):
             x = x.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
@@ -107,6 +108,9 @@ def fit(
             scaler.update()
             running += loss.item() * len(x)
             seen += len(x)
+            for key, value in terms.items():
+                if key != "loss":
+                    term_sums[key] = term_sums.get(key, 0.0) + float(value.detach()) * len(x)
         train_loss = running / max(seen, 1)
         val_loss = _mean_val_loss(model, val_batches, device, amp)
         if not math.isfinite(val_loss):
@@ -116,7 +120,8 @@ def fit(
             )
         epochs_run = epoch + 1
         if logger is not None:
-            logger.log({"train/loss": train_loss, "val/loss": val_loss})
+            terms_mean = {f"train/{k}": v / max(seen, 1) for k, v in term_sums.items()}
+            logger.log({"train/loss": train_loss, "val/loss": val_loss, **terms_mean})
         bar.set_postfix(train=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
         if val_loss < best_loss:
             best_loss, best_epoch = val_loss, epoch + 1
