@@ -128,3 +128,24 @@ def test_missing_inputs_say_which_stage_to_run(project):
     result = cli("train", cwd=project)
     assert result.returncode == 2
     assert "meta.json: file not found" in result.stderr
+
+
+def test_predict_reproduces_pipeline_scores(project):
+    import shutil
+
+    import pandas as pd
+
+    from anomaly.predict import predict_folder
+
+    run_all(project)
+    test = pd.read_csv(project / "scores/cae/test_images.csv", dtype={"group": str})
+    row = test[test["label"] == 1].iloc[0]
+    folder = project / "new"
+    folder.mkdir()
+    shutil.copy(project / "data/raw/synthetic_fabric" / row["image_path"], folder / "a.png")
+    frame = predict_folder(
+        load_params(project / "params.yaml"), folder, project / "pred", group=row["group"]
+    )
+    assert frame["score"].iloc[0] == pytest.approx(row["score"], rel=1e-4)
+    assert (project / "pred/a_overlay.png").is_file() and (project / "pred/a_map.npy").is_file()
+    assert (project / "pred/predictions.csv").is_file()

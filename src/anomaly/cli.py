@@ -44,11 +44,23 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_parser(name, help=f"run the {name} stage")
     examples = sub.add_parser("examples", help="draw example rolls of the dataset (README figure)")
     examples.add_argument("--out", default="docs/dataset_examples.png")
+    predict = sub.add_parser("predict", help="score a folder of new images with the trained model")
+    predict.add_argument("images", help="folder of images (searched recursively)")
+    predict.add_argument("--out", default="predictions", help="output folder")
+    predict.add_argument(
+        "--checkpoint", default=None, help="model.pt (default: models/<model>/model.pt)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "examples":
             _examples(args.params, args.out)
+        elif args.command == "predict":
+            from .params import load_params
+            from .predict import predict_folder
+
+            frame = predict_folder(load_params(args.params), args.images, args.out, args.checkpoint)
+            print(frame.to_string(index=False))
         else:
             run_stage(args.command, args.params)
     except AnomalyError as exc:
