@@ -54,7 +54,10 @@ def bench(
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     x = torch.rand(batch, 1, tile, tile, device=device).contiguous(memory_format=memory_format)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad] or [torch.zeros(1, requires_grad=True)],
+        lr=1e-3,
+    )
     use_amp = amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     if device.type == "cuda":
@@ -72,14 +75,19 @@ def bench(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    model.train()
-    for _ in range(3):
-        train_step()
-    sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        train_step()
-    sync()
+    if model.trainable:
+        model.train()
+        for _ in range(3):
+            train_step()
+        sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            train_step()
+        sync()
+    else:  # memory models: "training" is one feature pass plus coreset selection
+        start = time.perf_counter()
+        model.fit_memory([x] * steps, device, steps * batch, 0)
+        sync()
     train_rate = steps * batch / (time.perf_counter() - start)
 
     model.eval()
