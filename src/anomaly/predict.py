@@ -24,7 +24,7 @@ from .data.patching import IMAGE_MODES, _plan, _resize, _to_working
 from .errors import DataError
 from .io import read_image, read_json, save_png, write_csv
 from .params import Params, PatchConfig
-from .scoring import stitch
+from .scoring import aggregate_images, stitch
 
 
 def _tiles(image: np.ndarray, patch: PatchConfig, out: int) -> tuple[np.ndarray, pd.DataFrame]:
@@ -93,8 +93,6 @@ def predict_folder(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    from .scoring import aggregate_images
-
     for path in files:
         image = read_image(path, IMAGE_MODES[channels])
         crops, boxes = _tiles(image, patch, int(prep["tile_size"]))
