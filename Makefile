@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: setup repro test lint format bench clean-venv
+.PHONY: setup repro test lint format bench sweep report plots-check clean-venv
 
 setup: $(STAMP)
 
@@ -26,12 +26,25 @@ test: setup
 	$(BIN)/python -m pytest -x -q -n 2 --dist loadgroup
 
 lint: setup
-	$(BIN)/ruff check src stages tests benchmarks
-	$(BIN)/ruff format --check src stages tests benchmarks
+	$(BIN)/ruff check src stages tests benchmarks scripts
+	$(BIN)/ruff format --check src stages tests benchmarks scripts
 
 format: setup
-	$(BIN)/ruff format src stages tests benchmarks
-	$(BIN)/ruff check --fix src stages tests benchmarks
+	$(BIN)/ruff format src stages tests benchmarks scripts
+	$(BIN)/ruff check --fix src stages tests benchmarks scripts
+
+# The standard benchmark (params.yaml: sweep.models x sweep.categories), queued and run.
+sweep: setup
+	@test -d .dvc || $(BIN)/dvc init --quiet
+	$(BIN)/python -m anomaly sweep --run
+
+# reports/: every experiment of HEAD (add REVS="--rev main --rev other" for branches).
+report: setup
+	$(BIN)/python -m anomaly report $(REVS)
+
+# Render `dvc plots diff` in headless Chromium and check the charts were drawn.
+plots-check: setup
+	$(BIN)/python scripts/check_plots_browser.py $(REVS)
 
 bench: setup
 	$(BIN)/python benchmarks/bench_models.py

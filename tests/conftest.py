@@ -65,7 +65,7 @@ def project(tmp_path, monkeypatch):
 
 def copy_project(dest: Path) -> None:
     """Copy what a fresh clone holds (code, pipeline, params) into ``dest``."""
-    for name in ("stages", "src", "dvc.yaml", "params.yaml", ".dvcignore"):
+    for name in ("stages", "src", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))

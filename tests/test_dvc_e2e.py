@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from conftest import copy_project, tiny_params, write_params
@@ -37,7 +38,9 @@ def test_dvc_repro_end_to_end(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     copy_project(repo)
-    write_params(repo / "params.yaml", tiny_params())
+    write_params(
+        repo / "params.yaml", tiny_params(sweep={"models": ["ae", "vae"], "categories": []})
+    )
     sh("git", "init", "-q", cwd=repo)
     sh(DVC, "init", "-q", cwd=repo)
     sh("git", "add", "-A", cwd=repo)
@@ -48,6 +51,7 @@ def test_dvc_repro_end_to_end(tmp_path):
         "download",
         "patchify",
         "split",
+        "explore",
         "train",
         "score",
         "threshold",
@@ -57,12 +61,20 @@ def test_dvc_repro_end_to_end(tmp_path):
         assert f"Running stage '{stage}'" in out
     metrics = json.loads((repo / "metrics/eval.json").read_text())
     assert 0.0 <= metrics["image.auroc"] <= 1.0 and "pixel.aupro" in metrics
-    assert (repo / "plots/figures/roc.png").is_file()
+    for figure in ("roc.png", "threshold_study.png", "latent_space.png"):
+        assert (repo / "plots/figures" / figure).is_file(), figure
+    for figure in ("examples.png", "defect_sizes.png", "intensity.png", "class_balance.png"):
+        assert (repo / "plots/explore" / figure).is_file(), figure
 
     again = sh(DVC, "repro", cwd=repo)
     assert "Running stage" not in again
 
-    write_params(repo / "params.yaml", tiny_params(threshold={"percentile": 80}))
+    write_params(
+        repo / "params.yaml",
+        tiny_params(
+            threshold={"percentile": 80}, sweep={"models": ["ae", "vae"], "categories": []}
+        ),
+    )
     changed = sh(DVC, "repro", cwd=repo)
     ran = {line.split("'")[1] for line in changed.splitlines() if "Running stage" in line}
     assert ran == {"threshold", "evaluate", "plot"}
@@ -71,3 +83,70 @@ def test_dvc_repro_end_to_end(tmp_path):
     assert "image.auroc" in shown
     html = sh(DVC, "plots", "show", "-o", str(tmp_path / "plots_html"), cwd=repo)
     assert (tmp_path / "plots_html" / "index.html").is_file(), html
+
+    # Two experiments, then the report must list them with the same numbers as DVC ...
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-qm", "baseline", cwd=repo)
+    # ... queued and run the way `make sweep` does (params: sweep.models = [ae, vae]).
+    swept = sh(sys.executable, "-m", "anomaly", "sweep", "--run", cwd=repo)
+    assert "-n ae-all -S model=ae" in swept and "-n vae-all -S model=vae" in swept
+    shown = json.loads(
+        subprocess.run(
+            [DVC, "exp", "show", "--json"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout
+    )
+    expected = {}
+    for entry in shown:
+        runs = [entry] + [e["revs"][0] for e in entry.get("experiments") or []]
+        for run in runs:
+            if run["rev"] != "workspace":
+                data = run["data"]["metrics"]["metrics/eval.json"]["data"]
+                expected[run["rev"]] = (run.get("name"), data["model"], data["image.auroc"])
+    assert len(expected) == 3  # the baseline commit and two experiments
+
+    sh(sys.executable, "-m", "anomaly", "report", cwd=repo)
+    report_dir = repo / "reports"
+    rows = pd.read_csv(report_dir / "runs.csv")
+    assert set(rows["run_id"]) == set(expected)
+    for _, row in rows.iterrows():
+        _, model, auroc = expected[row["run_id"]]
+        assert row["model"] == model
+        assert row["image.auroc"] == pytest.approx(auroc)
+    assert set(rows.loc[rows["kind"] == "experiment", "name"]) == {"ae-all", "vae-all"}
+    assert "params.model" in rows.columns  # a param that differs between runs
+    assert "params.seed" not in rows.columns  # one that does not
+    for figure in ("heatmap_image_auroc.png", "f1_by_model.png", "metric_spread.png"):
+        assert (report_dir / figure).stat().st_size > 1000, figure
+    summary = (report_dir / "summary.md").read_text()
+    assert "| vae |" in summary and "| ae |" in summary and "3 runs" in summary
+
+    # Incremental: a removed experiment stays in the report.
+    sh(DVC, "exp", "remove", "vae-all", cwd=repo)
+    sh(sys.executable, "-m", "anomaly", "report", cwd=repo)
+    assert len(pd.read_csv(report_dir / "runs.csv")) == 3
+
+    # Branches: an experiment promoted to a branch is compared with --rev.
+    sh(DVC, "exp", "branch", "ae-all", "other", cwd=repo)
+    diff = sh(DVC, "metrics", "diff", "HEAD", "other", "--all", cwd=repo)
+    assert "image.auroc" in diff
+    sh(sys.executable, "-m", "anomaly", "report", "--rev", "other", cwd=repo)
+    rows = pd.read_csv(report_dir / "runs.csv")
+    # The branch tip is the experiment's commit: its row is updated, not duplicated.
+    assert len(rows) == 3
+    branch = rows[rows["baseline"] == "other"]
+    assert list(branch["kind"]) == ["commit"] and list(branch["model"]) == ["ae"]
+
+    # `dvc plots diff` of the two branches, drawn by a real browser (where one is installed;
+    # `make plots-check` is the documented check elsewhere).
+    if shutil.which("chromium") and shutil.which("npm"):
+        check = sh(
+            sys.executable,
+            str(Path(__file__).resolve().parents[1] / "scripts" / "check_plots_browser.py"),
+            "HEAD",
+            "other",
+            "--out",
+            str(tmp_path / "plots_check"),
+            cwd=repo,
+        )
+        assert "drawn in Chromium: " in check
+        assert (tmp_path / "plots_check" / "screenshot.png").stat().st_size > 10_000

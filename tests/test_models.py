@@ -92,6 +92,9 @@ def test_registry_lists_pipeline_models():
     assert {"ae", "cae", "vae", "aae", "vit_vae", "vae_grf", "patchcore"} <= set(available_models())
 
 
+LATENT_MODELS = {"ae", "cae", "vae", "vit_vae", "vae_grf", "aae"}
+
+
 @pytest.mark.parametrize(
     "name", ["ae", "cae", "vae", "aae", "vit_vae", "vae_grf", "anogan", "draem", "patchcore"]
 )
@@ -112,6 +115,13 @@ def test_model_separates_obvious_anomalies_and_round_trips(name, tmp_path):
     assert payload["model"] == name
     again, _ = loaded.score(anomalous, cfg)
     assert torch.allclose(again, s_anom, atol=1e-6)
+
+    # The latent-space plot's codes: one flat vector per sample for models with a latent.
+    codes = model.latent_codes(normal)
+    if name in LATENT_MODELS:
+        assert codes is not None and codes.shape[0] == 40 and codes.ndim == 2
+    else:
+        assert codes is None
 
 
 def test_nan_loss_stops_with_clear_error():

@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 
 RUFF = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
-SOURCES = ["src", "stages", "tests", "benchmarks"]
+SOURCES = ["src", "stages", "tests", "benchmarks", "scripts"]
 
 
 @pytest.mark.skipif(not Path(RUFF).exists(), reason="ruff is installed by `make setup`")

@@ -50,6 +50,25 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument(
         "--checkpoint", default=None, help="model.pt (default: models/<model>/model.pt)"
     )
+    rep = sub.add_parser(
+        "report", help="collect experiments and branches into reports/ (CSV, markdown, figures)"
+    )
+    rep.add_argument("--out", default="reports", help="report folder (default: %(default)s)")
+    rep.add_argument(
+        "--rev", action="append", default=[], help="baseline branch/commit (repeatable; HEAD)"
+    )
+    rep.add_argument("-a", "--all-branches", action="store_true", help="every branch tip")
+    rep.add_argument("-A", "--all-commits", action="store_true", help="every commit")
+    rep.add_argument("-n", "--num", type=int, default=1, help="commits back from each --rev")
+    rep.add_argument("--workspace", action="store_true", help="also the uncommitted workspace")
+    swp = sub.add_parser("sweep", help="queue every sweep.models x sweep.categories experiment")
+    swp.add_argument("--run", action="store_true", help="run the queue and wait for it")
+    swp.add_argument("-j", "--jobs", type=int, default=None, help="workers (default: sweep.jobs)")
+    swp.add_argument("--dry-run", action="store_true", help="print the dvc commands only")
+    swp.add_argument(
+        "--copy-untracked", action="store_true", help="copy untracked files into each run"
+    )
+    swp.add_argument("--rerun", action="store_true", help="repeat runs made from this commit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -61,6 +80,35 @@ def main(argv: list[str] | None = None) -> int:
 
             frame = predict_folder(load_params(args.params), args.images, args.out, args.checkpoint)
             print(frame.to_string(index=False))
+        elif args.command == "report":
+            from .report import report
+
+            written = report(
+                ".",
+                args.out,
+                args.rev,
+                args.all_branches,
+                args.all_commits,
+                args.num,
+                args.workspace,
+            )
+            print(
+                f"{args.out}: {written['runs']} runs ({written['collected']} collected now); "
+                f"{', '.join(written['files'])}"
+            )
+        elif args.command == "sweep":
+            from .params import load_params
+            from .sweep import sweep
+
+            sweep(
+                ".",
+                load_params(args.params),
+                args.run,
+                args.jobs,
+                args.copy_untracked,
+                args.rerun,
+                args.dry_run,
+            )
         else:
             run_stage(args.command, args.params)
     except AnomalyError as exc:

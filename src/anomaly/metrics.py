@@ -118,3 +118,51 @@ def pixel_auroc(
         idx = np.random.default_rng([seed, 3]).choice(scores.size, max_samples, replace=False)
         scores, labels = scores[idx], labels[idx]
     return float(roc_auc_score(labels, scores))
+
+
+def threshold_sweep(labels: np.ndarray, scores: np.ndarray, max_points: int = 200) -> list[dict]:
+    """Precision, recall and F1 of ``score >= t`` for thresholds t across the score range.
+
+    Every distinct score is a threshold where the counts change; more than
+    ``max_points`` of them are thinned to evenly spaced quantiles.
+    """
+    labels = np.asarray(labels).astype(int)
+    scores = np.asarray(scores, dtype=float)
+    candidates = np.unique(scores)
+    if candidates.size > max_points:
+        candidates = np.unique(np.quantile(scores, np.linspace(0, 1, max_points)))
+    rows = []
+    positives = int(labels.sum())
+    for t in candidates:
+        pred = scores >= t
+        tp = int((pred & (labels == 1)).sum())
+        called = int(pred.sum())
+        precision = tp / called if called else 1.0
+        recall = tp / positives if positives else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append(
+            {
+                "threshold": float(t),
+                "precision": float(precision),
+                "recall": float(recall),
+                "f1": float(f1),
+            }
+        )
+    return rows
+
+
+def histogram_rows(labels: np.ndarray, scores: np.ndarray, bins: int = 30) -> list[dict]:
+    """Score histogram per class as rows ``{score: bin centre, good: n, defect: n}``, the
+    shape ``dvc plots`` can overlay across revisions (it cannot bin raw scores itself)."""
+    labels = np.asarray(labels).astype(int)
+    scores = np.asarray(scores, dtype=float)
+    if scores.size == 0:
+        return []
+    edges = np.histogram_bin_edges(scores, bins=bins)
+    good, _ = np.histogram(scores[labels == 0], bins=edges)
+    defect, _ = np.histogram(scores[labels == 1], bins=edges)
+    centres = (edges[:-1] + edges[1:]) / 2
+    return [
+        {"score": float(c), "good": int(g), "defect": int(d)}
+        for c, g, d in zip(centres, good, defect, strict=True)
+    ]

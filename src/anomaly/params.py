@@ -275,6 +275,37 @@ class EvaluateConfig:
 class PlotConfig:
     gallery_per_group: int = 3
     dpi: int = 110
+    latent: Literal["pca", "tsne", "both", "none"] = "both"
+    latent_points: int = 1000  # test tiles drawn in the latent view (t-SNE is quadratic)
+
+    def validate(self, where: str, source: str) -> None:
+        require(self.dpi >= 10, source, f"{where}.dpi", "must be >= 10")
+        require(self.latent_points >= 10, source, f"{where}.latent_points", "must be >= 10")
+
+
+@dataclass
+class ExploreConfig:
+    examples_per_type: int = 2  # example images per defect type (and of good ones)
+    intensity_samples: int = 200_000  # pixels sampled per class for the intensity histogram
+
+    def validate(self, where: str, source: str) -> None:
+        require(self.examples_per_type >= 1, source, f"{where}.examples_per_type", "must be >= 1")
+        require(
+            self.intensity_samples >= 100, source, f"{where}.intensity_samples", "must be >= 100"
+        )
+
+
+@dataclass
+class SweepConfig:
+    """The standard benchmark ``anomaly sweep`` queues: every model x every category."""
+
+    models: list[str] = field(default_factory=lambda: ["cae", "vae", "ae", "vit_vae"])
+    categories: list[str] = field(default_factory=lambda: ["01", "02", "03"])
+    jobs: int = 1  # parallel queue workers for `dvc queue start -j`
+
+    def validate(self, where: str, source: str) -> None:
+        require(bool(self.models), source, f"{where}.models", "must name at least one model")
+        require(self.jobs >= 1, source, f"{where}.jobs", "must be >= 1")
 
 
 @dataclass
@@ -290,6 +321,8 @@ class Params:
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     plot: PlotConfig = field(default_factory=PlotConfig)
+    explore: ExploreConfig = field(default_factory=ExploreConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def validate(self, where: str, source: str) -> None:
         from .models.registry import available_models, model_config
@@ -305,6 +338,12 @@ class Params:
                     f"{source}: models.{name} is not a known model (known: {', '.join(known)})"
                 )
             model_config(name, block, source)
+        for name in self.sweep.models:
+            if name not in known:
+                raise ParamsError(
+                    f"{source}: sweep.models names {name!r}, not a known model "
+                    f"(known: {', '.join(known)})"
+                )
 
     def model_block(self, name: str | None = None) -> Any:
         """The active (or named) model's typed config, defaults filled in."""

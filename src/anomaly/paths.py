@@ -13,8 +13,11 @@ METRICS = Path("metrics")
 TRAIN_LOG = METRICS / "train"
 THRESHOLD = METRICS / "threshold.json"
 EVAL = METRICS / "eval.json"
+TRAIN_TIME = METRICS / "train_time.json"
 CURVES = Path("plots/curves")
 FIGURES = Path("plots/figures")
+EXPLORE = Path("plots/explore")
+EXPLORE_DATA = Path("data/explore")
 
 
 def manifest(dataset: str) -> Path:

@@ -73,6 +73,63 @@ def open_store() -> PatchStore:
     return PatchStore(paths.PATCHES, read_json(scaler_file) if scaler_file.is_file() else None)
 
 
+def stage_explore(params: Params) -> None:
+    from . import explore
+
+    raw = paths.RAW / params.dataset.name
+    manifest = read_manifest(paths.manifest(params.dataset.name))
+    info = dataset_info(raw)
+    images = read_csv(paths.PATCHES / "images.csv", required=["image_id", "label"])
+    image_label = images.set_index("image_id")["label"]
+    splits = {}
+    for name in SPLITS:
+        tiles = _split_ids(name)
+        splits[name] = tiles.assign(image_label=tiles["image_id"].map(image_label))
+    balance = explore.class_balance(splits)
+    dpi, cfg = params.plot.dpi, params.explore
+    summary: dict = {
+        "dataset": params.dataset.name,
+        "images": int(len(manifest)),
+        "good_images": int((manifest["label"] == 0).sum()),
+        "defect_images": int((manifest["label"] == 1).sum()),
+        "defect_images_by_type": {
+            str(k): int(v)
+            for k, v in manifest.loc[manifest["label"] == 1, "defect_type"]
+            .value_counts()
+            .sort_index()
+            .items()
+        },
+        "class_balance": balance.to_dict(orient="records"),
+    }
+    with atomic_dir(paths.EXPLORE) as tmp:
+        explore.class_balance_figure(balance, tmp / "class_balance.png", dpi)
+        stats = None
+        if info["kind"] == "tabular":
+            table = read_csv(raw / "table.csv", required=["label"])
+            explore.feature_histogram_figure(table, info["features"], tmp / "features.png", dpi)
+        else:
+            mode = "RGB" if info["channels"] == 3 else "L"
+            explore.examples_figure(manifest, cfg, mode, params.seed, tmp / "examples.png", dpi)
+            stats = explore.defect_statistics(manifest)
+            explore.defect_size_figure(stats, tmp / "defect_sizes.png", dpi)
+            samples = explore.intensity_samples(manifest, cfg.intensity_samples, params.seed)
+            explore.intensity_figure(samples, tmp / "intensity.png", dpi)
+            summary["defect_pixels_by_type"] = {
+                str(kind): {
+                    "median": float(part["defect_pixels"].median()),
+                    "min": int(part["defect_pixels"].min()),
+                    "max": int(part["defect_pixels"].max()),
+                }
+                for kind, part in stats.groupby("defect_type", sort=True)
+            }
+            summary["mean_intensity"] = {k: float(v.mean()) for k, v in samples.items()}
+    # Tables apart from the figures: `dvc plots` would try to chart any JSON/CSV it finds.
+    with atomic_dir(paths.EXPLORE_DATA) as tmp:
+        write_json(tmp / "summary.json", summary)
+        if stats is not None:
+            write_csv(tmp / "defects.csv", stats)
+
+
 def _split_ids(name: str, good_only: bool = False) -> pd.DataFrame:
     frame = read_csv(paths.SPLITS / f"{name}.csv", required=["patch_id", "image_id", "label"])
     return frame[frame["label"] == 0] if good_only else frame
@@ -131,6 +188,16 @@ def stage_train(params: Params) -> None:
             },
         },
     )
+    # Run time as a metric, apart from eval.json so that file stays byte-identical
+    # across reruns; the report reads it for its run-time column.
+    write_json(
+        paths.TRAIN_TIME,
+        {
+            "seconds": round(float(result.get("seconds", 0.0)), 2),
+            "seconds_per_epoch": round(float(result.get("seconds_per_epoch", 0.0)), 3),
+            "epochs_run": int(result.get("epochs_run", 0)),
+        },
+    )
     write_json(
         out / "train_summary.json",
         {
@@ -147,21 +214,27 @@ def stage_train(params: Params) -> None:
 
 def score_split(
     model, store: PatchStore, tiles: pd.DataFrame, score_cfg, device, keep_maps: bool
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Tile scores (N,) and, when asked, tile maps (N, S, S) as float16."""
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Tile scores (N,) and, when asked, tile maps (N, S, S) and latent codes (N, D),
+    both as float16 (the maps feed the pixel metrics, the codes the latent-space plot)."""
     import torch
 
     ids = tiles["patch_id"].to_numpy()
-    scores, maps = [], []
+    scores, maps, codes = [], [], []
     with torch.no_grad():
         for x in store.batches(ids, score_cfg.batch_size):
-            s, m = model.score(x.to(device), score_cfg)
+            x = x.to(device)
+            s, m = model.score(x, score_cfg)
             scores.append(s.float().cpu().numpy())
             if keep_maps and m is not None:
                 maps.append(m.float().cpu().numpy().astype(np.float16))
+            code = model.latent_codes(x) if keep_maps else None
+            if code is not None:
+                codes.append(code.float().cpu().numpy().astype(np.float16))
     score_arr = np.concatenate(scores) if scores else np.zeros(0)
     map_arr = np.concatenate(maps) if maps else None
-    return score_arr, map_arr
+    code_arr = np.concatenate(codes) if codes else None
+    return score_arr, map_arr, code_arr
 
 
 def stage_score(params: Params) -> None:
@@ -186,9 +259,12 @@ def stage_score(params: Params) -> None:
         for split in ("val", "test"):
             tiles = _split_ids(split)
             tiles["group"] = tiles["group"].astype(str)
-            scores, maps = score_split(
+            scores, maps, codes = score_split(
                 model, store, tiles, score_cfg, device, keep_maps=split == "test"
             )
+            if codes is not None:
+                with atomic_path(tmp / "test_latents.npy") as target, open(target, "wb") as fh:
+                    np.save(fh, codes)
             tiles = tiles.assign(raw_score=scores)
             if normalizer is None:
                 normalizer = (
@@ -237,7 +313,7 @@ def stage_score(params: Params) -> None:
 
 
 def stage_threshold(params: Params) -> None:
-    from .thresholds import choose_threshold
+    from .thresholds import candidate_thresholds, choose_threshold
 
     base = paths.score_dir(params.model)
     images = read_csv(base / "val_images.csv", required=["score", "label"])
@@ -254,6 +330,9 @@ def stage_threshold(params: Params) -> None:
         ),
         "val_good_images": int((images["label"] == 0).sum()),
         "val_defect_images": int((images["label"] == 1).sum()),
+        "candidates": candidate_thresholds(
+            cfg, images["score"].to_numpy(), images["label"].to_numpy()
+        ),
     }
     write_json(paths.THRESHOLD, result)
 
@@ -288,7 +367,15 @@ def _load_maps_and_masks(
 
 
 def stage_evaluate(params: Params) -> None:
-    from .metrics import aupro, classification_metrics, pixel_auroc, pr_points, roc_points
+    from .metrics import (
+        aupro,
+        classification_metrics,
+        histogram_rows,
+        pixel_auroc,
+        pr_points,
+        roc_points,
+        threshold_sweep,
+    )
 
     base = paths.score_dir(params.model)
     threshold = read_json(paths.THRESHOLD)
@@ -328,6 +415,23 @@ def stage_evaluate(params: Params) -> None:
     write_json(paths.EVAL, flat)
     write_json(paths.CURVES / "roc.json", {"roc": roc_points(y, s) if len(set(y)) > 1 else []})
     write_json(paths.CURVES / "pr.json", {"pr": pr_points(y, s) if len(set(y)) > 1 else []})
+    write_json(paths.CURVES / "histogram.json", {"histogram": histogram_rows(y, s)})
+    write_json(
+        paths.CURVES / "threshold_study.json",
+        {"threshold_study": threshold_sweep(y, s) if len(set(y)) > 1 else []},
+    )
+    names = np.array(["good", "defect"])
+    write_json(
+        paths.CURVES / "confusion.json",
+        {
+            "confusion": [
+                {"actual": str(a), "predicted": str(p)}
+                for a, p in zip(
+                    names[y], names[(s >= threshold["image_threshold"]).astype(int)], strict=True
+                )
+            ]
+        },
+    )
     write_json(
         paths.CURVES / "scores.json",
         {
@@ -345,7 +449,7 @@ def stage_evaluate(params: Params) -> None:
 
 
 def stage_plot(params: Params) -> None:
-    from . import plots
+    from . import plots, study_plots
 
     base = paths.score_dir(params.model)
     images = read_csv(base / "test_images.csv", required=["image_id", "score", "label"])
@@ -361,6 +465,21 @@ def stage_plot(params: Params) -> None:
             images, threshold["image_threshold"], tmp / "score_histogram.png", params.plot.dpi
         )
         plots.confusion_figure(metrics, tmp / "confusion_matrix.png", params.plot.dpi)
+        study_plots.threshold_study_figure(
+            images, threshold, tmp / "threshold_study.png", params.plot.dpi
+        )
+        latents_file = base / "test_latents.npy"
+        if latents_file.is_file() and params.plot.latent != "none":
+            study_plots.latent_space_figure(
+                np.load(latents_file),
+                _split_ids("test"),
+                images,
+                params.plot.latent,
+                params.plot.latent_points,
+                params.seed,
+                tmp / "latent_space.png",
+                params.plot.dpi,
+            )
         plots.training_figure(paths.TRAIN_LOG, tmp / "training_curves.png", params.plot.dpi)
         errors_file = base / "test_feature_errors.csv"
         if errors_file.is_file():
@@ -383,6 +502,7 @@ STAGES = {
     "download": stage_download,
     "patchify": stage_patchify,
     "split": stage_split,
+    "explore": stage_explore,
     "train": stage_train,
     "score": stage_score,
     "threshold": stage_threshold,

@@ -42,3 +42,23 @@ def choose_threshold(
     if cfg.method == "percentile":
         return float(np.percentile(good, cfg.percentile))
     return float(good.mean() + cfg.k * good.std())
+
+
+def candidate_thresholds(
+    cfg: ThresholdConfig, scores: np.ndarray, labels: np.ndarray
+) -> dict[str, float | None]:
+    """Every method's threshold on the same validation scores (None where it cannot apply).
+
+    The threshold study plots these side by side, so a user sees what switching
+    ``threshold.method`` would do before rerunning anything.
+    """
+    good = scores[labels == 0]
+    out: dict[str, float | None] = {
+        "percentile": float(np.percentile(good, cfg.percentile)) if good.size else None,
+        "mean_std": float(good.mean() + cfg.k * good.std()) if good.size else None,
+        "f1_optimal": (
+            f1_optimal(scores, labels)[0] if good.size and (labels == 1).any() else None
+        ),
+        "manual": float(cfg.value) if cfg.value is not None else None,
+    }
+    return out

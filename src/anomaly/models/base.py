@@ -73,6 +73,20 @@ class AnomalyModel(nn.Module):
         """Per-sample anomaly scores (B,) and per-pixel maps (B, H, W) or None."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def latent_codes(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Latent codes (B, D) for the latent-space plot, or None for a model without one.
+
+        Models with an ``encode`` (autoencoders; VAEs return ``(mu, logvar)``) use its
+        output, posterior mean for the variational ones, flattened.
+        """
+        encode = getattr(self, "encode", None)
+        if encode is None:
+            return None
+        code = encode(x)
+        code = code[0] if isinstance(code, tuple) else code
+        return code.flatten(1)
+
 
 class ReconstructionModel(AnomalyModel):
     """A model that scores by how badly it reconstructs its input.

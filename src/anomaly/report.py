@@ -1,0 +1,432 @@
+"""The benchmark report: every experiment and commit as a row, summarised in tables and figures.
+
+Why read ``dvc exp show --json`` rather than our own files: DVC already knows
+every run (queued sweeps, branches, ``dvc exp run`` one-offs) with its params
+and metrics, in git, so the report covers runs made anywhere the experiment
+refs were pushed or pulled. Why keep ``reports/runs.json``: experiments get
+garbage-collected and branches deleted; the report is incremental, so a row
+once collected stays until a rerun of the same revision replaces it.
+
+Outputs in ``reports/``: ``runs.json`` (full records, the source of truth),
+``runs.csv`` (every metric, the params that differ between runs, run time),
+``summary.md`` and the PNG figures it links.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .data.mvtec import OBJECTS, TEXTURES
+from .errors import AnomalyError, DataError
+from .io import atomic_path, write_json
+from .plots import _save, plt
+
+log = logging.getLogger(__name__)
+
+# Metric files and the prefix their keys get in the report (eval.json is the main one).
+METRIC_PREFIXES = {
+    "metrics/eval.json": "",
+    "metrics/train_time.json": "time.",
+    "metrics/threshold.json": "threshold.",
+    "metrics/train/metrics.json": "train_log.",
+}
+ID_COLUMNS = ["run_id", "name", "kind", "baseline", "created", "model", "dataset", "category"]
+HEADLINE = [
+    "image.auroc",
+    "pixel.auroc",
+    "pixel.aupro",
+    "image.f1",
+    "image.f1_max",
+    "image.precision",
+    "image.recall",
+    "time.seconds",
+]
+FABRIC_DATASETS = ("synthetic_fabric", "aitex")
+
+
+class ReportError(AnomalyError):
+    """DVC could not list the experiments (not a DVC repo, unknown revision)."""
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    if isinstance(data, list):
+        return {prefix[:-1]: json.dumps(data)}
+    return {prefix[:-1]: data}
+
+
+def exp_show(
+    repo: Path, revs: list[str], all_branches: bool, all_commits: bool, num: int
+) -> list[dict]:
+    """``dvc exp show --json`` for the chosen baselines (HEAD when none are named)."""
+    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json", "-n", str(num)]
+    for rev in revs:
+        cmd += ["--rev", rev]
+    if all_branches:
+        cmd.append("--all-branches")
+    if all_commits:
+        cmd.append("--all-commits")
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        message = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        raise ReportError(f"{repo}: `dvc exp show` failed: {message}")
+    try:
+        return json.loads(proc.stdout or "[]")
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{repo}: `dvc exp show --json` printed no JSON ({exc})") from exc
+
+
+def category_of(params: dict[str, Any]) -> str:
+    """The run's category label: the MVTec category, fabric code(s), digit or 'all'."""
+    name = params.get("dataset.name")
+    category = params.get("dataset.category")
+    if name == "mnist":
+        return f"digit {params.get('dataset.normal_class')}"
+    if name == "tabular":
+        return "table"
+    if category in (None, "", "null"):
+        return "all"
+    if isinstance(category, str) and category.startswith("["):
+        return "+".join(str(c) for c in json.loads(category))
+    return str(category)
+
+
+def category_type(dataset: str, category: str) -> str:
+    """texture | object | other: MVTec's own division; fabrics are textures."""
+    if dataset in FABRIC_DATASETS or category in TEXTURES:
+        return "texture"
+    if category in OBJECTS:
+        return "object"
+    return "other"
+
+
+def _record(entry: dict, kind: str, baseline: str) -> dict[str, Any] | None:
+    """One run's flat record, or None when it has no evaluation (queued, failed)."""
+    data = entry.get("data") or {}
+    if entry.get("error") or not data:
+        return None
+    metrics_files = data.get("metrics") or {}
+    if "data" not in (metrics_files.get("metrics/eval.json") or {}):
+        return None
+    params = _flatten((data.get("params") or {}).get("params.yaml", {}).get("data", {}))
+    record: dict[str, Any] = {
+        "run_id": entry.get("rev") if entry.get("rev") != "workspace" else "workspace",
+        "name": entry.get("name") or str(entry.get("rev"))[:7],
+        "kind": kind,
+        "baseline": baseline,
+        "created": data.get("timestamp") or "",
+        "model": params.get("model"),
+        "dataset": params.get("dataset.name"),
+        "category": category_of(params),
+    }
+    record["category_type"] = category_type(str(record["dataset"]), str(record["category"]))
+    for path, prefix in METRIC_PREFIXES.items():
+        payload = (metrics_files.get(path) or {}).get("data")
+        if payload:
+            for key, value in _flatten(payload).items():
+                if prefix == "" and key in ("model", "dataset"):
+                    continue  # the same as the params; kept once
+                record[f"{prefix}{key}"] = value
+    record.update({f"params.{k}": v for k, v in params.items()})
+    return record
+
+
+def collect(entries: list[dict], include_workspace: bool = False) -> list[dict[str, Any]]:
+    """Flat records of the baselines (commits, branches) and their experiments."""
+    records = []
+    for entry in entries:
+        baseline = entry.get("name") or str(entry.get("rev"))[:7]
+        if entry.get("rev") != "workspace" or include_workspace:
+            record = _record(
+                entry, "workspace" if entry.get("rev") == "workspace" else "commit", baseline
+            )
+            if record:
+                records.append(record)
+        for experiment in entry.get("experiments") or []:
+            revs = experiment.get("revs") or []
+            if revs:  # the first rev is the experiment's result
+                record = _record(revs[0], "experiment", baseline)
+                if record:
+                    records.append(record)
+    return records
+
+
+def merge_runs(previous: list[dict], new: list[dict]) -> list[dict]:
+    """Previous rows kept, a rerun of the same revision replaces its row."""
+    merged = {row["run_id"]: row for row in previous}
+    for row in new:
+        merged[row["run_id"]] = row
+    return sorted(merged.values(), key=lambda r: (str(r.get("created")), str(r["run_id"])))
+
+
+def runs_table(records: list[dict]) -> pd.DataFrame:
+    """One row per run: identity, every metric, and only the params that differ."""
+    frame = pd.DataFrame(records)
+    if frame.empty:
+        return pd.DataFrame(columns=ID_COLUMNS)
+    param_cols = [c for c in frame.columns if c.startswith("params.")]
+    differing = [c for c in param_cols if frame[c].astype(str).nunique(dropna=False) > 1]
+    metric_cols = [
+        c
+        for c in frame.columns
+        if c not in ID_COLUMNS and c not in param_cols and c != "category_type"
+    ]
+    headline = [c for c in HEADLINE if c in metric_cols]
+    rest = sorted(c for c in metric_cols if c not in headline)
+    return frame[[*ID_COLUMNS, "category_type", *headline, *rest, *sorted(differing)]]
+
+
+def latest_per_cell(frame: pd.DataFrame) -> pd.DataFrame:
+    """The newest run for each (dataset, model, category): what heatmaps show."""
+    ordered = frame.sort_values(["created", "run_id"])
+    return ordered.groupby(["dataset", "model", "category"], as_index=False, sort=True).last()
+
+
+def _markdown(frame: pd.DataFrame, digits: int = 3) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "" if np.isnan(value) else f"{value:.{digits}f}"
+        return str(value)
+
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def pivot(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """model x category table of ``metric`` (newest run per cell), with a mean column."""
+    if metric not in frame or frame[metric].isna().all():
+        return pd.DataFrame()
+    table = latest_per_cell(frame).pivot_table(
+        index="model", columns="category", values=metric, aggfunc="first"
+    )
+    table["mean"] = table.mean(axis=1)
+    return table.sort_values("mean", ascending=False)
+
+
+def heatmap_figure(table: pd.DataFrame, title: str, path: Path) -> None:
+    values = table.to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(1.1 * values.shape[1] + 2.5, 0.55 * values.shape[0] + 1.6))
+    image = ax.imshow(values, cmap="RdYlGn", vmin=0.5, vmax=1.0, aspect="auto")
+    for (i, j), value in np.ndenumerate(values):
+        if not np.isnan(value):
+            ax.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(values.shape[1]), [str(c) for c in table.columns], rotation=30, ha="right")
+    ax.set_yticks(range(values.shape[0]), [str(i) for i in table.index])
+    ax.axvline(values.shape[1] - 1.5, c="black", lw=1)
+    ax.set(xlabel="category", ylabel="model", title=title)
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    _save(fig, path, 120)
+
+
+def f1_figure(frame: pd.DataFrame, path: Path) -> None:
+    """Mean F1 at the chosen threshold beside the F1-max ceiling, per model."""
+    cells = latest_per_cell(frame)
+    stats = cells.groupby("model")[["image.f1", "image.f1_max"]].agg(["mean", "std"])
+    models = list(stats.index)
+    x = np.arange(len(models))
+    fig, ax = plt.subplots(figsize=(max(5, 1.0 * len(models) + 2), 3.8))
+    for offset, key, label in (
+        (-0.2, "image.f1", "F1 at threshold"),
+        (0.2, "image.f1_max", "F1-max"),
+    ):
+        ax.bar(
+            x + offset,
+            stats[(key, "mean")],
+            width=0.4,
+            yerr=stats[(key, "std")].fillna(0),
+            capsize=3,
+            label=label,
+        )
+    ax.set_xticks(x, models)
+    ax.set(ylim=(0, 1.05), ylabel="image F1 (mean over categories)", title="F1 per model")
+    ax.legend(fontsize=8)
+    _save(fig, path, 120)
+
+
+def boxplot_figure(frame: pd.DataFrame, path: Path) -> None:
+    """Distribution across categories of each headline metric, per model."""
+    cells = latest_per_cell(frame)
+    metrics = [
+        m
+        for m in ("image.auroc", "pixel.auroc", "pixel.aupro")
+        if m in cells and cells[m].notna().any()
+    ]
+    models = sorted(cells["model"].unique())
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        data = [cells.loc[cells["model"] == m, metric].dropna().to_numpy() for m in models]
+        ax.boxplot(data, tick_labels=models)
+        for i, values in enumerate(data, start=1):
+            ax.scatter(np.full(len(values), i), values, s=10, c="tab:blue", alpha=0.6, zorder=3)
+        ax.set(title=metric, ylim=(min(0.4, *(v.min() for v in data if len(v))), 1.02))
+        ax.tick_params(axis="x", rotation=30)
+    fig.suptitle("Metric spread across categories")
+    _save(fig, path, 120)
+
+
+def texture_object_figure(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Mean image AUROC per model on texture and on object categories."""
+    means = (
+        latest_per_cell(frame)
+        .groupby(["model", "category_type"])["image.auroc"]
+        .mean()
+        .unstack("category_type")
+    )
+    kinds = list(means.columns)
+    x = np.arange(len(means))
+    width = 0.8 / max(len(kinds), 1)
+    fig, ax = plt.subplots(figsize=(max(5, 1.0 * len(means) + 2), 3.8))
+    for k, kind in enumerate(kinds):
+        ax.bar(x - 0.4 + width * (k + 0.5), means[kind], width=width, label=kind)
+    ax.set_xticks(x, list(means.index))
+    ax.set(ylim=(0, 1.05), ylabel="mean image AUROC", title="Texture vs object categories")
+    ax.legend(fontsize=8)
+    _save(fig, path, 120)
+    return means
+
+
+def defect_recall_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """model x defect type: recall at the chosen threshold, averaged over categories."""
+    cells = latest_per_cell(frame)
+    cols = [c for c in cells.columns if c.startswith("by_defect.") and c.endswith(".recall")]
+    if not cols:
+        return pd.DataFrame()
+    table = cells.groupby("model")[cols].mean()
+    table.columns = [c[len("by_defect.") : -len(".recall")] for c in cols]
+    return table
+
+
+def defect_recall_figure(table: pd.DataFrame, path: Path) -> None:
+    values = table.to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(0.9 * values.shape[1] + 2.5, 0.5 * values.shape[0] + 1.8))
+    image = ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    for (i, j), value in np.ndenumerate(values):
+        if not np.isnan(value):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(values.shape[1]), list(table.columns), rotation=30, ha="right")
+    ax.set_yticks(range(values.shape[0]), list(table.index))
+    ax.set(title="Recall per defect type (at each run's threshold)")
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    _save(fig, path, 120)
+
+
+def write_report(records: list[dict], out: Path, sources: str) -> dict[str, Any]:
+    """CSV, markdown and figures for ``records``; returns what was written."""
+    out.mkdir(parents=True, exist_ok=True)
+    frame = runs_table(records)
+    with atomic_path(out / "runs.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    written = {"runs": len(frame), "files": ["runs.json", "runs.csv", "summary.md"]}
+    lines = [
+        "# Benchmark report",
+        "",
+        f"{len(frame)} runs, collected from {sources}. Heatmaps and means use the newest run "
+        "of each (dataset, model, category); `runs.csv` has every run.",
+        "",
+    ]
+    if frame.empty:
+        lines.append("No evaluated runs yet: run `dvc repro`, `dvc exp run` or `make sweep` first.")
+    figures = []
+    for metric, label in (
+        ("image.auroc", "image AUROC"),
+        ("pixel.auroc", "pixel AUROC"),
+        ("pixel.aupro", "AUPRO"),
+    ):
+        if frame.empty:
+            break
+        for dataset, part in frame.groupby("dataset", sort=True):
+            table = pivot(part, metric)
+            if table.empty:
+                continue
+            stem = f"heatmap_{metric.replace('.', '_')}" + (
+                f"_{dataset}" if frame["dataset"].nunique() > 1 else ""
+            )
+            if metric != "pixel.aupro":
+                heatmap_figure(
+                    table, f"{label} on {dataset} (model x category)", out / f"{stem}.png"
+                )
+                figures.append(f"{stem}.png")
+            lines += [f"## {label}: {dataset}", "", _markdown(table.reset_index()), ""]
+    if not frame.empty:
+        cells = latest_per_cell(frame)
+        best = cells.loc[cells.groupby(["dataset", "category"])["image.auroc"].idxmax()]
+        lines += [
+            "## Best model per category (image AUROC)",
+            "",
+            _markdown(best[["dataset", "category", "model", "image.auroc"]]),
+            "",
+        ]
+        f1_figure(frame, out / "f1_by_model.png")
+        boxplot_figure(frame, out / "metric_spread.png")
+        means = texture_object_figure(frame, out / "texture_vs_object.png")
+        figures += ["f1_by_model.png", "metric_spread.png", "texture_vs_object.png"]
+        lines += ["## Texture vs object (mean image AUROC)", "", _markdown(means.reset_index()), ""]
+        recall = defect_recall_table(frame)
+        if not recall.empty:
+            defect_recall_figure(recall, out / "defect_recall.png")
+            figures.append("defect_recall.png")
+            lines += ["## Recall per defect type", "", _markdown(recall.reset_index(), 2), ""]
+        shown = [
+            c
+            for c in ["name", "kind", "baseline", "model", "dataset", "category", *HEADLINE]
+            if c in frame
+        ]
+        lines += ["## All runs", "", _markdown(frame[shown]), ""]
+        lines += ["## Figures", "", *[f"![{f}]({f})" for f in figures], ""]
+    with atomic_path(out / "summary.md") as tmp:
+        tmp.write_text("\n".join(lines), encoding="utf-8")
+    written["files"] += figures
+    return written
+
+
+def load_previous(out: Path) -> list[dict]:
+    path = out / "runs.json"
+    if not path.is_file():
+        return []
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["runs"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataError(
+            f"{path}: not a report archive ({exc}); move it away to start afresh"
+        ) from exc
+
+
+def report(
+    repo: str | Path = ".",
+    out: str | Path = "reports",
+    revs: list[str] | None = None,
+    all_branches: bool = False,
+    all_commits: bool = False,
+    num: int = 1,
+    include_workspace: bool = False,
+) -> dict[str, Any]:
+    """Collect runs from DVC, merge them into ``out/runs.json`` and redraw the report."""
+    repo, out = Path(repo), Path(out)
+    out = out if out.is_absolute() else repo / out
+    entries = exp_show(repo, revs or [], all_branches, all_commits, num)
+    new = collect(entries, include_workspace)
+    previous = load_previous(out)
+    records = merge_runs(previous, new)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "runs.json", {"runs": records})
+    sources = ", ".join(revs) if revs else "all branches" if all_branches else "HEAD"
+    written = write_report(records, out, sources)
+    new_ids = {r["run_id"] for r in new}
+    kept = sum(r["run_id"] not in new_ids for r in records)
+    written.update({"collected": len(new), "kept_from_before": kept})
+    log.info("report: %d runs (%d collected now) in %s", len(records), len(new), out)
+    return written

@@ -1,0 +1,158 @@
+"""Queue the standard benchmark: every model in ``sweep.models`` x every ``sweep.categories``.
+
+Why a command rather than one ``dvc exp run --queue -S model=a,b -S ...`` line:
+queued experiments run in a temporary copy made from git, so a file git does
+not know (a new model module not yet added, a dataset folder that is ignored)
+silently drops out of every run, and the runs then fail, or worse, succeed
+with the old code. This command refuses to queue while untracked files exist
+(or copies them in with ``--copy-untracked``), copies a git-ignored local
+``dataset.source`` in explicitly, names runs ``<model>-<category>``, and skips
+combinations already run from the same commit so an interrupted sweep resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import AnomalyError
+from .params import Params
+
+log = logging.getLogger(__name__)
+
+
+class SweepError(AnomalyError):
+    """The sweep cannot be queued as asked (untracked inputs, git or DVC failures)."""
+
+
+@dataclass(frozen=True)
+class Combination:
+    model: str
+    category: str | None
+
+    @property
+    def name(self) -> str:
+        label = self.category if self.category is not None else "all"
+        return f"{self.model}-{label}".replace("/", "_").replace(" ", "_")
+
+    def set_params(self) -> list[str]:
+        """``-S`` arguments; the category is quoted so YAML keeps ``"01"`` a string."""
+        args = ["-S", f"model={self.model}"]
+        if self.category is not None:
+            args += ["-S", f"dataset.category='{self.category}'"]
+        return args
+
+
+def _git(repo: Path, *args: str) -> str:
+    proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SweepError(f"{repo}: git {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def _dvc(repo: Path, *args: str, capture: bool = True) -> str:
+    cmd = [sys.executable, "-m", "dvc", *args]
+    proc = subprocess.run(cmd, cwd=repo, capture_output=capture, text=True, check=False)
+    if proc.returncode != 0:
+        detail = (proc.stderr or "").strip().splitlines()[-1:] if capture else []
+        raise SweepError(f"`dvc {' '.join(args)}` failed{': ' + detail[0] if detail else ''}")
+    return proc.stdout or ""
+
+
+def untracked_files(repo: Path) -> list[str]:
+    """Files git neither tracks nor ignores: exactly what a queued run would lose."""
+    out = _git(repo, "ls-files", "--others", "--exclude-standard")
+    return [line for line in out.splitlines() if line]
+
+
+def ignored_source(repo: Path, params: Params) -> str | None:
+    """``dataset.source`` when it is a git-ignored path inside the repo (copied with -C)."""
+    source = params.dataset.source
+    if not source or "://" in source:
+        return None
+    path = Path(source)
+    resolved = (repo / path).resolve() if not path.is_absolute() else path.resolve()
+    try:
+        relative = resolved.relative_to(repo.resolve())
+    except ValueError:
+        return None  # outside the repo: the temporary copy sees it at the same path
+    proc = subprocess.run(
+        ["git", "check-ignore", "-q", str(relative)], cwd=repo, capture_output=True, check=False
+    )
+    return str(relative) if proc.returncode == 0 and resolved.exists() else None
+
+
+def combinations(params: Params) -> list[Combination]:
+    categories: list[str | None] = list(params.sweep.categories) or [None]
+    return [Combination(m, c) for m in params.sweep.models for c in categories]
+
+
+def existing_names(repo: Path) -> set[str]:
+    """Experiment names already made from the current commit."""
+    out = _dvc(repo, "exp", "list", "--name-only")
+    return {line.strip() for line in out.splitlines() if line.strip()}
+
+
+def plan(
+    repo: Path, params: Params, copy_untracked: bool = False, rerun: bool = False
+) -> list[list[str]]:
+    """The ``dvc exp run --queue`` argument lists to run, after the safety checks."""
+    untracked = untracked_files(repo)
+    copies: list[str] = []
+    if untracked and not copy_untracked:
+        shown = ", ".join(untracked[:5]) + (
+            f" and {len(untracked) - 5} more" if len(untracked) > 5 else ""
+        )
+        raise SweepError(
+            f"{repo}: untracked files would be missing from queued runs: {shown}; "
+            "`git add` them (or ignore them), or pass --copy-untracked"
+        )
+    copies += untracked
+    source = ignored_source(repo, params)
+    if source:
+        log.info("sweep: copying the git-ignored dataset.source %s into every run", source)
+        copies.append(source)
+    done = set() if rerun else existing_names(repo)
+    commands = []
+    for combo in combinations(params):
+        if combo.name in done:
+            log.info(
+                "sweep: %s already ran from this commit; skipped (--rerun to repeat)", combo.name
+            )
+            continue
+        args = ["exp", "run", "--queue", "-n", combo.name, *combo.set_params()]
+        for path in copies:
+            args += ["-C", path]
+        if rerun:
+            args.append("-f")
+        commands.append(args)
+    return commands
+
+
+def sweep(
+    repo: str | Path,
+    params: Params,
+    run: bool = False,
+    jobs: int | None = None,
+    copy_untracked: bool = False,
+    rerun: bool = False,
+    dry_run: bool = False,
+) -> list[list[str]]:
+    """Queue the sweep; with ``run``, execute the queue and wait for it."""
+    repo = Path(repo)
+    commands = plan(repo, params, copy_untracked, rerun)
+    for args in commands:
+        print("dvc " + " ".join(args))
+        if not dry_run:
+            _dvc(repo, *args)
+    if dry_run:
+        return commands
+    log.info("sweep: %d experiments queued", len(commands))
+    if run and commands:
+        workers = str(jobs or params.sweep.jobs)
+        # Foreground equivalent of `dvc queue start -j N`: returns when the queue is empty.
+        _dvc(repo, "exp", "run", "--run-all", "-j", workers, capture=False)
+    return commands

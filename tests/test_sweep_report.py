@@ -1,0 +1,179 @@
+"""The sweep's safety checks and the report's tables, without running DVC.
+
+The end-to-end test (test_dvc_e2e.py) runs both against real experiments.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pandas as pd
+import pytest
+
+from anomaly import report, sweep
+from anomaly.params import load_params
+from conftest import tiny_params, write_params
+
+
+def _entry(rev: str, model: str, category, auroc: float, name=None, created="2026-11-24T05:00:00"):
+    """One ``dvc exp show --json`` run entry with the fields the report reads."""
+    return {
+        "rev": rev,
+        "name": name,
+        "data": {
+            "rev": rev,
+            "timestamp": created,
+            "params": {
+                "params.yaml": {
+                    "data": {
+                        "seed": 0,
+                        "model": model,
+                        "dataset": {"name": "synthetic_fabric", "category": category},
+                    }
+                }
+            },
+            "metrics": {
+                "metrics/eval.json": {
+                    "data": {
+                        "model": model,
+                        "image.auroc": auroc,
+                        "image.f1": auroc - 0.1,
+                        "image.f1_max": auroc - 0.05,
+                        "pixel.auroc": auroc - 0.02,
+                        "by_defect.nep.recall": 0.5,
+                    }
+                },
+                "metrics/train_time.json": {"data": {"seconds": 12.5}},
+                "metrics/threshold.json": {"error": {"type": "FileNotFoundError"}},
+            },
+        },
+        "error": None,
+        "experiments": None,
+    }
+
+
+def _exp_show() -> list[dict]:
+    base = _entry("a" * 40, "cae", None, 0.9, name="main")
+    base["experiments"] = [
+        {"name": "vae-01", "revs": [_entry("b" * 40, "vae", "01", 0.8, "vae-01")]},
+        {"name": "cae-01", "revs": [_entry("c" * 40, "cae", "01", 0.95, "cae-01")]},
+        {"name": "failed", "revs": [{"rev": "d" * 40, "name": "failed", "error": {"msg": "x"}}]},
+        {"name": "queued", "revs": [{"rev": "e" * 40, "name": "queued", "data": {"metrics": {}}}]},
+    ]
+    workspace = _entry("workspace", "cae", None, 0.9)
+    return [workspace, base]
+
+
+def test_collect_reads_commits_and_experiments_and_skips_unfinished():
+    records = report.collect(_exp_show())
+    assert [r["name"] for r in records] == ["main", "vae-01", "cae-01"]
+    by_name = {r["name"]: r for r in records}
+    assert by_name["vae-01"]["kind"] == "experiment" and by_name["vae-01"]["baseline"] == "main"
+    assert by_name["vae-01"]["category"] == "01" and by_name["main"]["category"] == "all"
+    assert by_name["cae-01"]["image.auroc"] == 0.95
+    assert by_name["cae-01"]["time.seconds"] == 12.5
+    assert by_name["cae-01"]["category_type"] == "texture"
+    assert len(report.collect(_exp_show(), include_workspace=True)) == 4
+
+
+def test_runs_table_keeps_only_differing_params():
+    table = report.runs_table(report.collect(_exp_show()))
+    assert "params.model" in table.columns and "params.dataset.category" in table.columns
+    assert "params.seed" not in table.columns
+    assert list(table.columns[:8]) == report.ID_COLUMNS
+
+
+def test_merge_keeps_old_rows_and_replaces_reruns():
+    old = report.collect(_exp_show())
+    rerun = [dict(old[1], **{"image.auroc": 0.5})]
+    merged = report.merge_runs(old, rerun)
+    assert len(merged) == 3
+    assert {r["run_id"]: r["image.auroc"] for r in merged}["b" * 40] == 0.5
+
+
+def test_write_report_tables_and_figures(tmp_path):
+    records = report.collect(_exp_show())
+    written = report.write_report(records, tmp_path, "HEAD")
+    assert written["runs"] == 3
+    for name in ("runs.csv", "summary.md", "heatmap_image_auroc.png", "defect_recall.png"):
+        assert (tmp_path / name).is_file(), name
+    summary = (tmp_path / "summary.md").read_text()
+    # The heatmap table: columns are categories, then the mean; cae first by mean.
+    assert (
+        "| model | 01 | all | mean |\n|---|---|---|---|\n| cae | 0.950 | 0.900 | 0.925 |" in summary
+    )
+    frame = pd.read_csv(tmp_path / "runs.csv")
+    assert frame.loc[frame["name"] == "vae-01", "image.auroc"].item() == 0.8
+
+
+def test_report_archive_that_is_not_one(tmp_path):
+    (tmp_path / "runs.json").write_text("[1, 2")
+    with pytest.raises(report.DataError, match="not a report archive"):
+        report.load_previous(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"dataset.name": "mnist", "dataset.normal_class": 3}, "digit 3"),
+        ({"dataset.name": "mvtec", "dataset.category": "screw"}, "screw"),
+        ({"dataset.name": "aitex", "dataset.category": json.dumps(["01", "02"])}, "01+02"),
+        ({"dataset.name": "tabular"}, "table"),
+    ],
+)
+def test_category_labels(params, expected):
+    assert report.category_of(params) == expected
+
+
+def test_category_types():
+    assert report.category_type("mvtec", "carpet") == "texture"
+    assert report.category_type("mvtec", "screw") == "object"
+    assert report.category_type("mnist", "digit 0") == "other"
+
+
+@pytest.fixture
+def git_project(tmp_path, monkeypatch):
+    write_params(
+        tmp_path / "params.yaml",
+        tiny_params(sweep={"models": ["cae", "vae"], "categories": ["01", "02"]}),
+    )
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"]):
+        subprocess.run(cmd, cwd=tmp_path, check=True)
+    monkeypatch.setattr(sweep, "existing_names", lambda repo: {"vae-02"})
+    return tmp_path
+
+
+def test_sweep_plans_every_combination_not_yet_run(git_project):
+    commands = sweep.plan(git_project, load_params(git_project / "params.yaml"))
+    names = [c[c.index("-n") + 1] for c in commands]
+    assert names == ["cae-01", "cae-02", "vae-01"]  # vae-02 already ran from this commit
+    assert commands[0][:3] == ["exp", "run", "--queue"]
+    assert "dataset.category='01'" in commands[0]  # quoted: YAML would read 01 as 1
+
+
+def test_sweep_refuses_untracked_inputs(git_project):
+    (git_project / "new_model.py").write_text("x = 1\n")
+    params = load_params(git_project / "params.yaml")
+    with pytest.raises(sweep.SweepError, match=r"untracked files .*new_model\.py.*git add"):
+        sweep.plan(git_project, params)
+    commands = sweep.plan(git_project, params, copy_untracked=True)
+    assert all(c[-2:] == ["-C", "new_model.py"] for c in commands)
+
+
+def test_sweep_copies_an_ignored_dataset_folder(git_project):
+    (git_project / "mydata").mkdir()
+    (git_project / "mydata" / "a.png").write_bytes(b"x")
+    (git_project / ".gitignore").write_text("/mydata/\n")
+    subprocess.run(["git", "add", ".gitignore"], cwd=git_project, check=True)
+    write_params(
+        git_project / "params.yaml",
+        tiny_params(
+            dataset={"name": "folder", "source": "mydata"},
+            sweep={"models": ["cae"], "categories": []},
+        ),
+    )
+    subprocess.run(["git", "add", "params.yaml"], cwd=git_project, check=True)
+    commands = sweep.plan(git_project, load_params(git_project / "params.yaml"))
+    assert len(commands) == 1 and commands[0][-2:] == ["-C", "mydata"]
+    assert "dataset.category" not in " ".join(commands[0])
