@@ -189,6 +189,7 @@ def test_mvtec_pipeline_runs_from_a_local_folder(tmp_path, monkeypatch):
     assert len(tiles) == 10 and (tiles["w"] == 32).all()  # whole 32 px images, one tile each
     test = pd.read_csv(tmp_path / "data/splits/test.csv")
     assert test["image_id"].nunique() == 4  # the official test set, untouched
+    assert (tmp_path / "plots/explore/examples.png").is_file()  # colour images drawn as RGB
 
 
 def _aitex_archives(tmp_path):

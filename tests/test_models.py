@@ -230,3 +230,17 @@ def test_anogan_latent_search_scores_and_logs_every_loss(tmp_path):
     scores, maps = model.score(stripes(4, rng), ScoreConfig())
     assert scores.shape == (4,) and maps.shape == (4, SIZE, SIZE)
     assert torch.isfinite(scores).all()
+
+
+def test_patchcore_bank_index_matches_brute_force(monkeypatch):
+    from anomaly.models import patchcore
+
+    gen = torch.Generator().manual_seed(0)
+    bank, queries = torch.randn(300, 16, generator=gen), torch.randn(50, 16, generator=gen)
+    dist, idx = patchcore.BankIndex(bank).search(queries, 3)
+    exact = torch.cdist(queries, bank)
+    assert torch.equal(idx[:, 0], exact.argmin(dim=1))
+    assert torch.allclose(dist[:, 0], exact.min(dim=1).values, atol=1e-4)
+    monkeypatch.setattr(patchcore, "_faiss", lambda: None)  # the torch fallback
+    dist_t, idx_t = patchcore.BankIndex(bank).search(queries, 3)
+    assert torch.equal(idx_t, idx) and torch.allclose(dist_t, dist, atol=1e-4)

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from anomaly import pipeline
@@ -11,7 +13,17 @@ from anomaly.errors import DataError
 from anomaly.params import load_params
 from conftest import REPO, tiny_params, write_params
 
-STAGES = ["download", "patchify", "split", "train", "score", "threshold", "evaluate", "plot"]
+STAGES = [
+    "download",
+    "patchify",
+    "split",
+    "explore",
+    "train",
+    "score",
+    "threshold",
+    "evaluate",
+    "plot",
+]
 
 
 def run_all(root):
@@ -36,8 +48,33 @@ def test_pipeline_produces_every_artefact_and_is_deterministic(project):
         "plots/figures/gallery.png",
         "plots/figures/training_curves.png",
         "metrics/train/metrics.json",
+        "metrics/train_time.json",
+        "scores/cae/test_latents.npy",
+        "plots/curves/threshold_study.json",
+        "plots/curves/histogram.json",
+        "plots/curves/confusion.json",
+        "plots/figures/threshold_study.png",
+        "plots/figures/latent_space.png",
+        "plots/explore/examples.png",
+        "plots/explore/defect_sizes.png",
+        "plots/explore/intensity.png",
+        "plots/explore/class_balance.png",
+        "data/explore/summary.json",
+        "data/explore/defects.csv",
     ]:
         assert (project / path).is_file(), path
+    # One latent code per test tile; every threshold method's value on the same scores.
+    latents = np.load(project / "scores/cae/test_latents.npy")
+    assert latents.shape[0] == len(pd.read_csv(project / "data/splits/test.csv"))
+    threshold = json.loads((project / "metrics/threshold.json").read_text())
+    assert threshold["candidates"]["percentile"] == threshold["image_threshold"]
+    assert threshold["candidates"]["mean_std"] is not None
+    assert threshold["candidates"]["f1_optimal"] is None  # no labelled validation defects
+    explored = json.loads((project / "data/explore/summary.json").read_text())
+    assert explored["defect_images"] == 6
+    assert set(explored["defect_pixels_by_type"]) == set(explored["defect_images_by_type"])
+    study = json.loads((project / "plots/curves/threshold_study.json").read_text())
+    assert all(0 <= r["f1"] <= 1 for r in study["threshold_study"])
     for key in [
         "image.auroc",
         "image.aupr",

@@ -145,11 +145,15 @@ def git_project(tmp_path, monkeypatch):
 
 
 def test_sweep_plans_every_combination_not_yet_run(git_project):
-    commands = sweep.plan(git_project, load_params(git_project / "params.yaml"))
+    params = load_params(git_project / "params.yaml")
+    commands = sweep.plan(git_project, params, extra=["train.epochs=1"])
     names = [c[c.index("-n") + 1] for c in commands]
     assert names == ["cae-01", "cae-02", "vae-01"]  # vae-02 already ran from this commit
     assert commands[0][:3] == ["exp", "run", "--queue"]
     assert "dataset.category='01'" in commands[0]  # quoted: YAML would read 01 as 1
+    assert all(c[-2:] == ["-S", "train.epochs=1"] for c in commands)
+    rerun = sweep.plan(git_project, params, rerun=True)
+    assert len(rerun) == 4 and all(c[-1] == "-f" for c in rerun)  # -f overwrites a name
 
 
 def test_sweep_refuses_untracked_inputs(git_project):

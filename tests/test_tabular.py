@@ -36,6 +36,8 @@ def test_synthetic_table_separates_anomalies(project):
     rows = np.load(project / "data/patches/patches.npy")[train["patch_id"]].reshape(len(train), -1)
     assert np.allclose(scaler["mean"], rows.mean(axis=0), atol=1e-5)  # fit on train rows only
     assert (project / "plots/figures/feature_errors.png").is_file()
+    assert (project / "plots/explore/features.png").is_file()
+    assert (project / "plots/explore/class_balance.png").is_file()
     errors = pd.read_csv(project / "scores/ae/test_feature_errors.csv")
     assert list(errors.columns[2:]) == [f"x{i}" for i in range(10)]
 

@@ -69,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         "--copy-untracked", action="store_true", help="copy untracked files into each run"
     )
     swp.add_argument("--rerun", action="store_true", help="repeat runs made from this commit")
+    swp.add_argument(
+        "-S",
+        "--set-param",
+        action="append",
+        default=[],
+        help="extra param for every run, e.g. -S dataset.name=mvtec (repeatable)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -108,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.copy_untracked,
                 args.rerun,
                 args.dry_run,
+                args.set_param,
             )
         else:
             run_stage(args.command, args.params)

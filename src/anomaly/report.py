@@ -217,17 +217,26 @@ def pivot(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     return table.sort_values("mean", ascending=False)
 
 
-def heatmap_figure(table: pd.DataFrame, title: str, path: Path) -> None:
+def heatmap_figure(
+    table: pd.DataFrame,
+    title: str,
+    path: Path,
+    vmin: float = 0.5,
+    digits: int = 3,
+    xlabel: str = "category",
+) -> None:
+    """An annotated red-to-green table; a last column named ``mean`` is set off by a line."""
     values = table.to_numpy(dtype=float)
     fig, ax = plt.subplots(figsize=(1.1 * values.shape[1] + 2.5, 0.55 * values.shape[0] + 1.6))
-    image = ax.imshow(values, cmap="RdYlGn", vmin=0.5, vmax=1.0, aspect="auto")
+    image = ax.imshow(values, cmap="RdYlGn", vmin=vmin, vmax=1.0, aspect="auto")
     for (i, j), value in np.ndenumerate(values):
         if not np.isnan(value):
-            ax.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=8)
+            ax.text(j, i, f"{value:.{digits}f}", ha="center", va="center", fontsize=8)
     ax.set_xticks(range(values.shape[1]), [str(c) for c in table.columns], rotation=30, ha="right")
     ax.set_yticks(range(values.shape[0]), [str(i) for i in table.index])
-    ax.axvline(values.shape[1] - 1.5, c="black", lw=1)
-    ax.set(xlabel="category", ylabel="model", title=title)
+    if str(table.columns[-1]) == "mean":
+        ax.axvline(values.shape[1] - 1.5, c="black", lw=1)
+    ax.set(xlabel=xlabel, ylabel="model", title=title)
     fig.colorbar(image, ax=ax, fraction=0.04)
     _save(fig, path, 120)
 
@@ -310,20 +319,6 @@ def defect_recall_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def defect_recall_figure(table: pd.DataFrame, path: Path) -> None:
-    values = table.to_numpy(dtype=float)
-    fig, ax = plt.subplots(figsize=(0.9 * values.shape[1] + 2.5, 0.5 * values.shape[0] + 1.8))
-    image = ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
-    for (i, j), value in np.ndenumerate(values):
-        if not np.isnan(value):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8)
-    ax.set_xticks(range(values.shape[1]), list(table.columns), rotation=30, ha="right")
-    ax.set_yticks(range(values.shape[0]), list(table.index))
-    ax.set(title="Recall per defect type (at each run's threshold)")
-    fig.colorbar(image, ax=ax, fraction=0.04)
-    _save(fig, path, 120)
-
-
 def write_report(records: list[dict], out: Path, sources: str) -> dict[str, Any]:
     """CSV, markdown and figures for ``records``; returns what was written."""
     out.mkdir(parents=True, exist_ok=True)
@@ -377,7 +372,14 @@ def write_report(records: list[dict], out: Path, sources: str) -> dict[str, Any]
         lines += ["## Texture vs object (mean image AUROC)", "", _markdown(means.reset_index()), ""]
         recall = defect_recall_table(frame)
         if not recall.empty:
-            defect_recall_figure(recall, out / "defect_recall.png")
+            heatmap_figure(
+                recall,
+                "Recall per defect type (at each run's threshold)",
+                out / "defect_recall.png",
+                vmin=0.0,
+                digits=2,
+                xlabel="defect type",
+            )
             figures.append("defect_recall.png")
             lines += ["## Recall per defect type", "", _markdown(recall.reset_index(), 2), ""]
         shown = [

@@ -97,7 +97,11 @@ def existing_names(repo: Path) -> set[str]:
 
 
 def plan(
-    repo: Path, params: Params, copy_untracked: bool = False, rerun: bool = False
+    repo: Path,
+    params: Params,
+    copy_untracked: bool = False,
+    rerun: bool = False,
+    extra: list[str] | None = None,
 ) -> list[list[str]]:
     """The ``dvc exp run --queue`` argument lists to run, after the safety checks."""
     untracked = untracked_files(repo)
@@ -124,6 +128,8 @@ def plan(
             )
             continue
         args = ["exp", "run", "--queue", "-n", combo.name, *combo.set_params()]
+        for setting in extra or []:  # the same extra params for every run
+            args += ["-S", setting]
         for path in copies:
             args += ["-C", path]
         if rerun:
@@ -140,10 +146,11 @@ def sweep(
     copy_untracked: bool = False,
     rerun: bool = False,
     dry_run: bool = False,
+    extra: list[str] | None = None,
 ) -> list[list[str]]:
     """Queue the sweep; with ``run``, execute the queue and wait for it."""
     repo = Path(repo)
-    commands = plan(repo, params, copy_untracked, rerun)
+    commands = plan(repo, params, copy_untracked, rerun, extra)
     for args in commands:
         print("dvc " + " ".join(args))
         if not dry_run:

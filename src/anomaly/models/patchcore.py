@@ -120,25 +120,48 @@ def greedy_coreset(
     return torch.tensor(chosen)
 
 
-def nearest(queries: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Euclidean distances and indices of the ``k`` nearest bank rows for each query."""
-    k = min(k, bank.shape[0])
+def _faiss():
     try:
         import faiss
     except ImportError:
-        faiss = None
-    if faiss is not None:
-        index = faiss.IndexFlatL2(bank.shape[1])
-        index.add(bank.detach().float().cpu().numpy())
-        dist, idx = index.search(queries.detach().float().cpu().numpy(), k)
-        return torch.from_numpy(dist).clamp_min(0).sqrt(), torch.from_numpy(idx)
-    dists, idxs = [], []
-    for chunk in queries.split(4096):
-        d = torch.cdist(chunk.float(), bank.float())
-        value, index = d.topk(k, dim=1, largest=False)
-        dists.append(value.cpu())
-        idxs.append(index.cpu())
-    return torch.cat(dists), torch.cat(idxs)
+        return None
+    return faiss
+
+
+class BankIndex:
+    """Nearest-neighbour search over a fixed memory bank, built once and reused per batch.
+
+    faiss on the CPU (exact L2; on a GPU with faiss's GPU build, there); without
+    faiss, or for a CUDA bank with CPU-only faiss, chunked ``torch.cdist`` on the
+    bank's own device, which on a GPU beats copying every batch to the CPU.
+    """
+
+    def __init__(self, bank: torch.Tensor) -> None:
+        self.bank = bank
+        self.index = None
+        faiss = _faiss()
+        on_gpu = bank.is_cuda
+        if faiss is not None and (not on_gpu or hasattr(faiss, "StandardGpuResources")):
+            index = faiss.IndexFlatL2(bank.shape[1])
+            if on_gpu:
+                self._resources = faiss.StandardGpuResources()
+                index = faiss.index_cpu_to_gpu(self._resources, bank.device.index or 0, index)
+            index.add(bank.detach().float().cpu().numpy())
+            self.index = index
+
+    def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Euclidean distances and indices (on the CPU) of the ``k`` nearest bank rows."""
+        k = min(k, self.bank.shape[0])
+        if self.index is not None:
+            dist, idx = self.index.search(queries.detach().float().cpu().numpy(), k)
+            return torch.from_numpy(dist).clamp_min(0).sqrt(), torch.from_numpy(idx)
+        dists, idxs = [], []
+        bank = self.bank.float()
+        for chunk in queries.to(bank.device).split(4096):
+            value, index = torch.cdist(chunk.float(), bank).topk(k, dim=1, largest=False)
+            dists.append(value.cpu())
+            idxs.append(index.cpu())
+        return torch.cat(dists), torch.cat(idxs)
 
 
 @register("patchcore")
@@ -161,6 +184,15 @@ class PatchCore(AnomalyModel):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.register_buffer("memory_bank", torch.zeros(0, config.feature_dim))
+        self._indexes: dict[tuple, BankIndex] = {}
+
+    def _index(self, bank: torch.Tensor) -> BankIndex:
+        """The search index of ``bank``, built on first use; a new bank (refit, load,
+        move to another device) has another key, so a stale index is never used."""
+        key = (bank.data_ptr(), tuple(bank.shape), str(bank.device))
+        if key not in self._indexes:
+            self._indexes = {key: BankIndex(bank)}
+        return self._indexes[key]
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):
         bank = state_dict.get("memory_bank")
@@ -229,14 +261,14 @@ class PatchCore(AnomalyModel):
         feats = self.features(x)
         b, gh, gw, d = feats.shape
         flat = feats.reshape(-1, d)
-        dist, idx = nearest(flat, self.memory_bank, 1)
+        dist, idx = self._index(self.memory_bank).search(flat, 1)
         patch = dist[:, 0].reshape(b, gh * gw)
         best = patch.argmax(dim=1)
         s_star = patch[torch.arange(b), best]
         m_test = feats.reshape(b, gh * gw, d)[torch.arange(b), best].cpu()
         m_star = self.memory_bank[idx[:, 0].reshape(b, gh * gw)[torch.arange(b), best]].cpu()
         bank = self.memory_bank.cpu()
-        _, neigh = nearest(m_star, bank, self.config.num_neighbours)
+        _, neigh = self._index(self.memory_bank).search(m_star, self.config.num_neighbours)
         d_neigh = torch.linalg.norm(m_test[:, None, :] - bank[neigh], dim=-1).double()
         weight = 1 - 1 / torch.exp(d_neigh - s_star[:, None].double()).sum(1)
         scores = (weight * s_star.double()).float()
