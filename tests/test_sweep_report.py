@@ -99,9 +99,9 @@ def test_write_report_tables_and_figures(tmp_path):
     for name in ("runs.csv", "summary.md", "heatmap_image_auroc.png", "defect_recall.png"):
         assert (tmp_path / name).is_file(), name
     summary = (tmp_path / "summary.md").read_text()
-    # The heatmap table: columns are categories, then the mean; cae first by mean.
+    # Columns: categories, then the mean over per-category runs ("all" is not averaged in).
     assert (
-        "| model | 01 | all | mean |\n|---|---|---|---|\n| cae | 0.950 | 0.900 | 0.925 |" in summary
+        "| model | 01 | all | mean |\n|---|---|---|---|\n| cae | 0.950 | 0.900 | 0.950 |" in summary
     )
     frame = pd.read_csv(tmp_path / "runs.csv")
     assert frame.loc[frame["name"] == "vae-01", "image.auroc"].item() == 0.8
@@ -181,3 +181,18 @@ def test_sweep_copies_an_ignored_dataset_folder(git_project):
     commands = sweep.plan(git_project, load_params(git_project / "params.yaml"))
     assert len(commands) == 1 and commands[0][-2:] == ["-C", "mydata"]
     assert "dataset.category" not in " ".join(commands[0])
+
+
+def test_best_models_lists_ties():
+    cells = pd.DataFrame(
+        {
+            "dataset": ["d"] * 3,
+            "category": ["01"] * 3,
+            "model": ["vae", "cae", "ae"],
+            "image.auroc": [1.0, 1.0, 0.9],
+        }
+    )
+    best = report.best_models(cells)
+    assert best.to_dict(orient="records") == [
+        {"dataset": "d", "category": "01", "model": "cae, vae", "image.auroc": 1.0}
+    ]

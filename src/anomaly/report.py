@@ -194,6 +194,13 @@ def latest_per_cell(frame: pd.DataFrame) -> pd.DataFrame:
     return ordered.groupby(["dataset", "model", "category"], as_index=False, sort=True).last()
 
 
+def per_category(cells: pd.DataFrame) -> pd.DataFrame:
+    """Cells without the whole-dataset runs (category ``all``) of datasets that also have
+    per-category runs: a mean or spread "across categories" must not count them twice."""
+    split = cells.groupby("dataset")["category"].transform(lambda c: (c != "all").any())
+    return cells[~(split & (cells["category"] == "all"))]
+
+
 def _markdown(frame: pd.DataFrame, digits: int = 3) -> str:
     def cell(value: Any) -> str:
         if isinstance(value, float):
@@ -210,11 +217,31 @@ def pivot(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     """model x category table of ``metric`` (newest run per cell), with a mean column."""
     if metric not in frame or frame[metric].isna().all():
         return pd.DataFrame()
-    table = latest_per_cell(frame).pivot_table(
-        index="model", columns="category", values=metric, aggfunc="first"
-    )
-    table["mean"] = table.mean(axis=1)
+    cells = latest_per_cell(frame)
+    table = cells.pivot_table(index="model", columns="category", values=metric, aggfunc="first")
+    categories = sorted(per_category(cells)["category"].unique())
+    table["mean"] = table[categories].mean(axis=1)
     return table.sort_values("mean", ascending=False)
+
+
+def best_models(cells: pd.DataFrame, metric: str = "image.auroc") -> pd.DataFrame:
+    """Per (dataset, category): the best value of ``metric`` and every model reaching it."""
+    rows = []
+    for (dataset, category), part in cells.groupby(["dataset", "category"], sort=True):
+        values = part[metric].dropna()
+        if values.empty:
+            continue
+        best = values.max()
+        models = part.loc[np.isclose(part[metric], best), "model"]
+        rows.append(
+            {
+                "dataset": dataset,
+                "category": category,
+                "model": ", ".join(sorted(models)),
+                metric: best,
+            }
+        )
+    return pd.DataFrame(rows, columns=["dataset", "category", "model", metric])
 
 
 def heatmap_figure(
@@ -243,7 +270,7 @@ def heatmap_figure(
 
 def f1_figure(frame: pd.DataFrame, path: Path) -> None:
     """Mean F1 at the chosen threshold beside the F1-max ceiling, per model."""
-    cells = latest_per_cell(frame)
+    cells = per_category(latest_per_cell(frame))
     stats = cells.groupby("model")[["image.f1", "image.f1_max"]].agg(["mean", "std"])
     models = list(stats.index)
     x = np.arange(len(models))
@@ -268,7 +295,7 @@ def f1_figure(frame: pd.DataFrame, path: Path) -> None:
 
 def boxplot_figure(frame: pd.DataFrame, path: Path) -> None:
     """Distribution across categories of each headline metric, per model."""
-    cells = latest_per_cell(frame)
+    cells = per_category(latest_per_cell(frame))
     metrics = [
         m
         for m in ("image.auroc", "pixel.auroc", "pixel.aupro")
@@ -281,16 +308,18 @@ def boxplot_figure(frame: pd.DataFrame, path: Path) -> None:
         ax.boxplot(data, tick_labels=models)
         for i, values in enumerate(data, start=1):
             ax.scatter(np.full(len(values), i), values, s=10, c="tab:blue", alpha=0.6, zorder=3)
-        ax.set(title=metric, ylim=(min(0.4, *(v.min() for v in data if len(v))), 1.02))
+        low = min([1.0, *(v.min() for v in data if len(v))])
+        ax.set(title=metric, ylim=(max(0.0, low - 0.05), 1.01))
         ax.tick_params(axis="x", rotation=30)
-    fig.suptitle("Metric spread across categories")
+    fig.suptitle("Metric spread across categories (one dot per category)")
+    fig.tight_layout()
     _save(fig, path, 120)
 
 
 def texture_object_figure(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     """Mean image AUROC per model on texture and on object categories."""
     means = (
-        latest_per_cell(frame)
+        per_category(latest_per_cell(frame))
         .groupby(["model", "category_type"])["image.auroc"]
         .mean()
         .unstack("category_type")
@@ -310,7 +339,7 @@ def texture_object_figure(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
 
 def defect_recall_table(frame: pd.DataFrame) -> pd.DataFrame:
     """model x defect type: recall at the chosen threshold, averaged over categories."""
-    cells = latest_per_cell(frame)
+    cells = per_category(latest_per_cell(frame))
     cols = [c for c in cells.columns if c.startswith("by_defect.") and c.endswith(".recall")]
     if not cols:
         return pd.DataFrame()
@@ -358,11 +387,10 @@ def write_report(records: list[dict], out: Path, sources: str) -> dict[str, Any]
             lines += [f"## {label}: {dataset}", "", _markdown(table.reset_index()), ""]
     if not frame.empty:
         cells = latest_per_cell(frame)
-        best = cells.loc[cells.groupby(["dataset", "category"])["image.auroc"].idxmax()]
         lines += [
-            "## Best model per category (image AUROC)",
+            "## Best model per category (image AUROC; ties listed together)",
             "",
-            _markdown(best[["dataset", "category", "model", "image.auroc"]]),
+            _markdown(best_models(cells)),
             "",
         ]
         f1_figure(frame, out / "f1_by_model.png")
