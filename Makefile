@@ -34,8 +34,9 @@ format: setup
 	$(BIN)/ruff check --fix src stages tests benchmarks scripts
 
 # The standard benchmark (params.yaml: sweep.models x sweep.categories), queued and run.
-sweep: setup
-	@test -d .dvc || $(BIN)/dvc init --quiet
+# `repro` first: queued runs restore unchanged stages from the cache, which a fresh clone
+# (or a params edit committed without `dvc repro`) does not have yet.
+sweep: repro
 	$(BIN)/python -m anomaly sweep --run
 
 # reports/: every experiment of HEAD (add REVS="--rev main --rev other" for branches).
