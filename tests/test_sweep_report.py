@@ -196,3 +196,34 @@ def test_best_models_lists_ties():
     assert best.to_dict(orient="records") == [
         {"dataset": "d", "category": "01", "model": "cae, vae", "image.auroc": 1.0}
     ]
+
+
+def test_report_outside_a_dvc_repo_is_one_line_error(tmp_path):
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "anomaly", "report"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "`dvc exp show` failed" in lines[0], result.stderr
+
+
+def test_sweep_cli_names_the_untracked_file(git_project):
+    import sys
+
+    (git_project / "notes.txt").write_text("draft\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "anomaly", "sweep", "--dry-run"],
+        cwd=git_project,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "notes.txt" in result.stderr and "--copy-untracked" in result.stderr
