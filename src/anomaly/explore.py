@@ -26,7 +26,11 @@ def _sample_rows(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 def examples_figure(
     manifest: pd.DataFrame, cfg: ExploreConfig, mode: str, seed: int, path: Path, dpi: int
 ) -> None:
-    """A grid: one row per class (good, then each defect type), masks outlined in red."""
+    """A grid of examples per class (good, then each defect type), masks outlined in red.
+
+    Wide images (fabric rolls) get one row per class; square ones (MVTec, digits)
+    one column per class, so ten classes do not make a page-long strip.
+    """
     classes = ["good", *sorted(manifest.loc[manifest["label"] == 1, "defect_type"].unique())]
     per = cfg.examples_per_type
     picked = []
@@ -37,14 +41,16 @@ def examples_figure(
         picked.append((name, _sample_rows(part, per, seed)))
     first, _ = load_image_and_mask(manifest, manifest.iloc[0], mode)
     aspect = first.shape[1] / first.shape[0]
-    width = min(2.0 * aspect, 7.0)
-    row_height = width / aspect + 0.4  # image plus its title
+    by_row = aspect > 1.5
+    width = min(2.0 * aspect, 7.0) if by_row else 1.8
+    cell_height = width / aspect + (0.4 if by_row else 0.7)  # image plus its title
+    n_rows, n_cols = (len(classes), per) if by_row else (per, len(classes))
     fig, axes = plt.subplots(
-        len(classes), per, figsize=(width * per, row_height * len(classes)), squeeze=False
+        n_rows, n_cols, figsize=(width * n_cols, cell_height * n_rows), squeeze=False
     )
-    for r, (name, rows) in enumerate(picked):
+    for k, (name, rows) in enumerate(picked):
         for c in range(per):
-            ax = axes[r, c]
+            ax = axes[k, c] if by_row else axes[c, k]
             ax.axis("off")
             if c >= len(rows):
                 continue
@@ -52,8 +58,9 @@ def examples_figure(
             image, mask = load_image_and_mask(manifest, row, mode)
             ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
             _outline(ax, mask, outside=True)
+            title = f"{name} ({row['group']}): {Path(str(row['image_path'])).name}"
             ax.set_title(
-                f"{name} ({row['group']}): {Path(str(row['image_path'])).name}", fontsize=7
+                title if by_row else f"{name}\n{Path(str(row['image_path'])).name}", fontsize=7
             )
     fig.suptitle("Examples per class (true defect outlined in red)", y=1.0)
     fig.tight_layout()
