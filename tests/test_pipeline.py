@@ -13,17 +13,7 @@ from anomaly.errors import DataError
 from anomaly.params import load_params
 from conftest import REPO, tiny_params, write_params
 
-STAGES = [
-    "download",
-    "patchify",
-    "split",
-    "explore",
-    "train",
-    "score",
-    "threshold",
-    "evaluate",
-    "plot",
-]
+STAGES = list(pipeline.STAGES)  # every stage, in pipeline order
 
 
 def run_all(root):

@@ -53,3 +53,18 @@ def test_benchmark_script_reports_every_model(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["model"] for r in rows] == ["ae", "cae", "vae"]
     assert all(r["train_tiles_per_s"] > 0 and r["score_tiles_per_s"] > 0 for r in rows)
+
+
+def test_dvc_yaml_runs_every_stage_through_its_script():
+    """dvc.yaml, stages/ and pipeline.STAGES name the same stages, and each stage depends on
+    its own script and on pipeline.py (so a changed stage body reruns the stage)."""
+    import yaml
+
+    from anomaly.pipeline import STAGES
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert set(stages) == set(STAGES)
+    for name, stage in stages.items():
+        assert stage["cmd"] == f"python stages/{name}.py"
+        assert (REPO / "stages" / f"{name}.py").is_file()
+        assert {f"stages/{name}.py", "src/anomaly/pipeline.py"} <= set(stage["deps"]), name
