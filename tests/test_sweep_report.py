@@ -94,11 +94,12 @@ def test_merge_keeps_old_rows_and_replaces_reruns():
 
 def test_write_report_tables_and_figures(tmp_path):
     records = report.collect(_exp_show())
-    written = report.write_report(records, tmp_path, "HEAD")
+    written = report.write_report(records, tmp_path, "HEAD", report.unfinished(_exp_show()))
     assert written["runs"] == 3
     for name in ("runs.csv", "summary.md", "heatmap_image_auroc.png", "defect_recall.png"):
         assert (tmp_path / name).is_file(), name
     summary = (tmp_path / "summary.md").read_text()
+    assert "Left out, not evaluated (queued, running or failed): failed, queued." in summary
     # Columns: categories, then the mean over per-category runs ("all" is not averaged in).
     assert (
         "| model | 01 | all | mean |\n|---|---|---|---|\n| cae | 0.950 | 0.900 | 0.950 |" in summary

@@ -163,6 +163,18 @@ def collect(entries: list[dict], include_workspace: bool = False) -> list[dict[s
     return records
 
 
+def unfinished(entries: list[dict]) -> list[str]:
+    """Names of experiments with no evaluation yet (queued, running or failed): the report
+    says they were left out rather than dropping them silently."""
+    names = []
+    for entry in entries:
+        for experiment in entry.get("experiments") or []:
+            revs = experiment.get("revs") or []
+            if revs and _record(revs[0], "experiment", "") is None:
+                names.append(str(revs[0].get("name") or experiment.get("name") or revs[0]["rev"]))
+    return names
+
+
 def merge_runs(previous: list[dict], new: list[dict]) -> list[dict]:
     """Previous rows kept, a rerun of the same revision replaces its row."""
     merged = {row["run_id"]: row for row in previous}
@@ -348,7 +360,9 @@ def defect_recall_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def write_report(records: list[dict], out: Path, sources: str) -> dict[str, Any]:
+def write_report(
+    records: list[dict], out: Path, sources: str, left_out: list[str] | None = None
+) -> dict[str, Any]:
     """CSV, markdown and figures for ``records``; returns what was written."""
     out.mkdir(parents=True, exist_ok=True)
     frame = runs_table(records)
@@ -362,6 +376,11 @@ def write_report(records: list[dict], out: Path, sources: str) -> dict[str, Any]
         "of each (dataset, model, category); `runs.csv` has every run.",
         "",
     ]
+    if left_out:
+        lines += [
+            f"Left out, not evaluated (queued, running or failed): {', '.join(left_out)}.",
+            "",
+        ]
     if frame.empty:
         lines.append("No evaluated runs yet: run `dvc repro`, `dvc exp run` or `make sweep` first.")
     figures = []
@@ -454,7 +473,7 @@ def report(
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "runs.json", {"runs": records})
     sources = ", ".join(revs) if revs else "all branches" if all_branches else "HEAD"
-    written = write_report(records, out, sources)
+    written = write_report(records, out, sources, unfinished(entries))
     new_ids = {r["run_id"] for r in new}
     kept = sum(r["run_id"] not in new_ids for r in records)
     written.update({"collected": len(new), "kept_from_before": kept})
