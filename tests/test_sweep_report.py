@@ -228,3 +228,45 @@ def test_sweep_cli_names_the_untracked_file(git_project):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "notes.txt" in result.stderr and "--copy-untracked" in result.stderr
+
+
+def test_sweep_all_expands_models_and_the_datasets_categories(tmp_path):
+    from anomaly.data.mvtec import CATEGORIES
+    from anomaly.models.registry import available_models
+
+    path = write_params(
+        tmp_path / "params.yaml",
+        tiny_params(dataset={"name": "mvtec"}, sweep={"models": "all", "categories": "all"}),
+    )
+    combos = sweep.combinations(load_params(path))
+    assert len(combos) == len(available_models()) * len(CATEGORIES) == 9 * 15
+    assert combos[0].set_params()[-1] == f"dataset.category='{CATEGORIES[0]}'"
+
+    path = write_params(
+        tmp_path / "params.yaml",
+        tiny_params(dataset={"name": "mnist"}, sweep={"models": ["ae"], "categories": "all"}),
+    )
+    combos = sweep.combinations(load_params(path))
+    assert [c.set_params()[-1] for c in combos][:2] == [
+        "dataset.normal_class=0",
+        "dataset.normal_class=1",
+    ]
+    assert combos[3].name == "ae-3"
+
+    path = write_params(
+        tmp_path / "params.yaml",
+        tiny_params(dataset={"name": "tabular"}, sweep={"categories": "all"}),
+    )
+    with pytest.raises(sweep.SweepError, match="has no known categories"):
+        sweep.combinations(load_params(path))
+
+
+def test_sweep_params_are_checked(tmp_path):
+    from anomaly.errors import ParamsError
+
+    path = write_params(tmp_path / "params.yaml", tiny_params(sweep={"models": ["cae", "vea"]}))
+    with pytest.raises(ParamsError, match="sweep.models names 'vea', not a known model"):
+        load_params(path)
+    path = write_params(tmp_path / "params.yaml", tiny_params(sweep={"models": "some"}))
+    with pytest.raises(ParamsError, match="sweep.models"):
+        load_params(path)

@@ -299,8 +299,11 @@ class ExploreConfig:
 class SweepConfig:
     """The standard benchmark ``anomaly sweep`` queues: every model x every category."""
 
-    models: list[str] = field(default_factory=lambda: ["cae", "vae", "ae", "vit_vae"])
-    categories: list[str] = field(default_factory=lambda: ["01", "02", "03"])
+    # A list, or "all": every registered model / every category the dataset knows.
+    models: list[str] | Literal["all"] = field(
+        default_factory=lambda: ["cae", "vae", "ae", "vit_vae"]
+    )
+    categories: list[str] | Literal["all"] = field(default_factory=lambda: ["01", "02", "03"])
     jobs: int = 1  # parallel queue workers for `dvc queue start -j`
 
     def validate(self, where: str, source: str) -> None:
@@ -338,7 +341,7 @@ class Params:
                     f"{source}: models.{name} is not a known model (known: {', '.join(known)})"
                 )
             model_config(name, block, source)
-        for name in self.sweep.models:
+        for name in self.sweep.models if self.sweep.models != "all" else []:
             if name not in known:
                 raise ParamsError(
                     f"{source}: sweep.models names {name!r}, not a known model "

@@ -32,6 +32,7 @@ class SweepError(AnomalyError):
 class Combination:
     model: str
     category: str | None
+    dataset: str = "synthetic_fabric"
 
     @property
     def name(self) -> str:
@@ -39,11 +40,19 @@ class Combination:
         return f"{self.model}-{label}".replace("/", "_").replace(" ", "_")
 
     def set_params(self) -> list[str]:
-        """``-S`` arguments; the category is quoted so YAML keeps ``"01"`` a string."""
+        """``-S`` arguments. For one-class MNIST the category is the normal digit;
+        elsewhere it is quoted so YAML keeps a fabric code like ``"01"`` a string."""
         args = ["-S", f"model={self.model}"]
-        if self.category is not None:
-            args += ["-S", f"dataset.category='{self.category}'"]
-        return args
+        if self.category is None:
+            return args
+        if self.dataset == "mnist":
+            if not self.category.isdigit():
+                raise SweepError(
+                    f"params.yaml: sweep.categories has {self.category!r}; for mnist the "
+                    "categories are the normal digits 0-9"
+                )
+            return [*args, "-S", f"dataset.normal_class={int(self.category)}"]
+        return [*args, "-S", f"dataset.category='{self.category}'"]
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -85,9 +94,36 @@ def ignored_source(repo: Path, params: Params) -> str | None:
     return str(relative) if proc.returncode == 0 and resolved.exists() else None
 
 
+def known_categories(params: Params) -> list[str]:
+    """Every category of the configured dataset, for ``sweep.categories: all``."""
+    from .data.aitex import FABRIC_FOLDERS
+    from .data.mvtec import CATEGORIES
+    from .data.synthetic_fabric import FABRIC_CODES
+
+    name = params.dataset.name
+    if name == "mvtec":
+        return list(CATEGORIES)
+    if name == "aitex":
+        return list(FABRIC_FOLDERS)
+    if name == "synthetic_fabric":
+        return [FABRIC_CODES[f] for f in params.dataset.synthetic.fabrics]
+    if name == "mnist":
+        return [str(digit) for digit in range(10)]
+    raise SweepError(
+        f"params.yaml: sweep.categories is 'all', but dataset {name!r} has no known "
+        "categories; list them"
+    )
+
+
 def combinations(params: Params) -> list[Combination]:
-    categories: list[str | None] = list(params.sweep.categories) or [None]
-    return [Combination(m, c) for m in params.sweep.models for c in categories]
+    from .models.registry import available_models
+
+    cfg = params.sweep
+    models = available_models() if cfg.models == "all" else list(cfg.models)
+    categories: list[str | None] = (
+        list(known_categories(params)) if cfg.categories == "all" else list(cfg.categories)
+    ) or [None]
+    return [Combination(m, c, params.dataset.name) for m in models for c in categories]
 
 
 def existing_names(repo: Path) -> set[str]:
