@@ -230,7 +230,10 @@ def score_split(
                 maps.append(m.float().cpu().numpy().astype(np.float16))
             code = model.latent_codes(x) if keep_maps else None
             if code is not None:
-                codes.append(code.float().cpu().numpy().astype(np.float16))
+                finite16 = np.finfo(np.float16).max  # a huge code must not become inf
+                codes.append(
+                    np.clip(code.float().cpu().numpy(), -finite16, finite16).astype(np.float16)
+                )
     score_arr = np.concatenate(scores) if scores else np.zeros(0)
     map_arr = np.concatenate(maps) if maps else None
     code_arr = np.concatenate(codes) if codes else None
