@@ -23,7 +23,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .base import ReconstructionModel, TrainOverrides
-from .blocks import check_divisible, conv_decoder, conv_encoder
+from .blocks import DenseCodec, check_divisible
 from .registry import register
 
 
@@ -51,17 +51,10 @@ class AdversarialAutoencoder(ReconstructionModel):
     ) -> None:
         super().__init__(config, in_channels, image_size, input_shape)
         check_divisible(image_size, config.depth, "models.aae", self.input_shape)
-        self.encoder, width = conv_encoder(
-            in_channels, config.base_channels, config.depth, config.blocks
-        )
-        self.grid = image_size // 2**config.depth
-        self.width = width
-        flat = width * self.grid * self.grid
-        self.to_code = nn.Linear(flat, config.latent_dim)
-        self.from_code = nn.Sequential(nn.Linear(config.latent_dim, flat), nn.LeakyReLU(0.2))
-        self.decoder = conv_decoder(
-            in_channels, config.base_channels, config.depth, width, config.blocks
-        )
+        parts = DenseCodec.build(config, in_channels, image_size, code_out=config.latent_dim)
+        self.encoder, self.to_code = parts.encoder, parts.to_code
+        self.from_code, self.decoder = parts.from_code, parts.decoder
+        self.width, self.grid = parts.width, parts.grid
         h = config.disc_hidden
         self.discriminator = nn.Sequential(
             nn.Linear(config.latent_dim, h),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from torch import nn
 
 
@@ -68,4 +71,38 @@ def check_divisible(
         raise ParamsError(
             f"params.yaml: {where}.depth={depth} needs a patch size divisible by {2**depth}, "
             f"got {image_size} (set patch.resize or patch.size)"
+        )
+
+
+@dataclass
+class DenseCodec:
+    """The parts of a "conv encoder -> dense code -> conv decoder" autoencoder (VAE, AAE).
+
+    Built in one fixed order (encoder, to_code, from_code, decoder) so that models sharing
+    it initialise identically for a seed; ``to_code`` maps the flat feature map to
+    ``code_out`` numbers (2 x latent for a Gaussian posterior), ``from_code`` maps a
+    ``latent``-sized code back to the feature map of ``width`` x ``grid`` x ``grid``.
+    """
+
+    encoder: nn.Sequential
+    to_code: nn.Linear
+    from_code: nn.Sequential
+    decoder: nn.Sequential
+    width: int
+    grid: int
+
+    @classmethod
+    def build(cls, config: Any, channels: int, image_size: int, code_out: int) -> DenseCodec:
+        """From a model config with ``base_channels``, ``depth``, ``blocks``, ``latent_dim``."""
+        base, depth, blocks = config.base_channels, config.depth, config.blocks
+        encoder, width = conv_encoder(channels, base, depth, blocks)
+        grid = image_size // 2**depth
+        flat = width * grid * grid
+        return cls(
+            encoder=encoder,
+            to_code=nn.Linear(flat, code_out),
+            from_code=nn.Sequential(nn.Linear(config.latent_dim, flat), nn.LeakyReLU(0.2)),
+            decoder=conv_decoder(channels, base, depth, width, blocks),
+            width=width,
+            grid=grid,
         )

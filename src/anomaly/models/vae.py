@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from torch import nn
 
 from ..scoring import pixel_maps
 from .base import ReconstructionModel, TrainOverrides
-from .blocks import check_divisible, conv_decoder, conv_encoder
+from .blocks import DenseCodec, check_divisible
 from .registry import register
 
 
@@ -80,17 +79,10 @@ class VariationalAutoencoder(VariationalMixin, ReconstructionModel):
     ) -> None:
         super().__init__(config, in_channels, image_size, input_shape)
         check_divisible(image_size, config.depth, "models.vae", self.input_shape)
-        self.encoder, width = conv_encoder(
-            in_channels, config.base_channels, config.depth, config.blocks
-        )
-        self.grid = image_size // 2**config.depth
-        flat = width * self.grid * self.grid
-        self.width = width
-        self.to_stats = nn.Linear(flat, 2 * config.latent_dim)
-        self.from_latent = nn.Sequential(nn.Linear(config.latent_dim, flat), nn.LeakyReLU(0.2))
-        self.decoder = conv_decoder(
-            in_channels, config.base_channels, config.depth, width, config.blocks
-        )
+        parts = DenseCodec.build(config, in_channels, image_size, code_out=2 * config.latent_dim)
+        self.encoder, self.to_stats = parts.encoder, parts.to_code
+        self.from_latent, self.decoder = parts.from_code, parts.decoder
+        self.width, self.grid = parts.width, parts.grid
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.to_stats(self.encoder(x).flatten(1)).chunk(2, dim=1)
