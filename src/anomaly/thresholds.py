@@ -23,37 +23,17 @@ def f1_optimal(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     return float(thresholds[best]), float(f1[best])
 
 
-def choose_threshold(
-    cfg: ThresholdConfig, scores: np.ndarray, labels: np.ndarray, what: str = "image"
-) -> float:
-    """The threshold for one level (``what`` names it in errors)."""
-    good = scores[labels == 0]
-    if cfg.method == "manual":
-        return float(cfg.value)  # validated non-null by ThresholdConfig
-    if cfg.method == "f1_optimal":
-        if not (labels == 1).any() or not good.size:
-            raise ParamsError(
-                "params.yaml: threshold.method=f1_optimal needs good and defect samples in "
-                "validation; set split.labeled_val_fraction > 0"
-            )
-        return f1_optimal(scores, labels)[0]
-    if good.size == 0:
-        raise DataError(f"threshold: no good validation {what} scores to set a threshold from")
-    if cfg.method == "percentile":
-        return float(np.percentile(good, cfg.percentile))
-    return float(good.mean() + cfg.k * good.std())
-
-
 def candidate_thresholds(
     cfg: ThresholdConfig, scores: np.ndarray, labels: np.ndarray
 ) -> dict[str, float | None]:
     """Every method's threshold on the same validation scores (None where it cannot apply).
 
-    The threshold study plots these side by side, so a user sees what switching
-    ``threshold.method`` would do before rerunning anything.
+    The one place each method's formula lives: :func:`choose_threshold` picks the
+    configured one, and the threshold study plots all of them side by side, so a
+    user sees what switching ``threshold.method`` would do before rerunning anything.
     """
     good = scores[labels == 0]
-    out: dict[str, float | None] = {
+    return {
         "percentile": float(np.percentile(good, cfg.percentile)) if good.size else None,
         "mean_std": float(good.mean() + cfg.k * good.std()) if good.size else None,
         "f1_optimal": (
@@ -61,4 +41,19 @@ def candidate_thresholds(
         ),
         "manual": float(cfg.value) if cfg.value is not None else None,
     }
-    return out
+
+
+def choose_threshold(
+    cfg: ThresholdConfig, scores: np.ndarray, labels: np.ndarray, what: str = "image"
+) -> float:
+    """The threshold for one level (``what`` names it in errors)."""
+    value = candidate_thresholds(cfg, scores, labels)[cfg.method]
+    if value is not None:
+        return value
+    # manual never lands here: ThresholdConfig requires threshold.value with it.
+    if cfg.method == "f1_optimal":
+        raise ParamsError(
+            "params.yaml: threshold.method=f1_optimal needs good and defect samples in "
+            "validation; set split.labeled_val_fraction > 0"
+        )
+    raise DataError(f"threshold: no good validation {what} scores to set a threshold from")
