@@ -20,7 +20,7 @@ from PIL import Image
 
 from . import paths
 from .data.mvtec import IMAGE_SUFFIXES
-from .data.patching import IMAGE_MODES, _plan, _resize, _to_working
+from .data.patching import IMAGE_MODES, _plan, _resize, _to_working, tile_windows
 from .errors import DataError
 from .io import read_image, read_json, save_png, write_csv
 from .params import Params, PatchConfig
@@ -31,15 +31,9 @@ def _tiles(image: np.ndarray, patch: PatchConfig, out: int) -> tuple[np.ndarray,
     h, w = image.shape[:2]
     work, plan = _plan(h, w, patch)
     work_image = _to_working(image, work, Image.BILINEAR)
-    sy, sx = h / work[0], w / work[1]
     crops, boxes = [], []
-    for y, x, side in plan:
-        if side < 0:
-            crop, box = work_image, (0, 0, w, h)
-        else:
-            crop = work_image[y : y + side, x : x + side]
-            box = (round(x * sx), round(y * sy), round(side * sx), round(side * sy))
-        resized = _resize(crop, out, Image.BILINEAR)
+    for window, box in tile_windows(h, w, work, plan):
+        resized = _resize(work_image[window], out, Image.BILINEAR)
         crops.append(resized[None] if resized.ndim == 2 else resized.transpose(2, 0, 1))
         boxes.append(dict(zip(("x", "y", "w", "h"), box, strict=True)))
     return np.stack(crops), pd.DataFrame(boxes)

@@ -67,6 +67,23 @@ def _plan(h: int, w: int, cfg: PatchConfig) -> tuple[tuple[int, int], list[tuple
     return (work_h, work_w), [(y, x, cfg.size) for y in ys for x in xs]
 
 
+def tile_windows(
+    h: int, w: int, work: tuple[int, int], plan: list[tuple[int, int, int]]
+) -> list[tuple[tuple[slice, slice], tuple[int, int, int, int]]]:
+    """For each planned tile: its crop window in working pixels and its box ``x, y, w, h``
+    in original pixels. Shared by patchify and predict, so new images are cut exactly
+    like the training ones."""
+    sy, sx = h / work[0], w / work[1]
+    windows = []
+    for y, x, side in plan:
+        if side < 0:  # the whole (working) image is the tile
+            windows.append(((slice(None), slice(None)), (0, 0, w, h)))
+        else:
+            box = (round(x * sx), round(y * sy), round(side * sx), round(side * sy))
+            windows.append(((slice(y, y + side), slice(x, x + side)), box))
+    return windows
+
+
 def _to_working(array: np.ndarray, work: tuple[int, int], resample: int) -> np.ndarray:
     if array.shape[:2] == work:
         return array
@@ -107,14 +124,8 @@ def patchify(
             images.append({**row.to_dict(), "height": h, "width": w})
             image_w = _to_working(image, work, Image.BILINEAR)
             mask_w = _to_working(mask.astype(np.uint8) * 255, work, Image.BILINEAR) >= 128
-            sy, sx = h / work[0], w / work[1]
-            for y, x, side in plan:
-                if side < 0:
-                    crop, crop_mask, box = image_w, mask_w, (0, 0, w, h)
-                else:
-                    crop = image_w[y : y + side, x : x + side]
-                    crop_mask = mask_w[y : y + side, x : x + side]
-                    box = (round(x * sx), round(y * sy), round(side * sx), round(side * sy))
+            for window, box in tile_windows(h, w, work, plan):
+                crop, crop_mask = image_w[window], mask_w[window]
                 resized = _resize(crop, out, Image.BILINEAR)
                 tiles[k] = resized[None] if channels == 1 else resized.transpose(2, 0, 1)
                 small = _resize(crop_mask.astype(np.uint8) * 255, out, Image.BILINEAR)
