@@ -469,7 +469,11 @@ def stage_plot(params: Params) -> None:
         )
         plots.confusion_figure(metrics, tmp / "confusion_matrix.png", params.plot.dpi)
         study_plots.threshold_study_figure(
-            images, threshold, tmp / "threshold_study.png", params.plot.dpi
+            pd.DataFrame(read_json(paths.CURVES / "threshold_study.json")["threshold_study"]),
+            images["score"].to_numpy(),
+            threshold,
+            tmp / "threshold_study.png",
+            params.plot.dpi,
         )
         latents_file = base / "test_latents.npy"
         if latents_file.is_file() and params.plot.latent != "none":

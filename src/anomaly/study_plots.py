@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .metrics import threshold_sweep
 from .plots import _save, plt
 
 METHOD_STYLES = {
@@ -23,14 +22,15 @@ METHOD_STYLES = {
 }
 
 
-def threshold_study_figure(images: pd.DataFrame, threshold: dict, path: Path, dpi: int) -> None:
-    """Precision, recall and F1 on test images against the threshold, with every
+def threshold_study_figure(
+    rows: pd.DataFrame, scores: np.ndarray, threshold: dict, path: Path, dpi: int
+) -> None:
+    """Precision, recall and F1 on test images against the threshold (``rows``: the
+    evaluate stage's ``threshold_study.json``, empty when test has one class), with every
     method's validation threshold marked (the active one bold) and the test-optimal F1
     shown as the ceiling no validation-only method can promise."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    labels = images["label"].to_numpy()
-    if len(np.unique(labels)) == 2:
-        rows = pd.DataFrame(threshold_sweep(labels, images["score"].to_numpy()))
+    if len(rows):
         ax.plot(rows["threshold"], rows["precision"], label="precision", c="tab:orange")
         ax.plot(rows["threshold"], rows["recall"], label="recall", c="tab:red")
         ax.plot(rows["threshold"], rows["f1"], label="F1", c="black", lw=2)
@@ -39,7 +39,6 @@ def threshold_study_figure(images: pd.DataFrame, threshold: dict, path: Path, dp
         # Defect scores are heavy-tailed: on a linear axis the thresholds, which sit at
         # the edge of the good scores, would be squeezed into a sliver at the left.
         marks = [abs(v) for v in (threshold.get("candidates") or {}).values() if v is not None]
-        scores = images["score"].to_numpy()
         linthresh = max(marks) if marks and max(marks) > 0 else float(np.std(scores)) or 1.0
         if np.ptp(scores) > 10 * linthresh:
             ax.set_xscale("symlog", linthresh=linthresh)
