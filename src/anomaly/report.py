@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from .data.mvtec import OBJECTS, TEXTURES
-from .errors import AnomalyError, DataError
+from .dvc_cli import DvcCommandError, run_dvc
+from .errors import DataError
 from .io import atomic_path, write_json
 from .plots import _save, plt
 
@@ -52,10 +52,6 @@ HEADLINE = [
 FABRIC_DATASETS = ("synthetic_fabric", "aitex")
 
 
-class ReportError(AnomalyError):
-    """DVC could not list the experiments (not a DVC repo, unknown revision)."""
-
-
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(data, dict):
         out: dict[str, Any] = {}
@@ -71,21 +67,18 @@ def exp_show(
     repo: Path, revs: list[str], all_branches: bool, all_commits: bool, num: int
 ) -> list[dict]:
     """``dvc exp show --json`` for the chosen baselines (HEAD when none are named)."""
-    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json", "-n", str(num)]
+    args = ["exp", "show", "--json", "-n", str(num)]
     for rev in revs:
-        cmd += ["--rev", rev]
+        args += ["--rev", rev]
     if all_branches:
-        cmd.append("--all-branches")
+        args.append("--all-branches")
     if all_commits:
-        cmd.append("--all-commits")
-    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        message = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-        raise ReportError(f"{repo}: `dvc exp show` failed: {message}")
+        args.append("--all-commits")
+    out = run_dvc(repo, *args)
     try:
-        return json.loads(proc.stdout or "[]")
+        return json.loads(out or "[]")
     except json.JSONDecodeError as exc:
-        raise ReportError(f"{repo}: `dvc exp show --json` printed no JSON ({exc})") from exc
+        raise DvcCommandError(f"{repo}: `dvc exp show --json` printed no JSON ({exc})") from exc
 
 
 def category_of(params: dict[str, Any]) -> str:
@@ -112,14 +105,34 @@ def category_type(dataset: str, category: str) -> str:
     return "other"
 
 
-def _record(entry: dict, kind: str, baseline: str) -> dict[str, Any] | None:
-    """One run's flat record, or None when it has no evaluation (queued, failed)."""
+def _evaluated(entry: dict) -> bool:
+    """Whether a run has its evaluation (not queued, running or failed)."""
     data = entry.get("data") or {}
     if entry.get("error") or not data:
-        return None
+        return False
+    return "data" in ((data.get("metrics") or {}).get("metrics/eval.json") or {})
+
+
+def _runs(entries: list[dict]) -> Iterator[tuple[str, str, dict]]:
+    """(kind, baseline name, run entry) for every baseline and every experiment of it;
+    an experiment's result is the first of its revs (named after the experiment when the
+    rev itself carries no name)."""
+    for entry in entries:
+        baseline = entry.get("name") or str(entry.get("rev"))[:7]
+        yield "workspace" if entry.get("rev") == "workspace" else "commit", baseline, entry
+        for experiment in entry.get("experiments") or []:
+            revs = experiment.get("revs") or []
+            if revs:
+                run = revs[0]
+                if not run.get("name") and experiment.get("name"):
+                    run = {**run, "name": experiment["name"]}
+                yield "experiment", baseline, run
+
+
+def _record(entry: dict, kind: str, baseline: str) -> dict[str, Any]:
+    """One evaluated run's flat record."""
+    data = entry["data"]
     metrics_files = data.get("metrics") or {}
-    if "data" not in (metrics_files.get("metrics/eval.json") or {}):
-        return None
     params = _flatten((data.get("params") or {}).get("params.yaml", {}).get("data", {}))
     record: dict[str, Any] = {
         "run_id": entry.get("rev") if entry.get("rev") != "workspace" else "workspace",
@@ -144,35 +157,22 @@ def _record(entry: dict, kind: str, baseline: str) -> dict[str, Any] | None:
 
 
 def collect(entries: list[dict], include_workspace: bool = False) -> list[dict[str, Any]]:
-    """Flat records of the baselines (commits, branches) and their experiments."""
-    records = []
-    for entry in entries:
-        baseline = entry.get("name") or str(entry.get("rev"))[:7]
-        if entry.get("rev") != "workspace" or include_workspace:
-            record = _record(
-                entry, "workspace" if entry.get("rev") == "workspace" else "commit", baseline
-            )
-            if record:
-                records.append(record)
-        for experiment in entry.get("experiments") or []:
-            revs = experiment.get("revs") or []
-            if revs:  # the first rev is the experiment's result
-                record = _record(revs[0], "experiment", baseline)
-                if record:
-                    records.append(record)
-    return records
+    """Flat records of the evaluated baselines (commits, branches) and their experiments."""
+    return [
+        _record(run, kind, baseline)
+        for kind, baseline, run in _runs(entries)
+        if (kind != "workspace" or include_workspace) and _evaluated(run)
+    ]
 
 
 def unfinished(entries: list[dict]) -> list[str]:
     """Names of experiments with no evaluation yet (queued, running or failed): the report
     says they were left out rather than dropping them silently."""
-    names = []
-    for entry in entries:
-        for experiment in entry.get("experiments") or []:
-            revs = experiment.get("revs") or []
-            if revs and _record(revs[0], "experiment", "") is None:
-                names.append(str(revs[0].get("name") or experiment.get("name") or revs[0]["rev"]))
-    return names
+    return [
+        str(run.get("name") or run["rev"])
+        for kind, _, run in _runs(entries)
+        if kind == "experiment" and not _evaluated(run)
+    ]
 
 
 def merge_runs(previous: list[dict], new: list[dict]) -> list[dict]:

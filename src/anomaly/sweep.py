@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .dvc_cli import run_dvc
 from .errors import AnomalyError
 from .params import Params
 
@@ -60,15 +60,6 @@ def _git(repo: Path, *args: str) -> str:
     if proc.returncode != 0:
         raise SweepError(f"{repo}: git {' '.join(args)} failed: {proc.stderr.strip()}")
     return proc.stdout
-
-
-def _dvc(repo: Path, *args: str, capture: bool = True) -> str:
-    cmd = [sys.executable, "-m", "dvc", *args]
-    proc = subprocess.run(cmd, cwd=repo, capture_output=capture, text=True, check=False)
-    if proc.returncode != 0:
-        detail = (proc.stderr or "").strip().splitlines()[-1:] if capture else []
-        raise SweepError(f"`dvc {' '.join(args)}` failed{': ' + detail[0] if detail else ''}")
-    return proc.stdout or ""
 
 
 def untracked_files(repo: Path) -> list[str]:
@@ -128,7 +119,7 @@ def combinations(params: Params) -> list[Combination]:
 
 def existing_names(repo: Path) -> set[str]:
     """Experiment names already made from the current commit."""
-    out = _dvc(repo, "exp", "list", "--name-only")
+    out = run_dvc(repo, "exp", "list", "--name-only")
     return {line.strip() for line in out.splitlines() if line.strip()}
 
 
@@ -190,12 +181,12 @@ def sweep(
     for args in commands:
         print("dvc " + " ".join(args))
         if not dry_run:
-            _dvc(repo, *args)
+            run_dvc(repo, *args)
     if dry_run:
         return commands
     log.info("sweep: %d experiments queued", len(commands))
     if run and commands:
         workers = str(jobs or params.sweep.jobs)
         # Foreground equivalent of `dvc queue start -j N`: returns when the queue is empty.
-        _dvc(repo, "exp", "run", "--run-all", "-j", workers, capture=False)
+        run_dvc(repo, "exp", "run", "--run-all", "-j", workers, capture=False)
     return commands
