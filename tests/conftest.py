@@ -23,7 +23,7 @@ TINY = {
             "contrast": {"fuzzyball": [0.5, 0.6], "knots": [0.5, 0.6], "broken_pick": [0.5, 0.6]},
         }
     },
-    "patch": {"size": 32, "stride": 32},
+    "patch": {"side": 32, "stride": 32},
     "split": {"val_fraction": 0.25, "test_good_fraction": 0.25},
     "models": {
         "cae": {"base_channels": 8, "depth": 2, "latent_channels": 4, "blocks": 0},

@@ -176,7 +176,7 @@ def test_mvtec_pipeline_runs_from_a_local_folder(tmp_path, monkeypatch):
                 "category": "carpet",
                 "source": str(tmp_path / "src/mvtec_anomaly_detection"),
             },
-            patch={"size": 64, "stride": 64, "image_size": None, "min_defect_pixels": 4},
+            patch={"side": 64, "stride": 64, "image_size": None, "min_defect_pixels": 4},
             split={"val_fraction": 0.34},
         ),
     )

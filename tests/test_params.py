@@ -26,7 +26,7 @@ def test_repo_params_load_with_defaults():
         ({"models": {"transformer": {}}}, "models.transformer is not a known model"),
         ({"threshold": {"method": "manual"}}, "threshold.value must be set"),
         ({"split": {"val_fraction": 0.6, "test_good_fraction": 0.5}}, "must leave good images"),
-        ({"patch": {"size": 4}}, "patch.size must be >= 8"),
+        ({"patch": {"side": 4}}, "patch.side must be >= 8"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, change, message):

@@ -25,7 +25,7 @@ def manifest(project):
 
 def test_patchify_labels_tiles_from_masks(project, manifest):
     meta = patchify(
-        manifest, PatchConfig(size=32, stride=32, min_defect_pixels=4), project / "patches"
+        manifest, PatchConfig(side=32, stride=32, min_defect_pixels=4), project / "patches"
     )
     tiles = np.load(project / "patches/patches.npy", mmap_mode="r")
     masks = np.load(project / "patches/masks.npy", mmap_mode="r")
@@ -42,7 +42,7 @@ def test_patchify_labels_tiles_from_masks(project, manifest):
 
 
 def test_patchify_resizes(project, manifest):
-    patchify(manifest, PatchConfig(size=32, stride=32, resize=16), project / "p")
+    patchify(manifest, PatchConfig(side=32, stride=32, resize=16), project / "p")
     assert np.load(project / "p/patches.npy").shape[-1] == 16
 
 
@@ -50,7 +50,7 @@ def test_mask_of_wrong_size_stops_patchify(project, manifest):
     row = manifest[manifest["label"] == 1].iloc[0]
     save_png(project / "data/raw/synthetic_fabric" / row["mask_path"], np.zeros((10, 10), np.uint8))
     with pytest.raises(DataError, match=r"_mask\.png: mask is 10x10 but its image is 256x64"):
-        patchify(manifest, PatchConfig(size=32, stride=32), project / "patches")
+        patchify(manifest, PatchConfig(side=32, stride=32), project / "patches")
     assert not (project / "patches").exists()
 
 
@@ -58,7 +58,7 @@ def test_corrupt_png_stops_patchify(project, manifest):
     path = project / "data/raw/synthetic_fabric" / manifest.iloc[2]["image_path"]
     path.write_bytes(path.read_bytes()[:60])
     with pytest.raises(DataError, match=f"{path.name}: corrupt or unreadable image"):
-        patchify(manifest, PatchConfig(size=32, stride=32), project / "patches")
+        patchify(manifest, PatchConfig(side=32, stride=32), project / "patches")
 
 
 def _images(labels, groups=None):

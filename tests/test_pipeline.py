@@ -176,3 +176,45 @@ def test_predict_reproduces_pipeline_scores(project):
     assert frame["score"].iloc[0] == pytest.approx(row["score"], rel=1e-4)
     assert (project / "pred/a_overlay.png").is_file() and (project / "pred/a_map.npy").is_file()
     assert (project / "pred/predictions.csv").is_file()
+
+
+def test_predict_cli_never_falls_back_silently(project, capsys):
+    """--group reaches the normalisation; a missing group, an unknown one, a threshold of
+    another model or a missing normalisation file are errors, not silent fallbacks."""
+    import shutil
+
+    import pandas as pd
+
+    from anomaly.cli import main
+
+    run_all(project)
+    test = pd.read_csv(project / "scores/cae/test_images.csv", dtype={"group": str})
+    row = test[test["label"] == 1].iloc[0]
+    folder = project / "new"
+    folder.mkdir()
+    shutil.copy(project / "data/raw/synthetic_fabric" / row["image_path"], folder / "a.png")
+    assert main(["predict", str(folder), "--out", "pred", "--group", row["group"]]) == 0
+    predicted = pd.read_csv(project / "pred/predictions.csv")
+    assert predicted["score"].iloc[0] == pytest.approx(row["score"], rel=1e-4)
+    capsys.readouterr()
+    norm = json.loads((project / "scores/cae/normalization.json").read_text())
+    groups = sorted(norm["groups"])
+    assert len(groups) > 1  # the tiny fabric set has several fabrics
+    for args, message in [
+        ([], "pass --group (one of: " + ", ".join(groups)),
+        (["--group", "zz"], "--group zz: not a group the model was scored on"),
+        (["--group", row["group"], "--checkpoint", "nowhere.pt"], "nowhere.pt"),
+    ]:
+        assert main(["predict", str(folder), "--out", "pred2", *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert main(["predict", "missing_dir", "--group", row["group"]]) == 2
+    assert "missing_dir: folder not found" in capsys.readouterr().err
+    threshold = json.loads((project / "metrics/threshold.json").read_text())
+    (project / "metrics/threshold.json").write_text(json.dumps({**threshold, "model": "vae"}))
+    assert main(["predict", str(folder), "--group", row["group"]]) == 2
+    assert "belongs to model vae, not to cae" in capsys.readouterr().err
+    (project / "metrics/threshold.json").write_text(json.dumps(threshold))
+    (project / "scores/cae/normalization.json").unlink()
+    assert main(["predict", str(folder), "--group", row["group"]]) == 2
+    assert "normalization.json: not found" in capsys.readouterr().err

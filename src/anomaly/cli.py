@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument(
         "--checkpoint", default=None, help="model.pt (default: models/<model>/model.pt)"
     )
+    predict.add_argument(
+        "--group",
+        default=None,
+        help="fabric code or category whose score normalisation to use "
+        "(required when the model was scored on several groups)",
+    )
     rep = sub.add_parser(
         "report", help="collect experiments and branches into reports/ (CSV, markdown, figures)"
     )
@@ -85,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             from .params import load_params
             from .predict import predict_folder
 
-            frame = predict_folder(load_params(args.params), args.images, args.out, args.checkpoint)
+            frame = predict_folder(
+                load_params(args.params), args.images, args.out, args.checkpoint, args.group
+            )
             print(frame.to_string(index=False))
         elif args.command == "report":
             from .report import report
@@ -121,6 +129,18 @@ def main(argv: list[str] | None = None) -> int:
             run_stage(args.command, args.params)
     except AnomalyError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        from .io import is_disk_full
+
+        if not is_disk_full(exc):
+            raise
+        where = exc.filename or "the output folder"
+        print(
+            f"error: disk full writing {where} ({exc.strerror}); free space and rerun; "
+            "no partial output was kept",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("error: interrupted; no partial output was kept", file=sys.stderr)

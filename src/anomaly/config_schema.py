@@ -8,6 +8,7 @@ integer, got 'ten' (str)`` so a user can fix the file without reading code.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -55,6 +56,8 @@ def coerce(tp: Any, value: Any, where: str, source: str = "params.yaml") -> Any:
             try:
                 return coerce(option, value, where, source)
             except ParamsError as exc:
+                if "finite number" in str(exc):  # the right type, a wrong value: say so
+                    raise
                 errors.append(exc)
         allowed = " or ".join(_type_name(o) if o is not type(None) else "null" for o in options)
         raise ParamsError(f"{source}: {where} must be {allowed}, got {_describe(value)}")
@@ -75,6 +78,9 @@ def coerce(tp: Any, value: Any, where: str, source: str = "params.yaml") -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamsError(f"{source}: {where} must be a number, got {_describe(value)}")
+        if not math.isfinite(value):
+            # NaN compares false with everything: a NaN threshold calls every image good.
+            raise ParamsError(f"{source}: {where} must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -105,8 +111,12 @@ def build(cls: type[T], data: Any, where: str = "", source: str = "params.yaml")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(map(str, data)) - set(fields))
+    prefix = f"{where}." if where else ""
+    renamed = getattr(cls, "RENAMED", {})
+    for old in unknown:
+        if old in renamed:
+            raise ParamsError(f"{source}: {prefix}{old} is now {prefix}{renamed[old]}")
     if unknown:
-        prefix = f"{where}." if where else ""
         raise ParamsError(
             f"{source}: unknown key {prefix}{unknown[0]} (allowed: {', '.join(sorted(fields))})"
         )
@@ -117,11 +127,37 @@ def build(cls: type[T], data: Any, where: str = "", source: str = "params.yaml")
             kwargs[name] = coerce(hints[name], data[name], key, source)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ParamsError(f"{source}: missing required key {key}")
+    _check_signs(cls, kwargs, where, source)
     obj = cls(**kwargs)
     check = getattr(obj, "validate", None)
     if callable(check):
         check(where or "", source)
     return obj
+
+
+def _check_signs(cls: type, values: dict[str, Any], where: str, source: str) -> None:
+    """The range rule every number follows unless its class says otherwise.
+
+    Integers are counts, sizes or widths: at least 1, or at least 0 for the names in
+    ``cls.ZERO_OK`` (a seed, extra blocks). Floats are rates, weights and fractions: at
+    least 0, except the names in ``cls.SIGNED`` (a manual threshold, a mean shift), and
+    above 0 for the names in ``cls.POSITIVE`` (a scale that divides).
+    So a negative or zero width is refused here, with its key, instead of failing deep
+    inside torch; each class's ``validate`` adds the upper bounds it knows.
+    """
+    zero_ok = getattr(cls, "ZERO_OK", ())
+    signed = getattr(cls, "SIGNED", ())
+    positive = getattr(cls, "POSITIVE", ())
+    for name, value in values.items():
+        if name in signed or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        key = f"{where}.{name}" if where else name
+        if isinstance(value, int) and name not in zero_ok and value < 1:
+            raise ParamsError(f"{source}: {key} must be >= 1, got {value}")
+        if value < 0:
+            raise ParamsError(f"{source}: {key} must be >= 0, got {value}")
+        if name in positive and value <= 0:
+            raise ParamsError(f"{source}: {key} must be > 0, got {value}")
 
 
 def to_dict(obj: Any) -> Any:

@@ -212,3 +212,28 @@ def feature_histogram_figure(
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("Feature distributions, normal vs anomalous rows")
     _save(fig, path, dpi)
+
+
+def dataset_summary(dataset: str, manifest: pd.DataFrame, balance: pd.DataFrame) -> dict:
+    """The numbers behind the explore figures: image counts, defect types, class balance."""
+    defects = manifest.loc[manifest["label"] == 1, "defect_type"].value_counts().sort_index()
+    return {
+        "dataset": dataset,
+        "images": int(len(manifest)),
+        "good_images": int((manifest["label"] == 0).sum()),
+        "defect_images": int((manifest["label"] == 1).sum()),
+        "defect_images_by_type": {str(k): int(v) for k, v in defects.items()},
+        "class_balance": balance.to_dict(orient="records"),
+    }
+
+
+def defect_pixel_summary(stats: pd.DataFrame) -> dict:
+    """Median, min and max defect area per defect type."""
+    return {
+        str(kind): {
+            "median": float(part["defect_pixels"].median()),
+            "min": int(part["defect_pixels"].min()),
+            "max": int(part["defect_pixels"].max()),
+        }
+        for kind, part in stats.groupby("defect_type", sort=True)
+    }

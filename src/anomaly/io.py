@@ -8,10 +8,13 @@ stage leaves either the old file or none, never a truncated one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
+import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -37,12 +40,58 @@ def _publish(tmp: Path, mode: int) -> None:
     os.chmod(tmp, mode & ~_current_umask())
 
 
+def _temp_prefix(path: Path) -> str:
+    # The writer's PID is part of every temp name, so that the next run can tell the
+    # leftovers of a killed run (their process is gone) from a live writer's files.
+    return f".{path.name}.pid{os.getpid()}."
+
+
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.pid(?P<pid>\d+)\.[^.]+\.(tmp|old)$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Delete temp siblings of ``path`` left by a run that was killed (kill -9, power loss,
+    disk full): they are named ``.<name>.pid<PID>.<random>.tmp`` and their PID is gone.
+
+    Called before every atomic write, so a rerun of the stage cleans up after the
+    killed one; files of a writer that is still running are left alone.
+    """
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for sibling in path.parent.iterdir():
+        match = _TEMP_NAME.match(sibling.name)
+        if not match or match["name"] != path.name or _alive(int(match["pid"])):
+            continue
+        if sibling.is_dir() and not sibling.is_symlink():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            sibling.unlink(missing_ok=True)
+        log.warning("removed %s, left by an interrupted run", sibling)
+        removed.append(sibling)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -59,12 +108,13 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty temporary directory that replaces ``path`` as a whole on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_temps(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         _publish(tmp, 0o777)
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".old", dir=path.parent))
             os.replace(path, old / "x")
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
@@ -80,8 +130,21 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def finite_or_none(value: Any) -> Any:
+    """``value``, or None where it is a float that is NaN or infinite (JSON has neither)."""
+    if isinstance(value, (float, np.floating)) and not math.isfinite(float(value)):
+        return None
+    return value
+
+
 def write_json(path: str | Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Strict JSON: a NaN or infinity anywhere is a bug upstream and raises here, instead
+    of writing a file that `dvc metrics` and other JSON readers reject or misread."""
+    try:
+        text = json.dumps(data, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+    except ValueError as exc:
+        raise ValueError(f"{path}: refusing to write NaN or infinity ({exc})") from exc
+    write_text(path, text + "\n")
 
 
 def _json_default(value: Any) -> Any:
@@ -171,6 +234,28 @@ def read_mask(path: str | Path, expected_shape: tuple[int, int] | None = None) -
         h, w = expected_shape
         raise DataError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {w}x{h}")
     return mask
+
+
+def check_free_space(target: str | Path, needed: int, what: str) -> None:
+    """Refuse, in one line, to start writing ``needed`` bytes where they do not fit.
+
+    Memory-mapped writes that run out of disk do not raise an error: the process dies
+    of SIGBUS. So stages that write large arrays check the space before they start.
+    """
+    target = Path(target)
+    probe = target if target.exists() else target.parent
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if needed > free:
+        raise DataError(
+            f"{target}: {what} needs {needed / 2**20:.1f} MiB but only "
+            f"{free / 2**20:.1f} MiB is free there; free some space and rerun"
+        )
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:

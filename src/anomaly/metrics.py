@@ -8,7 +8,10 @@ positive rate, normalised to [0, 1], as in the MVTec AD benchmark).
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+import pandas as pd
 from scipy import ndimage
 from sklearn.metrics import (
     average_precision_score,
@@ -17,6 +20,8 @@ from sklearn.metrics import (
     roc_auc_score,
     roc_curve,
 )
+
+log = logging.getLogger(__name__)
 
 
 def _safe_auc(labels: np.ndarray, scores: np.ndarray, fn) -> float | None:
@@ -39,16 +44,23 @@ def classification_metrics(labels: np.ndarray, scores: np.ndarray, threshold: fl
     scores = np.asarray(scores, dtype=float)
     pred = (scores >= threshold).astype(int)
     tn, fp, fn, tp = confusion_matrix(labels, pred, labels=[0, 1]).ravel()
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    # Undefined is null, never a 0.0 that reads like a measured failure: without defects
+    # there is no recall (nor F1), and without a single defect call no precision.
+    precision = float(tp / (tp + fp)) if tp + fp else None
+    recall = float(tp / (tp + fn)) if tp + fn else None
+    if recall is None:
+        f1 = None
+    elif precision is None or precision + recall == 0:
+        f1 = 0.0
+    else:
+        f1 = float(2 * precision * recall / (precision + recall))
     return {
         "auroc": _safe_auc(labels, scores, roc_auc_score),
         "aupr": _safe_auc(labels, scores, average_precision_score),
         "f1_max": f1_max(labels, scores),
-        "f1": float(f1),
-        "precision": float(precision),
-        "recall": float(recall),
+        "f1": f1,
+        "precision": precision,
+        "recall": recall,
         "accuracy": float((tp + tn) / len(labels)) if len(labels) else 0.0,
         "tp": int(tp),
         "fp": int(fp),
@@ -165,4 +177,56 @@ def histogram_rows(labels: np.ndarray, scores: np.ndarray, bins: int = 30) -> li
     return [
         {"score": float(c), "good": int(g), "defect": int(d)}
         for c, g, d in zip(centres, good, defect, strict=True)
+    ]
+
+
+def check_evaluable(where: object, labels: np.ndarray, scores: np.ndarray) -> None:
+    """Refuse or flag test sets whose metrics would look real without being so.
+
+    Raises for no scores, non-finite scores and constant scores (AUROC 0.5 and a
+    precision that mean nothing); logs a warning when one class is missing, in which
+    case the metrics that need both classes are written as null.
+    """
+    from .errors import DataError
+
+    if len(scores) == 0:
+        raise DataError(f"{where}: no test images to evaluate")
+    if not np.isfinite(scores).all():
+        raise DataError(f"{where}: {int((~np.isfinite(scores)).sum())} scores are NaN or infinite")
+    if np.ptp(scores) == 0:
+        raise DataError(
+            f"{where}: every test image has the same score ({scores[0]:.6g}); the model does "
+            "not rank anything, so no metric would mean anything (check its training)"
+        )
+    for label, name in ((1, "defect"), (0, "good")):
+        if not (labels == label).any():
+            log.warning(
+                "%s: the test set has no %s images: AUROC, AUPR and F1-max are undefined "
+                "and written as null%s",
+                where,
+                name,
+                ", and so are recall and F1" if label == 1 else "",
+            )
+
+
+def per_defect_metrics(images: pd.DataFrame, threshold: float) -> dict:
+    """AUROC and recall of each defect type against all good images, with its count."""
+    flat = {}
+    good = images[images["label"] == 0]
+    for defect, part in images[images["label"] == 1].groupby("defect_type", sort=True):
+        both = pd.concat([good, part])
+        m = classification_metrics(both["label"].to_numpy(), both["score"].to_numpy(), threshold)
+        flat[f"by_defect.{defect}.auroc"] = m["auroc"]
+        flat[f"by_defect.{defect}.recall"] = m["recall"]
+        flat[f"by_defect.{defect}.n"] = int(len(part))
+    return flat
+
+
+def confusion_rows(labels: np.ndarray, scores: np.ndarray, threshold: float) -> list[dict]:
+    """One ``{actual, predicted}`` row per image, the shape of dvc's confusion template."""
+    names = np.array(["good", "defect"])
+    predicted = names[(np.asarray(scores) >= threshold).astype(int)]
+    return [
+        {"actual": str(a), "predicted": str(p)}
+        for a, p in zip(names[np.asarray(labels).astype(int)], predicted, strict=True)
     ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -44,6 +44,8 @@ def _default_contrast() -> dict[str, list[float]]:
 @dataclass
 class SyntheticFabricConfig:
     """Size and difficulty of the generated AITEX-like rolls."""
+
+    ZERO_OK: ClassVar[tuple[str, ...]] = ("n_defect",)
 
     n_good: int = 40
     n_defect: int = 30
@@ -101,6 +103,10 @@ DATASET_NAMES = ("synthetic_fabric", "aitex", "mvtec", "mnist", "folder", "tabul
 class TabularConfig:
     """A CSV's label column, or the synthetic table's shape (when dataset.source is null)."""
 
+    ZERO_OK: ClassVar[tuple[str, ...]] = ("n_anomalies",)
+    SIGNED: ClassVar[tuple[str, ...]] = ("shift",)
+    POSITIVE: ClassVar[tuple[str, ...]] = ("spread",)
+
     label_column: str | None = "label"
     n_normal: int = 1000
     n_anomalies: int = 50
@@ -111,11 +117,13 @@ class TabularConfig:
 
 @dataclass
 class DatasetConfig:
+    ZERO_OK: ClassVar[tuple[str, ...]] = ("normal_class",)
     name: str = "synthetic_fabric"
     category: str | list[str] | None = None
     source: str | None = None
     normal_class: int = 0
     cache_dir: str | None = None
+    on_bad_file: Literal["error", "skip"] = "error"
     synthetic: SyntheticFabricConfig = field(default_factory=SyntheticFabricConfig)
     tabular: TabularConfig = field(default_factory=TabularConfig)
 
@@ -136,7 +144,12 @@ class DatasetConfig:
 
 @dataclass
 class PatchConfig:
-    size: int = 64
+    # "side", not "size": DVC's run-cache key drops every key named size or nfiles
+    # (DVC issue 10296), so `-S patch.size=32` silently reused 64-px tiles.
+    RENAMED: ClassVar[dict[str, str]] = {
+        "size": "side (DVC's run-cache ignores keys named size, DVC issue 10296)"
+    }
+    side: int = 64
     stride: int = 64
     resize: int | None = None
     image_size: int | None = None
@@ -144,8 +157,15 @@ class PatchConfig:
     blank_std: float = 1.0
 
     def validate(self, where: str, source: str) -> None:
-        require(self.size >= 8, source, f"{where}.size", "must be >= 8")
+        require(self.side >= 8, source, f"{where}.side", "must be >= 8")
         require(self.stride >= 1, source, f"{where}.stride", "must be >= 1")
+        require(
+            self.stride <= self.side,
+            source,
+            f"{where}.stride",
+            f"is {self.stride}, larger than {where}.side {self.side}: pixels between "
+            "tiles would never be scored; use a stride <= the tile side",
+        )
         require(
             self.resize is None or self.resize >= 8,
             source,
@@ -163,7 +183,7 @@ class PatchConfig:
 
     @property
     def out_size(self) -> int:
-        return self.resize or self.size
+        return self.resize or self.side
 
 
 @dataclass
@@ -247,6 +267,7 @@ class ScoreConfig:
 
 @dataclass
 class ThresholdConfig:
+    SIGNED: ClassVar[tuple[str, ...]] = ("value",)  # scores can be negative
     method: Literal["percentile", "mean_std", "f1_optimal", "manual"] = "percentile"
     percentile: float = 95.0
     k: float = 3.0
@@ -273,6 +294,7 @@ class EvaluateConfig:
 
 @dataclass
 class PlotConfig:
+    ZERO_OK: ClassVar[tuple[str, ...]] = ("gallery_per_group",)
     gallery_per_group: int = 3
     dpi: int = 110
     latent: Literal["pca", "tsne", "both", "none"] = "both"
@@ -313,6 +335,7 @@ class SweepConfig:
 
 @dataclass
 class Params:
+    ZERO_OK: ClassVar[tuple[str, ...]] = ("seed",)
     seed: int = 0
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     patch: PatchConfig = field(default_factory=PatchConfig)

@@ -135,6 +135,9 @@ def _split_ids(name: str, good_only: bool = False) -> pd.DataFrame:
     return frame[frame["label"] == 0] if good_only else frame
 
 
+TIMING_KEYS = ("seconds", "seconds_per_epoch")
+
+
 def stage_train(params: Params) -> None:
     import torch
 
@@ -157,20 +160,21 @@ def stage_train(params: Params) -> None:
     model = build_model(params.model, config, store.channels, store.tile_size, store.tile_shape)
     train_batches = BatchSource(store, train_ids, train_cfg.batch_size, True, params.seed)
     val_batches = BatchSource(store, val_ids, train_cfg.batch_size, False, params.seed)
-    if model.trainable:
-        logger = make_logger(paths.TRAIN_LOG)
+    # The epoch logs are written into a temp folder that replaces metrics/train only when
+    # training succeeds: a crash keeps the previous run's logs (not an empty `{}`).
+    with atomic_dir(paths.TRAIN_LOG) as log_dir:
+        logger = make_logger(log_dir)
         try:
-            result = to_dict(fit(model, train_batches, val_batches, train_cfg, logger, device))
+            if model.trainable:
+                result = to_dict(fit(model, train_batches, val_batches, train_cfg, logger, device))
+                model.calibrate(x.to(device) for x in val_batches)
+            else:  # memory-based models (PatchCore): one pass over the good tiles, no epochs
+                start = time.perf_counter()
+                result = model.fit_memory(train_batches, device, len(train_ids), params.seed)
+                result["seconds"] = time.perf_counter() - start
+                logger.log({"memory_bank": float(result["memory_bank"])})  # one step
         finally:
             logger.close()
-        model.calibrate(x.to(device) for x in val_batches)
-    else:  # memory-based models (PatchCore): one pass over the good tiles, no epochs
-        start = time.perf_counter()
-        result = model.fit_memory(train_batches, device, len(train_ids), params.seed)
-        result["seconds"] = time.perf_counter() - start
-        logger = make_logger(paths.TRAIN_LOG)  # same files as a trained model: one step
-        logger.log({"memory_bank": float(result["memory_bank"])})
-        logger.close()
     out = paths.model_dir(params.model)
     out.mkdir(parents=True, exist_ok=True)
     model.cpu()
@@ -198,6 +202,8 @@ def stage_train(params: Params) -> None:
             "epochs_run": int(result.get("epochs_run", 0)),
         },
     )
+    # No wall-clock value in the model folder: its hash must not change between identical
+    # runs (timings live in metrics/train_time.json, declared as a changing metric).
     write_json(
         out / "train_summary.json",
         {
@@ -206,7 +212,7 @@ def stage_train(params: Params) -> None:
             "train_patches": int(len(train_ids)),
             "val_patches": int(len(val_ids)),
             "parameters": int(sum(p.numel() for p in model.parameters())),
-            **to_dict(result),
+            **{k: v for k, v in to_dict(result).items() if k not in TIMING_KEYS},
         },
     )
     torch.set_grad_enabled(True)
@@ -265,6 +271,12 @@ def stage_score(params: Params) -> None:
             scores, maps, codes = score_split(
                 model, store, tiles, score_cfg, device, keep_maps=split == "test"
             )
+            if not np.isfinite(scores).all():
+                raise DataError(
+                    f"{paths.model_dir(params.model)}: {int((~np.isfinite(scores)).sum())} "
+                    f"{split} tile scores are NaN or infinite; the model diverged (retrain "
+                    "with a lower lr, or check the input data)"
+                )
             if codes is not None:
                 with atomic_path(tmp / "test_latents.npy") as target, open(target, "wb") as fh:
                     np.save(fh, codes)
@@ -324,6 +336,7 @@ def stage_threshold(params: Params) -> None:
     patches = patches[patches["label"] >= 0]
     cfg = params.threshold
     result = {
+        "model": params.model,  # predict refuses a threshold set for another model
         "method": cfg.method,
         "image_threshold": choose_threshold(
             cfg, images["score"].to_numpy(), images["label"].to_numpy(), "image"
@@ -369,6 +382,28 @@ def _load_maps_and_masks(
     return maps, masks, ids
 
 
+def check_evaluable(where, labels: np.ndarray, scores: np.ndarray) -> None:
+    """Refuse or flag test sets whose metrics would look real without being so."""
+    if len(scores) == 0:
+        raise DataError(f"{where}: no test images to evaluate")
+    if not np.isfinite(scores).all():
+        raise DataError(f"{where}: {int((~np.isfinite(scores)).sum())} scores are NaN or infinite")
+    if np.ptp(scores) == 0:
+        raise DataError(
+            f"{where}: every test image has the same score ({scores[0]:.6g}); the model does "
+            "not rank anything, so no metric would mean anything (check its training)"
+        )
+    for label, name in ((1, "defect"), (0, "good")):
+        if not (labels == label).any():
+            log.warning(
+                "%s: the test set has no %s images: AUROC, AUPR and F1-max are undefined "
+                "and written as null%s",
+                where,
+                name,
+                ", and so are recall and F1" if label == 1 else "",
+            )
+
+
 def stage_evaluate(params: Params) -> None:
     from .metrics import (
         aupro,
@@ -388,6 +423,7 @@ def stage_evaluate(params: Params) -> None:
     patches = read_csv(base / "test_patches.csv", required=["score", "label"])
     patches = patches[patches["label"] >= 0]
     y, s = images["label"].to_numpy(), images["score"].to_numpy()
+    check_evaluable(base / "test_images.csv", y, s)
     flat: dict = {
         "model": params.model,
         "dataset": params.dataset.name,

@@ -52,6 +52,46 @@ def _overlay(image: np.ndarray, score_map: np.ndarray, threshold: float) -> np.n
     return (rgb * (1 - alpha) + heat * alpha).astype(np.uint8)
 
 
+def _normalisation(norm_file: Path, group: str | None) -> tuple[float, float]:
+    """(shift, scale) of the score stage's normalisation for ``group``.
+
+    Never a silent fallback: scores compared with a threshold set on normalised scores
+    must be normalised the same way, so a missing file, a missing ``--group`` where
+    groups differ, or an unknown group are errors.
+    """
+    if not norm_file.is_file():
+        raise DataError(f"{norm_file}: not found; run the score stage first (dvc repro)")
+    norm = read_json(norm_file)
+    if norm.get("method") != "group":
+        return 0.0, 1.0
+    groups = {str(k): v for k, v in norm["groups"].items()}
+    if group is None:
+        if len(groups) != 1:
+            raise DataError(
+                f"{norm_file}: scores are normalised per group; pass --group "
+                f"(one of: {', '.join(sorted(groups))})"
+            )
+        group = next(iter(groups))
+    if str(group) not in groups:
+        raise DataError(
+            f"--group {group}: not a group the model was scored on "
+            f"(known: {', '.join(sorted(groups))})"
+        )
+    shift, scale = groups[str(group)]
+    return float(shift), float(scale)
+
+
+def _image_threshold(threshold_file: Path, model: str) -> float:
+    threshold = read_json(threshold_file)
+    if threshold.get("model") != model:
+        raise DataError(
+            f"{threshold_file}: the threshold belongs to model "
+            f"{threshold.get('model', 'unknown (written before thresholds named their model)')}, "
+            f"not to {model}; run the pipeline for {model} first (dvc repro)"
+        )
+    return float(threshold["image_threshold"])
+
+
 def predict_folder(
     params: Params,
     images_dir: str | Path,
@@ -70,17 +110,17 @@ def predict_folder(
     prep = payload.get("preprocessing", {})
     if prep.get("scale") != "uint8 / 255":
         raise DataError(f"{checkpoint}: predict scores images; this model was trained on tables")
+    stored = dict(prep["patch"])
+    if "size" in stored:  # checkpoints written before patch.size became patch.side
+        stored["side"] = stored.pop("size")
     patch = PatchConfig(
-        **{k: v for k, v in prep["patch"].items() if v is not None or k in ("resize", "image_size")}
+        **{k: v for k, v in stored.items() if v is not None or k in ("resize", "image_size")}
     )
     channels = int(prep["channels"])
-    norm_file = paths.score_dir(payload["model"]) / "normalization.json"
-    shift, scale = 0.0, 1.0
-    if norm_file.is_file():
-        norm = read_json(norm_file)
-        if norm.get("method") == "group":
-            shift, scale = norm["groups"].get(str(group), norm["overall"])
-    threshold = float(read_json(paths.THRESHOLD)["image_threshold"])
+    shift, scale = _normalisation(paths.score_dir(payload["model"]) / "normalization.json", group)
+    threshold = _image_threshold(paths.THRESHOLD, payload["model"])
+    if not Path(images_dir).is_dir():
+        raise DataError(f"{images_dir}: folder not found")
     files = sorted(p for p in Path(images_dir).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"{images_dir}: no images to score")

@@ -158,3 +158,46 @@ def group_affine(groups: pd.Series, normalizer: dict) -> tuple[np.ndarray, np.nd
     pairs = [known.get(str(g), fallback) for g in groups]
     arr = np.asarray(pairs, dtype=np.float64).reshape(-1, 2)
     return arr[:, 0], arr[:, 1]
+
+
+def fit_normalisation(method: str, val_tiles: pd.DataFrame) -> dict:
+    """What the score stage stores in normalization.json: ``{"method": "none"}`` or the
+    per-group statistics of good validation tile scores (column ``score``)."""
+    if method != "group":
+        return {"method": method}
+    return {"method": method, **fit_group_normalizer(val_tiles)}
+
+
+def normalise(scores: np.ndarray, groups: pd.Series, norm: dict) -> tuple[np.ndarray, ...]:
+    """(normalised scores, shift, scale) per row under a stored normalisation. The one
+    place both the score stage and predict turn raw scores into thresholded ones."""
+    if norm.get("method") != "group":
+        shift, scale = np.zeros(len(scores)), np.ones(len(scores))
+    else:
+        shift, scale = group_affine(groups, norm)
+    return (np.asarray(scores, dtype=np.float64) - shift) / scale, shift, scale
+
+
+def score_tiles(
+    model: Any, store: Any, ids: np.ndarray, score_cfg: Any, device: Any, keep_maps: bool
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Tile scores (N,) and, when asked, tile maps (N, S, S) and latent codes (N, D),
+    both as float16 (the maps feed the pixel metrics, the codes the latent-space plot)."""
+    scores, maps, codes = [], [], []
+    finite16 = np.finfo(np.float16).max  # a huge code must not become inf
+    with torch.no_grad():
+        for x in store.batches(ids, score_cfg.batch_size):
+            x = x.to(device)
+            s, m = model.score(x, score_cfg)
+            scores.append(s.float().cpu().numpy())
+            if keep_maps and m is not None:
+                maps.append(m.float().cpu().numpy().astype(np.float16))
+            code = model.latent_codes(x) if keep_maps else None
+            if code is not None:
+                codes.append(
+                    np.clip(code.float().cpu().numpy(), -finite16, finite16).astype(np.float16)
+                )
+    score_arr = np.concatenate(scores) if scores else np.zeros(0)
+    map_arr = np.concatenate(maps) if maps else None
+    code_arr = np.concatenate(codes) if codes else None
+    return score_arr, map_arr, code_arr

@@ -134,3 +134,29 @@ def fit(
     model.eval()
     seconds = time.perf_counter() - start
     return FitResult(best_epoch, best_loss, epochs_run, seconds, seconds / max(epochs_run, 1))
+
+
+def train_model(
+    model: Any,
+    train_batches: Any,
+    val_batches: Any,
+    cfg: TrainConfig,
+    logger: EpochLogger,
+    device: torch.device,
+    n_train: int,
+    seed: int,
+) -> dict:
+    """Fit any registered model: gradient training for trainable ones (then calibration on
+    good validation tiles), one pass building the memory bank for memory models
+    (``MemoryModel``: PatchCore). Both log through ``logger``, so the files are the same."""
+    from dataclasses import asdict
+
+    if model.trainable:
+        result = asdict(fit(model, train_batches, val_batches, cfg, logger, device))
+        model.calibrate(x.to(device) for x in val_batches)
+        return result
+    start = time.perf_counter()
+    result = model.fit_memory(train_batches, device, n_train, seed)
+    result["seconds"] = time.perf_counter() - start
+    logger.log({"memory_bank": float(result["memory_bank"])})  # one step
+    return result

@@ -6,14 +6,23 @@ the target and device or FIFO files are refused. Extraction goes to a
 temporary sibling folder that is renamed into place at the end, so an
 interrupted extraction leaves nothing that looks complete. Free disk space is
 checked against the archive's declared size first.
+
+Compressed tar streams are read to their end before anything is extracted:
+gzip, xz and bzip2 check their CRC only there, so a corrupt byte in the middle
+would otherwise extract silently into a wrong image. Every codec error, of any
+library, becomes one ``DownloadError`` line naming the archive.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import shutil
 import stat
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
@@ -21,6 +30,47 @@ from ..errors import DownloadError
 from ..io import atomic_dir
 
 Select = Callable[[str], bool]
+
+# What the codecs raise on corrupt data (a gzip CRC mismatch is BadGzipFile, xz's is
+# LZMAError, a truncated stream EOFError). Plain OSError is not among them: a full disk
+# or a permission problem must not be reported as a corrupt archive.
+CODEC_ERRORS = (
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    gzip.BadGzipFile,
+    EOFError,
+    lzma.LZMAError,
+    zlib.error,
+)
+STREAMS = {
+    (".tar.gz", ".tgz"): gzip.open,
+    (".tar.xz", ".txz"): lzma.open,
+    (".tar.bz2", ".tbz2"): bz2.open,
+}
+
+
+def _py7zr_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from py7zr.exceptions import AbsolutePathError, ArchiveError, PasswordRequired
+    except ImportError:  # pragma: no cover - py7zr is a dependency
+        return ()
+    return (ArchiveError, AbsolutePathError, PasswordRequired)
+
+
+def verify_stream(archive: Path) -> None:
+    """Decompress a compressed tar to its end so its checksum is checked (CRC32/CRC64)."""
+    name = archive.name.lower()
+    for suffixes, opener in STREAMS.items():
+        if name.endswith(suffixes):
+            try:
+                with opener(archive, "rb") as stream:
+                    while stream.read(1 << 20):
+                        pass
+            except CODEC_ERRORS as exc:
+                raise DownloadError(
+                    f"{archive}: corrupt archive, its compressed stream fails its check "
+                    f"({type(exc).__name__}: {exc}); download it again"
+                ) from exc
 
 
 def _check_name(archive: Path, name: str) -> str:
@@ -81,13 +131,22 @@ def extract(archive: str | Path, target: str | Path, select: Select | None = Non
     kind = archive_kind(archive)
     target.parent.mkdir(parents=True, exist_ok=True)
     keep = select or (lambda _name: True)
+    if kind == "tar":
+        verify_stream(archive)
     with atomic_dir(target) as tmp:
-        if kind == "tar":
-            _extract_tar(archive, tmp, keep)
-        elif kind == "zip":
-            _extract_zip(archive, tmp, keep)
-        else:
-            _extract_7z(archive, tmp, keep)
+        try:
+            if kind == "tar":
+                _extract_tar(archive, tmp, keep)
+            elif kind == "zip":
+                _extract_zip(archive, tmp, keep)
+            else:
+                _extract_7z(archive, tmp, keep)
+        except DownloadError:
+            raise
+        except (*CODEC_ERRORS, *_py7zr_errors()) as exc:
+            raise DownloadError(
+                f"{archive}: corrupt {kind} archive ({type(exc).__name__}: {exc})"
+            ) from exc
     return target
 
 
@@ -106,7 +165,7 @@ def _extract_tar(archive: Path, dest: Path, keep: Select) -> None:
             _check_space(archive, dest, sum(m.size for m in members))
             for member in members:
                 tar.extract(member, dest, filter="data")
-    except (tarfile.TarError, EOFError) as exc:
+    except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error) as exc:
         raise DownloadError(f"{archive}: corrupt tar archive ({exc})") from exc
 
 
@@ -150,5 +209,5 @@ def _extract_7z(archive: Path, dest: Path, keep: Select) -> None:
             )
             zf.reset()
             zf.extract(path=dest, targets=names)
-    except py7zr.exceptions.ArchiveError as exc:
+    except _py7zr_errors() as exc:
         raise DownloadError(f"{archive}: corrupt 7z archive ({exc})") from exc

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
-from ..io import write_json
+from ..io import is_disk_full, write_csv, write_json
 from ..params import Params
 from .aitex import OFFICIAL_RESOURCES as AITEX_RESOURCES
 from .aitex import read_aitex
@@ -29,7 +29,10 @@ from .tabular import read_table, synthetic_table, write_table
 
 log = logging.getLogger(__name__)
 
-Family = Callable[[Params, Path], tuple[pd.DataFrame, int, dict]]
+# A family returns the manifest, the channels to read images with (None: those of the
+# first readable image) and what dataset.json should record.
+Family = Callable[[Params, Path], tuple[pd.DataFrame, int | None, dict]]
+SINGLE_CHANNEL_MODES = ("1", "L", "I", "I;16", "F", "LA")
 
 
 def _synthetic_fabric(params: Params, out: Path) -> tuple[pd.DataFrame, int, dict]:
@@ -60,7 +63,6 @@ def _aitex(params: Params, out: Path) -> tuple[pd.DataFrame, int, dict]:
         params.dataset.source, AITEX_RESOURCES, cache_root(params.dataset.cache_dir) / "aitex", hint
     )
     frame = _absolute(read_aitex(root, params.dataset.categories), root)
-    _warn_odd_sizes(frame)
     return frame, 1, {"variant": f"AITEX from {root}"}
 
 
@@ -123,10 +125,8 @@ def _folder(params: Params, out: Path) -> tuple[pd.DataFrame, int, dict]:
     root = local_folder(
         params.dataset.source, [], cache_root(params.dataset.cache_dir) / "folder", ""
     )
-    frame = read_folder(root)
-    with Image.open(frame["image_path"].iloc[0]) as first:
-        channels = 1 if first.mode in ("1", "L", "I", "I;16", "F", "LA") else 3
-    return frame, channels, {"variant": f"folder {root}"}
+    # Channels: from the first image that reads, after the bad-file check (download()).
+    return read_folder(root), None, {"variant": f"folder {root}"}
 
 
 def _tabular(params: Params, out: Path) -> tuple[pd.DataFrame, int, dict]:
@@ -145,15 +145,57 @@ def _tabular(params: Params, out: Path) -> tuple[pd.DataFrame, int, dict]:
     return frame, 1, {"variant": variant, "kind": "tabular", "features": names}
 
 
-def _warn_odd_sizes(frame: pd.DataFrame) -> None:
-    sizes: dict[tuple[int, int], int] = {}
-    per_image = []
-    for path in frame["image_path"]:
-        with Image.open(path) as img:
-            per_image.append((path, img.size))
-            sizes[img.size] = sizes.get(img.size, 0) + 1
-    common = max(sizes, key=sizes.get)
-    for path, size in per_image:
+def check_files(
+    frame: pd.DataFrame, root: Path, policy: str
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, tuple[int, int]], str | None]:
+    """Decode every image and mask once, before any stage relies on them.
+
+    Returns the rows that read, the skipped rows (``dataset.on_bad_file: skip``) with
+    the reason, each image's (width, height) and the first readable image's Pillow mode.
+    With ``error`` (the default) the first bad file stops the stage with one line naming
+    it: a zero-byte or truncated PNG is found here, not as a traceback three stages later.
+    """
+    keep, skipped, sizes, first_mode = [], [], {}, None
+    for index, row in frame.iterrows():
+        problem = None
+        parts = [("image", row["image_path"])]
+        parts += [("mask", m) for m in str(row["mask_path"] or "").split(";") if m]
+        for kind, relative in parts:
+            path = Path(relative) if Path(relative).is_absolute() else root / relative
+            try:
+                with Image.open(path) as img:
+                    img.load()
+                    if kind == "image":
+                        sizes[row["image_path"]] = img.size
+                        first_mode = first_mode or img.mode
+            except FileNotFoundError:
+                problem = f"{path}: {kind} not found"
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+                if is_disk_full(exc):
+                    raise
+                problem = f"{path}: corrupt or unreadable {kind} ({exc})"
+            if problem:
+                break
+        if problem is None:
+            keep.append(index)
+            continue
+        if policy == "error":
+            raise DataError(f"{problem}; fix or remove it, or set dataset.on_bad_file: skip")
+        log.warning("skipping %s", problem)
+        skipped.append({"image_path": row["image_path"], "reason": problem})
+    skipped_frame = pd.DataFrame(skipped, columns=["image_path", "reason"])
+    return frame.loc[keep].reset_index(drop=True), skipped_frame, sizes, first_mode
+
+
+def _warn_odd_sizes(sizes: dict[str, tuple[int, int]]) -> None:
+    """Name every image whose size differs from the most common one (AITEX has a few)."""
+    counts: dict[tuple[int, int], int] = {}
+    for size in sizes.values():
+        counts[size] = counts.get(size, 0) + 1
+    if len(counts) < 2:
+        return
+    common = max(counts, key=counts.get)
+    for path, size in sizes.items():
         if size != common:
             log.warning(
                 "%s: image is %dx%d, most are %dx%d; it is tiled on its own grid (last "
@@ -181,6 +223,27 @@ def download(params: Params, raw_root: str | Path = "data/raw") -> Path:
     frame, channels, info = FAMILIES[params.dataset.name](params, out)
     if frame.empty:
         raise DataError(f"dataset {params.dataset.name}: no images found")
+    skipped = pd.DataFrame(columns=["image_path", "reason"])
+    if info.get("kind") != "tabular":
+        frame, skipped, sizes, first_mode = check_files(frame, out, params.dataset.on_bad_file)
+        if frame.empty:
+            raise DataError(f"dataset {params.dataset.name}: no readable images")
+        if channels is None:
+            channels = 1 if first_mode in SINGLE_CHANNEL_MODES else 3
+        _warn_odd_sizes(sizes)
+    if len(skipped):
+        log.warning(
+            "%d unreadable file(s) skipped (dataset.on_bad_file: skip); listed in %s",
+            len(skipped),
+            out / "skipped.csv",
+        )
+    write_csv(out / "skipped.csv", skipped)
+    if not (frame["label"] == 1).any():
+        log.warning(
+            "dataset %s has no defect images: training works, but detection metrics "
+            "(AUROC, precision, recall) cannot be measured and are reported as null",
+            params.dataset.name,
+        )
     manifest = out / MANIFEST_NAME
     write_manifest(frame, manifest)
     write_json(
@@ -191,6 +254,7 @@ def download(params: Params, raw_root: str | Path = "data/raw") -> Path:
             "images": int(len(frame)),
             "good": int((frame["label"] == 0).sum()),
             "defect": int((frame["label"] == 1).sum()),
+            "skipped": int(len(skipped)),
             **info,
         },
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import DownloadError
-from ..io import sha256_file
+from ..io import is_disk_full, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +92,25 @@ def download_file(
         try:
             _fetch_into(url, part, timeout)
             break
-        except (urllib.error.URLError, OSError, ConnectionError, TimeoutError) as exc:
-            if isinstance(exc, urllib.error.HTTPError) and exc.code in (401, 403, 404, 410):
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416 and part.exists():
+                # "Range not satisfiable": the .part already holds the whole file (a run
+                # killed between the last byte and the rename), or more than the server has.
+                if _part_is_complete(part, exc.headers.get("Content-Range"), checksum):
+                    log.info("%s: already complete; verifying it", part)
+                    break
+                log.warning("%s: does not match the server's file; starting over", part)
+                part.unlink()
+                last_error = exc
+                continue
+            if exc.code in (401, 403, 404, 410):
                 raise DownloadError(
                     f"{url}: HTTP {exc.code} {exc.reason}. {manual_hint}".strip()
                 ) from exc
+            last_error = exc
+        except (urllib.error.URLError, OSError, ConnectionError, TimeoutError) as exc:
+            if is_disk_full(exc):
+                raise
             last_error = exc
     else:
         raise DownloadError(
@@ -113,6 +127,18 @@ def download_file(
         )
     os.replace(part, dest)
     return dest
+
+
+def _part_is_complete(part: Path, content_range: str | None, checksum: str | None) -> bool:
+    """Whether a ``.part`` the server will not extend is the whole file: its size equals the
+    total in ``Content-Range: bytes */N``, or (no total given) it matches the checksum."""
+    total = None
+    if content_range and "/" in content_range:
+        tail = content_range.rsplit("/", 1)[1].strip()
+        total = int(tail) if tail.isdigit() else None
+    if total is not None:
+        return part.stat().st_size == total
+    return checksum is not None and _matches(part, checksum)
 
 
 def _fetch_into(url: str, part: Path, timeout: float) -> None:

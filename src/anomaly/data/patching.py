@@ -2,7 +2,7 @@
 
 Layout of ``data/patches/``:
 
-- ``patches.npy``   uint8 (N, C, S, S) tiles, S = ``patch.resize`` or ``patch.size``
+- ``patches.npy``   uint8 (N, C, S, S) tiles, S = ``patch.resize`` or ``patch.side``
 - ``masks.npy``     uint8 (N, S, S) defect masks at tile resolution (0/1)
 - ``patches.csv``   one row per tile: patch_id, image_id, x, y, w, h (the tile's
                     box in original image pixels), label, defect_pixels, defect_type,
@@ -16,7 +16,7 @@ Tiles with a few defect pixels are ambiguous (label -1): they never enter a
 good-only set and tile-level metrics skip them, while pixel metrics still see
 every pixel.
 
-Images smaller than ``patch.size`` become one whole-image tile. With
+Images smaller than ``patch.side`` become one whole-image tile. With
 ``patch.image_size`` every image is first resized to that square side (MVTec:
 1024 px photographs to 256) and then tiled; tile boxes are still recorded in
 original pixels, so maps are stitched back at the masks' resolution. Tiles
@@ -34,7 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import DataError
-from ..io import atomic_dir, write_csv, write_json
+from ..io import atomic_dir, check_free_space, write_csv, write_json
 from ..params import PatchConfig
 from .manifest import load_image_and_mask, resolve
 
@@ -60,11 +60,11 @@ def _resize(tile: np.ndarray, out: int, resample: int) -> np.ndarray:
 def _plan(h: int, w: int, cfg: PatchConfig) -> tuple[tuple[int, int], list[tuple[int, int, int]]]:
     """Working size (after ``image_size``) and tile origins + side in working pixels."""
     work_h, work_w = (cfg.image_size, cfg.image_size) if cfg.image_size else (h, w)
-    if work_h < cfg.size or work_w < cfg.size:
+    if work_h < cfg.side or work_w < cfg.side:
         return (work_h, work_w), [(0, 0, -1)]  # the whole image is one tile
-    ys = tile_origins(work_h, cfg.size, cfg.stride)
-    xs = tile_origins(work_w, cfg.size, cfg.stride)
-    return (work_h, work_w), [(y, x, cfg.size) for y in ys for x in xs]
+    ys = tile_origins(work_h, cfg.side, cfg.stride)
+    xs = tile_origins(work_w, cfg.side, cfg.stride)
+    return (work_h, work_w), [(y, x, cfg.side) for y in ys for x in xs]
 
 
 def tile_windows(
@@ -108,6 +108,10 @@ def patchify(
     plans = [_plan(h, w, cfg) for h, w in sizes]
     total = sum(len(tiles) for _, tiles in plans)
     out = cfg.out_size
+    # Memory-mapped writes that hit a full disk kill the process with SIGBUS (no message,
+    # no cleanup), so the space for both arrays is checked before the first byte.
+    needed = total * out * out * (channels + 1) + (1 << 20)
+    check_free_space(Path(out_dir), needed, "the tile store")
 
     with atomic_dir(out_dir) as tmp:
         tiles = np.lib.format.open_memmap(
@@ -163,7 +167,7 @@ def patchify(
             "channels": channels,
             "tile_size": out,
             "patch": {
-                "size": cfg.size,
+                "side": cfg.side,
                 "stride": cfg.stride,
                 "resize": cfg.resize,
                 "image_size": cfg.image_size,

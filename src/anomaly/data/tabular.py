@@ -11,6 +11,7 @@ standardisation is fitted on the good-only training split (split stage).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ import pandas as pd
 
 from ..errors import DataError
 from ..io import write_csv
+
+log = logging.getLogger(__name__)
 
 
 def synthetic_table(
@@ -52,7 +55,7 @@ def read_table(
                 f"{path}: no label column {label_column!r} "
                 f"(set dataset.tabular.label_column, or null for none)"
             )
-        labels = (frame.pop(label_column).to_numpy() != 0).astype(int)
+        labels = _labels(path, label_column, frame.pop(label_column))
     non_numeric = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     if non_numeric:
         raise DataError(
@@ -67,6 +70,39 @@ def read_table(
     if len(values) == 0:
         raise DataError(f"{path}: no rows")
     return values, labels, [str(c) for c in frame.columns]
+
+
+def _labels(path: Path, column: str, values: pd.Series) -> np.ndarray:
+    """0 = normal, anything else = anomalous; text, empty or NaN labels are errors, since
+    ``NaN != 0`` would silently turn those rows into anomalies."""
+    numeric = pd.to_numeric(values, errors="coerce")
+    bad = numeric.isna() | ~np.isfinite(numeric.to_numpy(dtype=float, na_value=np.nan))
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        shown = "an empty cell" if pd.isna(values.iloc[row]) else repr(str(values.iloc[row]))
+        raise DataError(
+            f"{path}: label column {column!r} must hold numbers, 0 for normal and 1 for "
+            f"anomalous; row {row + 2} has {shown} ({int(bad.sum())} such rows)"
+        )
+    labels = numeric.to_numpy(dtype=float)
+    other = sorted(set(np.unique(labels)) - {0.0, 1.0})
+    if other:
+        log.warning(
+            "%s: label column %r holds values other than 0 and 1 (%s); every non-zero "
+            "value is taken as anomalous",
+            path,
+            column,
+            ", ".join(f"{v:g}" for v in other[:5]),
+        )
+    return (labels != 0).astype(int)
+
+
+def fit_scaler(rows: np.ndarray) -> dict[str, list[float]]:
+    """Per-feature mean and std of the good-only training rows (std 1 where constant), so
+    no statistic of validation or test rows leaks into the features."""
+    rows = rows.reshape(len(rows), -1).astype(np.float64)
+    std = rows.std(axis=0)
+    return {"mean": rows.mean(axis=0).tolist(), "std": np.where(std > 1e-12, std, 1.0).tolist()}
 
 
 def write_table(

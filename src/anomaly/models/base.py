@@ -23,6 +23,17 @@ from .corruption import corrupt
 class TrainOverrides:
     """Per-model overrides of the global ``train`` block (null = use ``train.*``)."""
 
+    # Integers may be 0 only where the name says "extra" (see config_schema's sign rule).
+    ZERO_OK: ClassVar[tuple[str, ...]] = ("blocks",)
+    # Scales that divide or multiply a step: 0 would give NaN or a model that never moves.
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "likelihood_sigma",
+        "range",
+        "mlp_ratio",
+        "search_lr",
+        "max_memory_gb",
+    )
+
     epochs: int | None = None
     lr: float | None = None
     batch_size: int | None = None

@@ -70,7 +70,7 @@ def check_divisible(
     if image_size % (2**depth):
         raise ParamsError(
             f"params.yaml: {where}.depth={depth} needs a patch size divisible by {2**depth}, "
-            f"got {image_size} (set patch.resize or patch.size)"
+            f"got {image_size} (set patch.resize or patch.side)"
         )
 
 
