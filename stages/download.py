@@ -1,8 +1,9 @@
-"""DVC stage 'download': see dvc.yaml and ARCHITECTURE.md for what it reads and writes."""
+"""DVC stage 'download' (dvc.yaml): src/anomaly/stages/download.py says what it reads and writes."""
 
 import sys
 
-from anomaly.cli import main
+from anomaly.stages import download
+from anomaly.stages.common import entry
 
 if __name__ == "__main__":
-    sys.exit(main(["download", *sys.argv[1:]]))
+    sys.exit(entry("download", download.run, sys.argv[1:]))

@@ -1,8 +1,9 @@
-"""DVC stage 'evaluate': see dvc.yaml and ARCHITECTURE.md for what it reads and writes."""
+"""DVC stage 'evaluate' (dvc.yaml): src/anomaly/stages/evaluate.py says what it reads and writes."""
 
 import sys
 
-from anomaly.cli import main
+from anomaly.stages import evaluate
+from anomaly.stages.common import entry
 
 if __name__ == "__main__":
-    sys.exit(main(["evaluate", *sys.argv[1:]]))
+    sys.exit(entry("evaluate", evaluate.run, sys.argv[1:]))

@@ -1,8 +1,9 @@
-"""DVC stage 'explore': see dvc.yaml and ARCHITECTURE.md for what it reads and writes."""
+"""DVC stage 'explore' (dvc.yaml): src/anomaly/stages/explore.py says what it reads and writes."""
 
 import sys
 
-from anomaly.cli import main
+from anomaly.stages import explore
+from anomaly.stages.common import entry
 
 if __name__ == "__main__":
-    sys.exit(main(["explore", *sys.argv[1:]]))
+    sys.exit(entry("explore", explore.run, sys.argv[1:]))

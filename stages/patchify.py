@@ -1,8 +1,9 @@
-"""DVC stage 'patchify': see dvc.yaml and ARCHITECTURE.md for what it reads and writes."""
+"""DVC stage 'patchify' (dvc.yaml): src/anomaly/stages/patchify.py says what it reads and writes."""
 
 import sys
 
-from anomaly.cli import main
+from anomaly.stages import patchify
+from anomaly.stages.common import entry
 
 if __name__ == "__main__":
-    sys.exit(main(["patchify", *sys.argv[1:]]))
+    sys.exit(entry("patchify", patchify.run, sys.argv[1:]))

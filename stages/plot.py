@@ -1,8 +1,9 @@
-"""DVC stage 'plot': see dvc.yaml and ARCHITECTURE.md for what it reads and writes."""
+"""DVC stage 'plot' (dvc.yaml): src/anomaly/stages/plot.py says what it reads and writes."""
 
 import sys
 
-from anomaly.cli import main
+from anomaly.stages import plot
+from anomaly.stages.common import entry
 
 if __name__ == "__main__":
-    sys.exit(main(["plot", *sys.argv[1:]]))
+    sys.exit(entry("plot", plot.run, sys.argv[1:]))

@@ -1,8 +1,9 @@
-"""DVC stage 'score': see dvc.yaml and ARCHITECTURE.md for what it reads and writes."""
+"""DVC stage 'score' (dvc.yaml): src/anomaly/stages/score.py says what it reads and writes."""
 
 import sys
 
-from anomaly.cli import main
+from anomaly.stages import score
+from anomaly.stages.common import entry
 
 if __name__ == "__main__":
-    sys.exit(main(["score", *sys.argv[1:]]))
+    sys.exit(entry("score", score.run, sys.argv[1:]))

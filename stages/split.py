@@ -1,8 +1,9 @@
-"""DVC stage 'split': see dvc.yaml and ARCHITECTURE.md for what it reads and writes."""
+"""DVC stage 'split' (dvc.yaml): src/anomaly/stages/split.py says what it reads and writes."""
 
 import sys
 
-from anomaly.cli import main
+from anomaly.stages import split
+from anomaly.stages.common import entry
 
 if __name__ == "__main__":
-    sys.exit(main(["split", *sys.argv[1:]]))
+    sys.exit(entry("split", split.run, sys.argv[1:]))

@@ -1,8 +1,9 @@
-"""DVC stage 'threshold': see dvc.yaml and ARCHITECTURE.md for what it reads and writes."""
+"""DVC stage 'threshold' (dvc.yaml): src/anomaly/stages/threshold.py says what it reads and writes."""
 
 import sys
 
-from anomaly.cli import main
+from anomaly.stages import threshold
+from anomaly.stages.common import entry
 
 if __name__ == "__main__":
-    sys.exit(main(["threshold", *sys.argv[1:]]))
+    sys.exit(entry("threshold", threshold.run, sys.argv[1:]))

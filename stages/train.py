@@ -1,8 +1,9 @@
-"""DVC stage 'train': see dvc.yaml and ARCHITECTURE.md for what it reads and writes."""
+"""DVC stage 'train' (dvc.yaml): src/anomaly/stages/train.py says what it reads and writes."""
 
 import sys
 
-from anomaly.cli import main
+from anomaly.stages import train
+from anomaly.stages.common import entry
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    sys.exit(entry("train", train.run, sys.argv[1:]))

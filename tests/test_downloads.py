@@ -137,8 +137,10 @@ def test_mvtec_download_extracts_only_the_category(tmp_path, monkeypatch):
         tar.add(src / "mvtec_anomaly_detection", arcname="mvtec_anomaly_detection")
     monkeypatch.chdir(tmp_path)
     with FileServer(served) as server:
+        from anomaly.data.families import mvtec as mvtec_family
+
         monkeypatch.setattr(
-            download_mod, "OFFICIAL_URL", server.url + "mvtec_anomaly_detection.tar.xz"
+            mvtec_family, "OFFICIAL_URL", server.url + "mvtec_anomaly_detection.tar.xz"
         )
         write_params(
             tmp_path / "params.yaml",
@@ -210,9 +212,11 @@ def test_aitex_archives_download_merge_and_warn(tmp_path, monkeypatch, caplog):
     served = _aitex_archives(tmp_path)
     monkeypatch.chdir(tmp_path)
     with FileServer(served) as server:
+        from anomaly.data.families import aitex as aitex_family
+
         monkeypatch.setattr(
-            download_mod,
-            "AITEX_RESOURCES",
+            aitex_family,
+            "OFFICIAL_RESOURCES",
             [
                 Resource(server.url + n)
                 for n in ("Defect_images.7z", "NODefect_images.7z", "Mask_images.7z")

@@ -147,3 +147,104 @@ def test_dvc_repro_end_to_end(tmp_path):
         )
         assert "drawn in Chromium: " in check
         assert (tmp_path / "plots_check" / "screenshot.png").stat().st_size > 10_000
+
+
+def _changed_stages(repo) -> set[str]:
+    """Stages `dvc status` reports as changed (names without the dvc.yaml prefix)."""
+    shown = json.loads(sh(DVC, "status", "--json", cwd=repo) or "{}")
+    return {name.split(":")[-1] for name in shown}
+
+
+def test_exact_boundaries_remote_round_trip_and_fresh_clone(tmp_path):
+    """Issue 10: edits rerun exactly the stages that run the edited code; a fresh clone's
+    `dvc repro` leaves git clean but for the declared timing file; `dvc push` / `dvc pull`
+    restore everything without rerunning; a failing `-S model=foo` keeps committed files."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    copy_project(repo)
+    write_params(repo / "params.yaml", tiny_params(train={"epochs": 1}))
+    sh("git", "init", "-q", cwd=repo)
+    sh(DVC, "init", "-q", cwd=repo)
+    sh(DVC, "repro", cwd=repo)
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-qm", "repro", cwd=repo)
+    assert _changed_stages(repo) == set()
+
+    # Editing code: a comment in the active model's file, another model's, the plot module.
+    for path, expected in [
+        ("src/anomaly/models/cae.py", {"train", "score"}),
+        ("src/anomaly/models/vae.py", set()),
+        ("src/anomaly/data/families/mvtec.py", set()),
+        ("src/anomaly/data/families/synthetic_fabric.py", {"download"}),
+        ("src/anomaly/stages/plot.py", {"plot"}),
+        ("src/anomaly/metrics.py", {"evaluate"}),
+        ("src/anomaly/data/manifest.py", {"download", "patchify", "explore", "evaluate", "plot"}),
+    ]:
+        target = repo / path
+        original = target.read_text()
+        target.write_text(original + "\n# an edit\n")
+        assert _changed_stages(repo) == expected, path
+        target.write_text(original)
+    assert _changed_stages(repo) == set()
+
+    # A DVC remote (a local folder here; S3 and others the same way).
+    remote = tmp_path / "remote"
+    sh(DVC, "remote", "add", "-d", "local", str(remote), cwd=repo)
+    sh("git", "commit", "-qam", "remote", cwd=repo)
+    sh(DVC, "push", cwd=repo)
+    bare = tmp_path / "origin.git"
+    sh("git", "clone", "-q", "--bare", str(repo), str(bare), cwd=tmp_path)
+
+    # A teammate's clone: pull, nothing to rerun, every artefact there.
+    pulled = tmp_path / "pulled"
+    sh("git", "clone", "-q", str(bare), str(pulled), cwd=tmp_path)
+    sh(DVC, "pull", cwd=pulled)
+    assert _changed_stages(pulled) == set()
+    assert (pulled / "models/cae/model.pt").is_file()
+    assert "Running stage" not in sh(DVC, "repro", cwd=pulled)
+
+    # Another fresh clone reproduces from scratch: dvc.lock identical, git clean except
+    # the declared timing file.
+    fresh = tmp_path / "fresh"
+    sh("git", "clone", "-q", str(bare), str(fresh), cwd=tmp_path)
+    sh(DVC, "repro", cwd=fresh)
+    import difflib
+
+    ours, theirs = (repo / "dvc.lock").read_text(), (fresh / "dvc.lock").read_text()
+    assert ours == theirs, "".join(
+        difflib.unified_diff(ours.splitlines(True), theirs.splitlines(True), n=8)
+    )
+    status = sh("git", "status", "--porcelain", cwd=fresh).split("\n")
+    assert {line[3:] for line in status if line.strip()} <= {"metrics/train_time.json"}
+
+    # An older commit checks out from the cache after a push.
+    (repo / "params.yaml").write_text(
+        (repo / "params.yaml").read_text().replace("percentile: 95", "percentile: 90")
+    )
+    sh(DVC, "repro", cwd=repo)
+    sh("git", "commit", "-qam", "threshold 90", cwd=repo)
+    sh(DVC, "push", cwd=repo)
+    sh("git", "checkout", "-q", "HEAD~1", cwd=repo)
+    sh(DVC, "checkout", cwd=repo)
+    assert _changed_stages(repo) == set()
+    sh("git", "checkout", "-q", "-", cwd=repo)
+    sh(DVC, "checkout", cwd=repo)
+
+    # An unknown model fails in one line and deletes nothing that git tracks.
+    before = sh("git", "status", "--porcelain", cwd=repo)
+    failed = subprocess.run(
+        [DVC, "exp", "run", "-S", "model=foo"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        },
+    )
+    # DVC checks the templated deps before any stage code runs: its one line names the
+    # missing src/anomaly/models/foo.py (and the stage CLI names the known models).
+    assert failed.returncode != 0
+    assert "src/anomaly/models/foo.py" in failed.stderr
+    sh("git", "checkout", "-q", "--", "params.yaml", cwd=repo)
+    assert sh("git", "status", "--porcelain", cwd=repo) == before

@@ -23,3 +23,20 @@ def test_make_logger_falls_back_outside_a_git_repo(tmp_path, monkeypatch):
     logger.log({"train/loss": 1.0})
     logger.close()
     assert (tmp_path / "log/plots/metrics/train/loss.tsv").is_file()
+
+
+def test_fallback_writes_the_same_bytes_as_dvclive(tmp_path, monkeypatch):
+    """Which writer ran (dvclive, or the fallback where dvclive refuses, e.g. in a git repo
+    without commits) must not change the files, or dvc.lock would differ between clones."""
+    from anomaly.logging_utils import LiveLogger
+
+    monkeypatch.chdir(tmp_path)
+    for name, cls in (("live", LiveLogger), ("tsv", TsvLogger)):
+        logger = cls(tmp_path / name)
+        for step in range(3):
+            logger.log({"train/loss": 1.0 / (step + 1), "val/loss": 0.5 + step / 7})
+        logger.close()
+    files = sorted(p.relative_to(tmp_path / "live") for p in (tmp_path / "live").rglob("*.*"))
+    assert files == sorted(p.relative_to(tmp_path / "tsv") for p in (tmp_path / "tsv").rglob("*.*"))
+    for rel in files:
+        assert (tmp_path / "live" / rel).read_bytes() == (tmp_path / "tsv" / rel).read_bytes(), rel

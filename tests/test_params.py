@@ -1,15 +1,23 @@
 import pytest
 
 from anomaly.errors import ParamsError
+from anomaly.models.registry import check_model_params, model_block
 from anomaly.params import load_params
 from conftest import REPO, tiny_params, write_params
+
+
+def load_checked(path):
+    """Params as the CLI loads them: the file, then model names and blocks."""
+    params = load_params(path)
+    check_model_params(params, "all")
+    return params
 
 
 def test_repo_params_load_with_defaults():
     params = load_params(REPO / "params.yaml")
     assert params.model == "cae"
     assert params.dataset.name == "synthetic_fabric"
-    assert params.model_block().latent_channels > 0
+    assert model_block(params).latent_channels > 0
 
 
 @pytest.mark.parametrize(
@@ -32,7 +40,7 @@ def test_repo_params_load_with_defaults():
 def test_bad_params_name_the_key(tmp_path, change, message):
     path = write_params(tmp_path / "params.yaml", tiny_params(**change))
     with pytest.raises(ParamsError) as info:
-        load_params(path)
+        load_checked(path)
     text = str(info.value)
     assert message in text
     assert "\n" not in text
@@ -51,7 +59,7 @@ def test_model_block_overrides_train(tmp_path):
 
     path = write_params(tmp_path / "p.yaml", tiny_params(models={"vae": {"epochs": 7, "lr": 0.01}}))
     params = load_params(path)
-    eff = effective_train_config(params.train, params.model_block("vae"))
+    eff = effective_train_config(params.train, model_block(params, "vae"))
     assert (eff.epochs, eff.lr, eff.batch_size) == (7, 0.01, params.train.batch_size)
 
 
@@ -79,6 +87,6 @@ def test_every_param_is_in_params_yaml_so_dvc_can_set_it():
     top = {k: v for k, v in to_dict(params).items() if k != "models"}
     gaps = missing(top, raw)
     for name in available_models():
-        block = dataclasses.asdict(params.model_block(name))
+        block = dataclasses.asdict(model_block(params, name))
         gaps += missing(block, raw["models"].get(name) or {}, f"models.{name}.")
     assert gaps == []

@@ -130,7 +130,9 @@ def test_category_labels(params, expected):
 def test_category_types():
     assert report.category_type("mvtec", "carpet") == "texture"
     assert report.category_type("mvtec", "screw") == "object"
-    assert report.category_type("mnist", "digit 0") == "other"
+    assert report.category_type("mnist", "digit 0") == "digit"  # as its family declares
+    assert report.category_type("aitex", "01") == "texture"
+    assert report.category_type("a_family_from_the_future", "x") == "other"
 
 
 @pytest.fixture
@@ -263,10 +265,11 @@ def test_sweep_all_expands_models_and_the_datasets_categories(tmp_path):
 
 def test_sweep_params_are_checked(tmp_path):
     from anomaly.errors import ParamsError
+    from anomaly.models.registry import check_model_params
 
     path = write_params(tmp_path / "params.yaml", tiny_params(sweep={"models": ["cae", "vea"]}))
     with pytest.raises(ParamsError, match="sweep.models names 'vea', not a known model"):
-        load_params(path)
+        check_model_params(load_params(path), "all")
     path = write_params(tmp_path / "params.yaml", tiny_params(sweep={"models": "some"}))
     with pytest.raises(ParamsError, match="sweep.models"):
         load_params(path)

@@ -73,10 +73,10 @@ def test_bad_csv_and_wrong_model(project):
         ),
     )
     with pytest.raises(DataError, match=r"bad\.csv: non-numeric column\(s\) b"):
-        pipeline.stage_download(load_params())
+        pipeline.STAGES["download"](load_params())
     write_params(project / "params.yaml", tiny_params(dataset={"name": "tabular"}, model="cae"))
     params = load_params()
     for name in ("download", "patchify", "split"):
         pipeline.STAGES[name](params)
     with pytest.raises(ParamsError, match="needs square image tiles.*use model: ae"):
-        pipeline.stage_train(params)
+        pipeline.STAGES["train"](params)

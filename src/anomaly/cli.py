@@ -11,15 +11,14 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import AnomalyError
+from .stages.common import run_guarded
 
 
 def run_stage(name: str, params_path: str | Path = "params.yaml") -> None:
     from .params import load_params
-    from .pipeline import STAGES
+    from .pipeline import run_stage as run_in_process
 
-    params = load_params(params_path)
-    STAGES[name](params)
+    run_in_process(name, load_params(params_path))
 
 
 def _examples(params_path: str, out: str) -> None:
@@ -33,18 +32,31 @@ def _examples(params_path: str, out: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .pipeline import STAGES
+    from . import __version__
+    from .pipeline import STAGES, describe
 
-    parser = argparse.ArgumentParser(prog="anomaly", description=__doc__)
-    parser.add_argument(
-        "--params", default="params.yaml", help="params file (default: %(default)s)"
+    # --params, -v and -q work before and after the subcommand.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--params",
+        default=argparse.SUPPRESS,
+        help="params file (default: params.yaml)",
     )
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(prog="anomaly", description=__doc__, parents=[common])
+    parser.add_argument("--version", action="version", version=f"anomaly {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in STAGES:
-        sub.add_parser(name, help=f"run the {name} stage")
-    examples = sub.add_parser("examples", help="draw example rolls of the dataset (README figure)")
+        what = describe(name)
+        sub.add_parser(name, help=what, description=what, parents=[common])
+    examples = sub.add_parser(
+        "examples", help="draw example rolls of the dataset (README figure)", parents=[common]
+    )
     examples.add_argument("--out", default="docs/dataset_examples.png")
-    predict = sub.add_parser("predict", help="score a folder of new images with the trained model")
+    predict = sub.add_parser(
+        "predict", help="score a folder of new images with the trained model", parents=[common]
+    )
     predict.add_argument("images", help="folder of images (searched recursively)")
     predict.add_argument("--out", default="predictions", help="output folder")
     predict.add_argument(
@@ -57,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         "(required when the model was scored on several groups)",
     )
     rep = sub.add_parser(
-        "report", help="collect experiments and branches into reports/ (CSV, markdown, figures)"
+        "report",
+        help="collect experiments and branches into reports/ (CSV, markdown, figures)",
+        parents=[common],
     )
     rep.add_argument("--out", default="reports", help="report folder (default: %(default)s)")
     rep.add_argument(
@@ -67,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("-A", "--all-commits", action="store_true", help="every commit")
     rep.add_argument("-n", "--num", type=int, default=1, help="commits back from each --rev")
     rep.add_argument("--workspace", action="store_true", help="also the uncommitted workspace")
-    swp = sub.add_parser("sweep", help="queue every sweep.models x sweep.categories experiment")
+    swp = sub.add_parser(
+        "sweep", help="queue every sweep.models x sweep.categories experiment", parents=[common]
+    )
     swp.add_argument("--run", action="store_true", help="run the queue and wait for it")
     swp.add_argument("-j", "--jobs", type=int, default=None, help="workers (default: sweep.jobs)")
     swp.add_argument("--dry-run", action="store_true", help="print the dvc commands only")
@@ -83,69 +99,68 @@ def main(argv: list[str] | None = None) -> int:
         help="extra param for every run, e.g. -S dataset.name=mvtec (repeatable)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.command == "examples":
-            _examples(args.params, args.out)
-        elif args.command == "predict":
-            from .params import load_params
-            from .predict import predict_folder
+    args.params = getattr(args, "params", "params.yaml")
+    level = (
+        logging.DEBUG
+        if getattr(args, "verbose", False)
+        else logging.WARNING
+        if getattr(args, "quiet", False)
+        else logging.INFO
+    )
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    return run_guarded(lambda: _dispatch(args))
 
-            frame = predict_folder(
-                load_params(args.params), args.images, args.out, args.checkpoint, args.group
-            )
-            print(frame.to_string(index=False))
-        elif args.command == "report":
-            from .report import report
 
-            written = report(
-                ".",
-                args.out,
-                args.rev,
-                args.all_branches,
-                args.all_commits,
-                args.num,
-                args.workspace,
-            )
-            print(
-                f"{args.out}: {written['runs']} runs ({written['collected']} collected now); "
-                f"{', '.join(written['files'])}"
-            )
-        elif args.command == "sweep":
-            from .params import load_params
-            from .sweep import sweep
+def _checked_params(path: str):
+    from .models.registry import check_model_params
+    from .params import load_params
 
-            sweep(
-                ".",
-                load_params(args.params),
-                args.run,
-                args.jobs,
-                args.copy_untracked,
-                args.rerun,
-                args.dry_run,
-                args.set_param,
-            )
-        else:
-            run_stage(args.command, args.params)
-    except AnomalyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        from .io import is_disk_full
+    params = load_params(path)
+    check_model_params(params, "all")
+    return params
 
-        if not is_disk_full(exc):
-            raise
-        where = exc.filename or "the output folder"
-        print(
-            f"error: disk full writing {where} ({exc.strerror}); free space and rerun; "
-            "no partial output was kept",
-            file=sys.stderr,
+
+def _dispatch(args: argparse.Namespace) -> None:
+    if args.command == "examples":
+        _examples(args.params, args.out)
+    elif args.command == "predict":
+        from .predict import predict_folder
+
+        frame = predict_folder(
+            _checked_params(args.params), args.images, args.out, args.checkpoint, args.group
         )
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; no partial output was kept", file=sys.stderr)
-        return 130
-    return 0
+        print(frame.to_string(index=False))
+    elif args.command == "report":
+        from .report import report
+
+        written = report(
+            ".",
+            args.out,
+            args.rev,
+            args.all_branches,
+            args.all_commits,
+            args.num,
+            args.workspace,
+        )
+        print(
+            f"{args.out}: {written['runs']} runs ({written['collected']} collected now); "
+            f"{', '.join(written['files'])}"
+        )
+    elif args.command == "sweep":
+        from .sweep import sweep
+
+        sweep(
+            ".",
+            _checked_params(args.params),
+            args.run,
+            args.jobs,
+            args.copy_untracked,
+            args.rerun,
+            args.dry_run,
+            args.set_param,
+        )
+    else:
+        run_stage(args.command, args.params)
 
 
 if __name__ == "__main__":

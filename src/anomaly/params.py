@@ -2,8 +2,10 @@
 
 Every stage loads the whole file through :func:`load_params`, so a typo or a
 wrong type anywhere fails fast with the key's name, before any work is done.
-Model blocks are validated against the model's own config class from the
-registry, so adding a model never touches this file.
+Model blocks are validated against the model's own config class by
+``models.registry.check_model_params`` (the stages that use a model, and the
+CLI), so adding a model never touches this file and no other stage imports
+model code.
 """
 
 from __future__ import annotations
@@ -96,9 +98,6 @@ class SyntheticFabricConfig:
         require(0 <= self.noise < 0.5, source, f"{where}.noise", "must be in [0, 0.5)")
 
 
-DATASET_NAMES = ("synthetic_fabric", "aitex", "mvtec", "mnist", "folder", "tabular")
-
-
 @dataclass
 class TabularConfig:
     """A CSV's label column, or the synthetic table's shape (when dataset.source is null)."""
@@ -128,11 +127,14 @@ class DatasetConfig:
     tabular: TabularConfig = field(default_factory=TabularConfig)
 
     def validate(self, where: str, source: str) -> None:
+        from .data.families.registry import available_families
+
+        known = available_families()  # module names only: no family code is imported
         require(
-            self.name in DATASET_NAMES,
+            self.name in known,
             source,
             f"{where}.name",
-            f"is {self.name!r}, not a known dataset (known: {', '.join(DATASET_NAMES)})",
+            f"is {self.name!r}, not a known dataset (known: {', '.join(known)})",
         )
 
     @property
@@ -350,33 +352,9 @@ class Params:
     explore: ExploreConfig = field(default_factory=ExploreConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
-    def validate(self, where: str, source: str) -> None:
-        from .models.registry import available_models, model_config
-
-        known = available_models()
-        if self.model not in known:
-            raise ParamsError(
-                f"{source}: model is {self.model!r}, not a known model (known: {', '.join(known)})"
-            )
-        for name, block in self.models.items():
-            if name not in known:
-                raise ParamsError(
-                    f"{source}: models.{name} is not a known model (known: {', '.join(known)})"
-                )
-            model_config(name, block, source)
-        for name in self.sweep.models if self.sweep.models != "all" else []:
-            if name not in known:
-                raise ParamsError(
-                    f"{source}: sweep.models names {name!r}, not a known model "
-                    f"(known: {', '.join(known)})"
-                )
-
-    def model_block(self, name: str | None = None) -> Any:
-        """The active (or named) model's typed config, defaults filled in."""
-        from .models.registry import model_config
-
-        name = name or self.model
-        return model_config(name, self.models.get(name), "params.yaml")
+    # Model names and blocks are checked by models.registry.check_model_params (train,
+    # score, the CLI), not here: every stage loads params, and a stage that does not use
+    # a model must not import model code, or editing a model would rerun download.
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -387,4 +365,6 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-    return build(Params, data, "", source=str(path))
+    params = build(Params, data, "", source=str(path))
+    params.source_path = str(path)  # where errors found later (model blocks) point
+    return params

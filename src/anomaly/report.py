@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .data.mvtec import OBJECTS, TEXTURES
 from .dvc_cli import DvcCommandError, run_dvc
 from .errors import DataError
 from .io import atomic_path, write_json
@@ -49,7 +48,6 @@ HEADLINE = [
     "image.recall",
     "time.seconds",
 ]
-FABRIC_DATASETS = ("synthetic_fabric", "aitex")
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -81,28 +79,27 @@ def exp_show(
         raise DvcCommandError(f"{repo}: `dvc exp show --json` printed no JSON ({exc})") from exc
 
 
+def _family(name: Any):
+    """The run's dataset family, or None for a name this version does not know."""
+    from .data.families.registry import available_families, get_family
+
+    return get_family(str(name)) if str(name) in available_families() else None
+
+
 def category_of(params: dict[str, Any]) -> str:
     """The run's category label: the MVTec category, fabric code(s), digit or 'all'."""
-    name = params.get("dataset.name")
-    category = params.get("dataset.category")
-    if name == "mnist":
-        return f"digit {params.get('dataset.normal_class')}"
-    if name == "tabular":
-        return "table"
-    if category in (None, "", "null"):
-        return "all"
-    if isinstance(category, str) and category.startswith("["):
-        return "+".join(str(c) for c in json.loads(category))
-    return str(category)
+    family = _family(params.get("dataset.name"))
+    if family is None:
+        from .data.families.registry import category_label
+
+        return category_label(params)
+    return family.label(params)
 
 
 def category_type(dataset: str, category: str) -> str:
-    """texture | object | other: MVTec's own division; fabrics are textures."""
-    if dataset in FABRIC_DATASETS or category in TEXTURES:
-        return "texture"
-    if category in OBJECTS:
-        return "object"
-    return "other"
+    """texture | object | fabric | digit | table | other, as the family says."""
+    family = _family(dataset)
+    return family.category_type(category) if family is not None else "other"
 
 
 def _evaluated(entry: dict) -> bool:

@@ -42,17 +42,12 @@ class Combination:
     def set_params(self) -> list[str]:
         """``-S`` arguments. For one-class MNIST the category is the normal digit;
         elsewhere it is quoted so YAML keeps a fabric code like ``"01"`` a string."""
+        from .data.families.registry import get_family
+
         args = ["-S", f"model={self.model}"]
         if self.category is None:
             return args
-        if self.dataset == "mnist":
-            if not self.category.isdigit():
-                raise SweepError(
-                    f"params.yaml: sweep.categories has {self.category!r}; for mnist the "
-                    "categories are the normal digits 0-9"
-                )
-            return [*args, "-S", f"dataset.normal_class={int(self.category)}"]
-        return [*args, "-S", f"dataset.category='{self.category}'"]
+        return [*args, *get_family(self.dataset).select(self.category)]
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -87,19 +82,12 @@ def ignored_source(repo: Path, params: Params) -> str | None:
 
 def known_categories(params: Params) -> list[str]:
     """Every category of the configured dataset, for ``sweep.categories: all``."""
-    from .data.aitex import FABRIC_FOLDERS
-    from .data.mvtec import CATEGORIES
-    from .data.synthetic_fabric import FABRIC_CODES
+    from .data.families.registry import get_family
 
     name = params.dataset.name
-    if name == "mvtec":
-        return list(CATEGORIES)
-    if name == "aitex":
-        return list(FABRIC_FOLDERS)
-    if name == "synthetic_fabric":
-        return [FABRIC_CODES[f] for f in params.dataset.synthetic.fabrics]
-    if name == "mnist":
-        return [str(digit) for digit in range(10)]
+    family = get_family(name)
+    if family.categories is not None:
+        return family.categories(params)
     raise SweepError(
         f"params.yaml: sweep.categories is 'all', but dataset {name!r} has no known "
         "categories; list them"

@@ -151,7 +151,9 @@ def train_model(
     (``MemoryModel``: PatchCore). Both log through ``logger``, so the files are the same."""
     from dataclasses import asdict
 
-    if model.trainable:
+    from .models.base import MemoryModel
+
+    if not isinstance(model, MemoryModel):
         result = asdict(fit(model, train_batches, val_batches, cfg, logger, device))
         model.calibrate(x.to(device) for x in val_batches)
         return result

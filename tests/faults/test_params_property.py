@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from anomaly.errors import ParamsError
+from anomaly.models.registry import check_model_params
 from anomaly.params import load_params
 from conftest import REPO
 
@@ -68,7 +69,7 @@ def test_any_bad_value_is_one_line_naming_the_key(key, value):
         path = Path(tmp) / "params.yaml"
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         try:
-            load_params(path)
+            check_model_params(load_params(path), "all")
         except ParamsError as exc:
             text = str(exc)
             assert "\n" not in text
@@ -105,6 +106,6 @@ def test_every_key_rejects_a_mapping(key):
         path = Path(tmp) / "params.yaml"
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         with pytest.raises(ParamsError) as info:
-            load_params(path)
+            check_model_params(load_params(path), "all")
     assert "\n" not in str(info.value)
     assert any(".".join(parts[:n]) in str(info.value) for n in range(len(parts), 0, -1))

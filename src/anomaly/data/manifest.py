@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
-from ..io import read_csv, read_image, read_mask, write_csv
+from ..io import read_csv, read_image, read_json, read_mask, write_csv
 
 COLUMNS = ["image_path", "mask_path", "label", "defect_type", "group", "source_split"]
 MANIFEST_NAME = "manifest.csv"
@@ -62,3 +62,12 @@ def load_image_and_mask(
         for part in str(row["mask_path"]).split(";"):
             mask |= read_mask(resolve(frame, part), expected_shape=shape)
     return image, mask
+
+
+def dataset_info(raw_dir: str | Path) -> dict:
+    """What the download stage recorded in dataset.json (channels, kind, variant);
+    defaults when absent. Here, not in ``download``, so that later stages can read it
+    without depending on the download code of every dataset family."""
+
+    path = Path(raw_dir) / "dataset.json"
+    return {"channels": 1, "kind": "images", **(read_json(path) if path.is_file() else {})}

@@ -90,3 +90,10 @@ class BatchSource:
 
     def __len__(self) -> int:
         return (len(self.ids) + self.batch_size - 1) // self.batch_size
+
+
+def open_store(patches_dir: str | Path, splits_dir: str | Path) -> PatchStore:
+    """The pipeline's tile store, with the training split's feature scaler if it has one
+    (tables: standardised with good training rows only, see ``tabular.fit_scaler``)."""
+    scaler_file = Path(splits_dir) / "scaler.json"
+    return PatchStore(patches_dir, read_json(scaler_file) if scaler_file.is_file() else None)

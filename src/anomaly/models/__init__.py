@@ -1,6 +1,5 @@
-"""Model families; importing this package registers every model in the registry."""
+"""Model families, one module per model (``<name>.py``), registered in ``registry``.
 
-from . import aae, ae, anogan, cae, draem, patchcore, vae, vae_grf, vit_vae  # noqa: F401
-from .registry import available_models, build_model, get_model_class, load_checkpoint
-
-__all__ = ["available_models", "build_model", "get_model_class", "load_checkpoint"]
+Nothing is imported here on purpose: the registry imports a model's module by
+name when it is used, so loading one model never loads (nor depends on) another.
+"""

@@ -99,6 +99,25 @@ class AnomalyModel(nn.Module):
         return code.flatten(1)
 
 
+class MemoryModel(AnomalyModel):
+    """A model fitted without gradient steps: one pass over good tiles fills a memory of
+    normal features (anomalib's memory-bank idea), which scoring compares against.
+
+    ``training.train_model`` calls :meth:`fit_memory` instead of the epoch loop, so the
+    train stage never asks which kind of model it holds. PatchCore is one; PaDiM-like
+    models (a Gaussian per feature position) fit the same hook.
+    """
+
+    trainable: ClassVar[bool] = False
+
+    def fit_memory(self, batches: Any, device: torch.device, n_tiles: int, seed: int) -> dict:
+        """Build the memory from good tiles; returns at least ``{"memory_bank": size}``."""
+        raise NotImplementedError
+
+    def training_loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise TypeError(f"{self.name} is fitted by fit_memory, not by gradient steps")
+
+
 class ReconstructionModel(AnomalyModel):
     """A model that scores by how badly it reconstructs its input.
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..errors import DataError, ParamsError, TrainingError
 from ..scoring import gaussian_blur
-from .base import AnomalyModel, TrainOverrides
+from .base import MemoryModel, TrainOverrides
 from .registry import register
 
 log = logging.getLogger(__name__)
@@ -165,9 +165,8 @@ class BankIndex:
 
 
 @register("patchcore")
-class PatchCore(AnomalyModel):
+class PatchCore(MemoryModel):
     config_cls = PatchCoreConfig
-    trainable = False
 
     def __init__(
         self,

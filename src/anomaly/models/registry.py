@@ -1,12 +1,17 @@
 """Map the names used in params.yaml to model classes.
 
-Adding a model is adding one module under ``models/`` that decorates its class
-with :func:`register`, its import in ``models/__init__.py`` and a params block;
-nothing else in the pipeline names a model.
+Adding a model is adding one module ``models/<name>.py`` that decorates its class
+with ``@register("<name>")``, and a params block; nothing else in the pipeline
+names a model. Modules are imported by name, only when needed: the train and
+score stages load the active model's module alone, which is why their DVC
+dependencies can be ``src/anomaly/models/${model}.py`` plus the shared files
+(``SHARED_MODULES``) instead of the whole folder.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from pathlib import Path
 from typing import Any
 
@@ -31,29 +36,74 @@ def register(name: str):
     return wrap
 
 
-def _ensure_loaded() -> None:
-    """Import the models package, whose __init__ imports (and so registers) every family."""
-    import anomaly.models  # noqa: F401
+# Modules of this package that hold shared code, not a model of their own.
+SHARED_MODULES = ("base", "blocks", "corruption", "registry", "variational")
 
 
 def available_models() -> list[str]:
-    _ensure_loaded()
-    return sorted(_REGISTRY)
+    """Every model name: one module per model, named like the model (found, not imported)."""
+    folder = Path(__file__).parent
+    return sorted(
+        m.name for m in pkgutil.iter_modules([str(folder)]) if m.name not in SHARED_MODULES
+    )
 
 
-def get_model_class(name: str) -> type:
-    _ensure_loaded()
+def get_model_class(name: str, source: str = "params.yaml") -> type:
+    """The class registered as ``name``, importing its module (and only it) on first use."""
     if name not in _REGISTRY:
-        raise ParamsError(
-            f"params.yaml: model is {name!r}, not a known model (known: {', '.join(sorted(_REGISTRY))})"
-        )
+        if name not in available_models():
+            raise ParamsError(
+                f"{source}: model is {name!r}, not a known model "
+                f"(known: {', '.join(available_models())})"
+            )
+        importlib.import_module(f"{__package__}.{name}")
+        if name not in _REGISTRY:
+            raise RuntimeError(f"models/{name}.py does not register a model named {name!r}")
     return _REGISTRY[name]
 
 
 def model_config(name: str, block: Any, source: str = "params.yaml") -> Any:
     """The typed config of model ``name`` built from its params block."""
-    cls = get_model_class(name)
+    cls = get_model_class(name, source)
     return build(cls.config_cls, block or {}, f"models.{name}", source)
+
+
+def model_block(params: Any, name: str | None = None) -> Any:
+    """The active (or named) model's typed config, defaults filled in."""
+    name = name or params.model
+    return model_config(
+        name, params.models.get(name), getattr(params, "source_path", "params.yaml")
+    )
+
+
+def check_model_params(params: Any, which: str = "all") -> None:
+    """Model names and blocks of params.yaml against the registry, one error line each.
+
+    ``which="active"``: the active model and its block only (the train and score stages,
+    which must not import other models' code); ``"all"``: every block and the sweep list
+    (the CLI, before queueing a sweep).
+    """
+    source = getattr(params, "source_path", "params.yaml")
+    known = available_models()
+    if params.model not in known:
+        raise ParamsError(
+            f"{source}: model is {params.model!r}, not a known model (known: {', '.join(known)})"
+        )
+    if which == "active":
+        model_block(params)
+        return
+    for name, block in params.models.items():
+        if name not in known:
+            raise ParamsError(
+                f"{source}: models.{name} is not a known model (known: {', '.join(known)})"
+            )
+        model_config(name, block, source)
+    for name in params.sweep.models if params.sweep.models != "all" else []:
+        if name not in known:
+            raise ParamsError(
+                f"{source}: sweep.models names {name!r}, not a known model "
+                f"(known: {', '.join(known)})"
+            )
 
 
 def build_model(
@@ -88,8 +138,10 @@ def save_checkpoint(model: Any, path: str | Path, extra: dict[str, Any]) -> None
         "state_dict": model.state_dict(),
         **extra,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # Saved through a file object: given a path, torch names the zip's inner folder after
+    # the (random) temp file name, and identical weights would hash differently each run.
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(payload, handle)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, dict]:

@@ -32,7 +32,7 @@ from torch import nn
 from .base import ReconstructionModel, TrainOverrides
 from .blocks import check_divisible, conv_decoder, conv_encoder
 from .registry import register
-from .vae import VariationalMixin
+from .variational import VariationalMixin
 
 
 @dataclass

@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import ParamsError
 from .base import ReconstructionModel, TrainOverrides
 from .registry import register
-from .vae import VariationalMixin
+from .variational import VariationalMixin
 
 
 @dataclass

@@ -1,0 +1,89 @@
+"""Map ``dataset.name`` to its family: reader, categories, category type.
+
+A family module defines one :class:`Family` and passes it to :func:`register`.
+Everything that used to switch on dataset names (download, sweep categories,
+report labels, texture/object split) asks the family instead, so adding a
+family touches one new module and, where it has settings, one params block.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ...errors import ParamsError
+
+SHARED_MODULES = ("registry",)
+
+# reader(params, out_dir) -> (manifest frame, channels or None: from the first image, info)
+Reader = Callable[[Any, Path], tuple[Any, "int | None", dict]]
+
+
+def _quoted_category(category: str) -> list[str]:
+    # quoted, so YAML keeps a fabric code like "01" a string
+    return ["-S", f"dataset.category='{category}'"]
+
+
+def category_label(params: dict[str, Any]) -> str:
+    import json
+
+    category = params.get("dataset.category")
+    if category in (None, "", "null"):
+        return "all"
+    if isinstance(category, str) and category.startswith("["):
+        return "+".join(str(c) for c in json.loads(category))
+    return str(category)
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the pipeline needs to know about a dataset family."""
+
+    name: str
+    read: Reader
+    # every category, for `sweep.categories: all` (None: the family has none)
+    categories: Callable[[Any], list[str]] | None = None
+    # texture | object | fabric | digit | table | other, for the report's split
+    category_type: Callable[[str], str] = field(default=lambda _category: "other")
+    # the `dvc exp run -S` arguments that select one category
+    select: Callable[[str], list[str]] = field(default=_quoted_category)
+    # the report's label of a run, from its flattened params
+    label: Callable[[dict[str, Any]], str] = field(default=category_label)
+    # the dataset.<block> of params.yaml it reads, if any (documentation and checks)
+    params_block: str | None = None
+
+
+_REGISTRY: dict[str, Family] = {}
+
+
+def register(family: Family) -> Family:
+    if family.name in _REGISTRY:
+        raise RuntimeError(f"dataset family {family.name!r} registered twice")
+    _REGISTRY[family.name] = family
+    return family
+
+
+def available_families() -> list[str]:
+    """Every family name: one module per family, named like it (found, not imported)."""
+    folder = Path(__file__).parent
+    return sorted(
+        m.name for m in pkgutil.iter_modules([str(folder)]) if m.name not in SHARED_MODULES
+    )
+
+
+def get_family(name: str, source: str = "params.yaml") -> Family:
+    """The family registered as ``name``, importing its module (and only it) on first use."""
+    if name not in _REGISTRY:
+        if name not in available_families():
+            raise ParamsError(
+                f"{source}: dataset.name is {name!r}, not a known dataset "
+                f"(known: {', '.join(available_families())})"
+            )
+        importlib.import_module(f"{__package__}.{name}")
+        if name not in _REGISTRY:
+            raise RuntimeError(f"data/families/{name}.py does not register {name!r}")
+    return _REGISTRY[name]

@@ -1,0 +1,127 @@
+"""Stage evaluate: test scores + threshold + masks -> ``metrics/eval.json``, ``plots/curves/``."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from .. import paths
+from ..data.manifest import load_image_and_mask, read_manifest
+from ..errors import DataError
+from ..io import read_csv, read_json, write_json
+from ..metrics import (
+    aupro,
+    check_evaluable,
+    classification_metrics,
+    confusion_rows,
+    histogram_rows,
+    per_defect_metrics,
+    pixel_auroc,
+    pr_points,
+    roc_points,
+    threshold_sweep,
+)
+from ..params import Params
+
+log = logging.getLogger(__name__)
+
+
+def _maps_and_masks(
+    params: Params, images: pd.DataFrame
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Full-resolution test maps with their masks (defects without a mask are left out)."""
+    manifest = read_manifest(paths.manifest(params.dataset.name))
+    maps_file = paths.score_dir(params.model) / "test_maps.npz"
+    if not maps_file.is_file():
+        return [], []
+    maps, masks = [], []
+    with np.load(maps_file) as stored:
+        for image_id in images["image_id"]:
+            row = manifest.loc[manifest["image_id"] == image_id].iloc[0]
+            if row["label"] == 1 and not row["mask_path"]:
+                continue  # a defect without a mask cannot be scored per pixel
+            key = f"img_{image_id}"
+            if key not in stored:
+                continue
+            _, mask = load_image_and_mask(manifest, row)
+            score_map = stored[key].astype(np.float32)
+            if score_map.shape != mask.shape:
+                raise DataError(
+                    f"{maps_file}: map of image {image_id} is {score_map.shape}, "
+                    f"mask is {mask.shape}; rerun the score stage"
+                )
+            maps.append(score_map)
+            masks.append(mask)
+    return maps, masks
+
+
+def run(params: Params) -> None:
+    """Image, tile, pixel and per-defect metrics; curve data for `dvc plots`."""
+    base = paths.score_dir(params.model)
+    threshold = read_json(paths.THRESHOLD)
+    images = read_csv(
+        base / "test_images.csv", required=["image_id", "score", "label", "defect_type"]
+    )
+    patches = read_csv(base / "test_patches.csv", required=["score", "label"])
+    patches = patches[patches["label"] >= 0]
+    y, s = images["label"].to_numpy(), images["score"].to_numpy()
+    check_evaluable(base / "test_images.csv", y, s)
+    cut = threshold["image_threshold"]
+    flat: dict = {
+        "model": params.model,
+        "dataset": params.dataset.name,
+        "threshold": float(cut),
+        "threshold_method": threshold["method"],
+    }
+    for key, value in classification_metrics(y, s, cut).items():
+        flat[f"image.{key}"] = value
+    for key, value in classification_metrics(
+        patches["label"].to_numpy(), patches["score"].to_numpy(), threshold["patch_threshold"]
+    ).items():
+        flat[f"patch.{key}"] = value
+    maps, masks = _maps_and_masks(params, images)
+    if maps:
+        flat["pixel.auroc"] = pixel_auroc(
+            maps, masks, params.evaluate.pixel_max_samples, params.seed
+        )
+        flat["pixel.aupro"] = aupro(maps, masks, params.evaluate.aupro_max_fpr)
+    flat.update(per_defect_metrics(images, cut))
+    write_json(paths.EVAL, flat)
+    both = len(set(y)) > 1
+    write_json(paths.CURVES / "roc.json", {"roc": roc_points(y, s) if both else []})
+    write_json(paths.CURVES / "pr.json", {"pr": pr_points(y, s) if both else []})
+    write_json(paths.CURVES / "histogram.json", {"histogram": histogram_rows(y, s)})
+    write_json(
+        paths.CURVES / "threshold_study.json",
+        {"threshold_study": threshold_sweep(y, s) if both else []},
+    )
+    write_json(paths.CURVES / "confusion.json", {"confusion": confusion_rows(y, s, cut)})
+    write_json(
+        paths.CURVES / "scores.json",
+        {
+            "scores": [
+                {
+                    "image_id": int(r.image_id),
+                    "score": float(r.score),
+                    "label": int(r.label),
+                    "defect_type": str(r.defect_type),
+                }
+                for r in images.itertuples()
+            ]
+        },
+    )
+    log.info(
+        "%s on %s: image AUROC %s, pixel AUROC %s, F1 %s at threshold %.4g",
+        params.model,
+        params.dataset.name,
+        _fmt(flat["image.auroc"]),
+        _fmt(flat.get("pixel.auroc")),
+        _fmt(flat["image.f1"]),
+        cut,
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

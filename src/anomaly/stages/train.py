@@ -1,0 +1,97 @@
+"""Stage train: good training tiles + ``models.<model>`` -> ``models/<model>/model.pt``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import paths
+from ..config_schema import to_dict
+from ..data.store import BatchSource, open_store
+from ..errors import DataError
+from ..io import atomic_dir, write_json
+from ..logging_utils import make_logger
+from ..models.registry import build_model, check_model_params, model_block, save_checkpoint
+from ..params import Params
+from ..training import effective_train_config, resolve_device, seed_everything, train_model
+from .common import split_tiles
+
+# Wall-clock values: never inside the model folder, whose hash must be reproducible.
+TIMING_KEYS = ("seconds", "seconds_per_epoch")
+
+
+def run(params: Params) -> None:
+    """Train (or fit the memory bank of) the active model on good tiles only."""
+    import torch
+
+    check_model_params(params, "active")
+    seed_everything(params.seed)
+    config = model_block(params)
+    train_cfg = effective_train_config(params.train, config)
+    device = resolve_device(train_cfg.device)
+    store = open_store(paths.PATCHES, paths.SPLITS)
+    train_ids = split_tiles("train", good_only=True)["patch_id"].to_numpy()
+    if train_cfg.max_train_patches and len(train_ids) > train_cfg.max_train_patches:
+        rng = np.random.default_rng([params.seed, 5])
+        train_ids = np.sort(rng.choice(train_ids, train_cfg.max_train_patches, replace=False))
+    val_ids = split_tiles("val", good_only=True)["patch_id"].to_numpy()
+    if len(train_ids) == 0:
+        raise DataError(f"{paths.SPLITS / 'train.csv'}: the good-only training set is empty")
+    model = build_model(params.model, config, store.channels, store.tile_size, store.tile_shape)
+    train_batches = BatchSource(store, train_ids, train_cfg.batch_size, True, params.seed)
+    val_batches = BatchSource(store, val_ids, train_cfg.batch_size, False, params.seed)
+    # The epoch logs go to a temp folder that replaces metrics/train only when training
+    # succeeds: a crash keeps the previous run's logs (not an empty `{}`).
+    with atomic_dir(paths.TRAIN_LOG) as log_dir:
+        logger = make_logger(log_dir)
+        try:
+            result = train_model(
+                model,
+                train_batches,
+                val_batches,
+                train_cfg,
+                logger,
+                device,
+                len(train_ids),
+                params.seed,
+            )
+        finally:
+            logger.close()
+    out = paths.model_dir(params.model)
+    out.mkdir(parents=True, exist_ok=True)
+    model.cpu()
+    save_checkpoint(
+        model,
+        out / "model.pt",
+        {
+            "train": to_dict(train_cfg),
+            "seed": params.seed,
+            "preprocessing": {
+                "channels": store.channels,
+                "tile_size": store.tile_size,
+                "patch": store.meta["patch"],
+                "scale": "uint8 / 255",
+            },
+        },
+    )
+    # Run time as a metric of its own (dvc.yaml's top-level `metrics:`, not a stage
+    # output), so that neither eval.json nor dvc.lock change between identical runs.
+    write_json(
+        paths.TRAIN_TIME,
+        {
+            "seconds": round(float(result.get("seconds", 0.0)), 2),
+            "seconds_per_epoch": round(float(result.get("seconds_per_epoch", 0.0)), 3),
+            "epochs_run": int(result.get("epochs_run", 0)),
+        },
+    )
+    write_json(
+        out / "train_summary.json",
+        {
+            "model": params.model,
+            "device": str(device),
+            "train_patches": int(len(train_ids)),
+            "val_patches": int(len(val_ids)),
+            "parameters": int(sum(p.numel() for p in model.parameters())),
+            **{k: v for k, v in to_dict(result).items() if k not in TIMING_KEYS},
+        },
+    )
+    torch.set_grad_enabled(True)
