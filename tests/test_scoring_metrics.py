@@ -107,3 +107,35 @@ def test_thresholds():
     assert choose_threshold(ThresholdConfig("manual", value=7.0), scores, labels) == 7.0
     with pytest.raises(ParamsError, match="labeled_val_fraction"):
         choose_threshold(ThresholdConfig("f1_optimal"), scores[:4], labels[:4])
+
+
+def test_bootstrap_intervals_cover_the_value_and_shrink_with_data():
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from anomaly.metrics import _auc_from_samples, bootstrap_auroc_ci, pixel_auroc_ci
+
+    rng = np.random.default_rng(0)
+    small_y = np.r_[np.zeros(20), np.ones(20)].astype(int)
+    small_s = np.r_[rng.normal(0, 1, 20), rng.normal(1, 1, 20)]
+    big_y = np.r_[np.zeros(400), np.ones(400)].astype(int)
+    big_s = np.r_[rng.normal(0, 1, 400), rng.normal(1, 1, 400)]
+    assert _auc_from_samples(small_s[small_y == 1], small_s[small_y == 0]) == pytest.approx(
+        roc_auc_score(small_y, small_s)
+    )
+    lo, hi = bootstrap_auroc_ci(small_y, small_s, seed=0)
+    assert lo < roc_auc_score(small_y, small_s) < hi
+    blo, bhi = bootstrap_auroc_ci(big_y, big_s, seed=0)
+    assert (bhi - blo) < (hi - lo) / 2
+    assert bootstrap_auroc_ci(np.zeros(5, int), np.arange(5.0), seed=0) is None
+    assert bootstrap_auroc_ci(small_y, small_s, seed=0) == (lo, hi)  # seeded
+
+    maps = [rng.random((16, 16)) for _ in range(8)]
+    masks = [np.zeros((16, 16), bool) for _ in range(8)]
+    for m, k in zip(maps[:4], masks[:4], strict=True):
+        k[4:8, 4:8] = True
+        m[k] += 0.5
+    labels = np.concatenate([k.ravel() for k in masks])
+    scores = np.concatenate([m.ravel() for m in maps])
+    lo, hi = pixel_auroc_ci(maps, masks, seed=0)
+    assert lo <= roc_auc_score(labels, scores) <= hi and hi - lo < 0.2

@@ -37,7 +37,7 @@ def register(name: str):
 
 
 # Modules of this package that hold shared code, not a model of their own.
-SHARED_MODULES = ("base", "blocks", "corruption", "registry", "variational")
+SHARED_MODULES = ("backbones", "base", "blocks", "corruption", "registry", "variational")
 
 
 def available_models() -> list[str]:

@@ -13,12 +13,14 @@ from ..errors import DataError
 from ..io import read_csv, read_json, write_json
 from ..metrics import (
     aupro,
+    bootstrap_auroc_ci,
     check_evaluable,
     classification_metrics,
     confusion_rows,
     histogram_rows,
     per_defect_metrics,
     pixel_auroc,
+    pixel_auroc_ci,
     pr_points,
     roc_points,
     threshold_sweep,
@@ -77,6 +79,9 @@ def run(params: Params) -> None:
     }
     for key, value in classification_metrics(y, s, cut).items():
         flat[f"image.{key}"] = value
+        if key == "auroc":  # 95% bootstrap interval next to the value it qualifies
+            ci = bootstrap_auroc_ci(y, s, params.seed)
+            flat["image.auroc_ci_low"], flat["image.auroc_ci_high"] = ci or (None, None)
     for key, value in classification_metrics(
         patches["label"].to_numpy(), patches["score"].to_numpy(), threshold["patch_threshold"]
     ).items():
@@ -86,6 +91,8 @@ def run(params: Params) -> None:
         flat["pixel.auroc"] = pixel_auroc(
             maps, masks, params.evaluate.pixel_max_samples, params.seed
         )
+        ci = pixel_auroc_ci(maps, masks, params.seed)
+        flat["pixel.auroc_ci_low"], flat["pixel.auroc_ci_high"] = ci or (None, None)
         flat["pixel.aupro"] = aupro(maps, masks, params.evaluate.aupro_max_fpr)
     flat.update(per_defect_metrics(images, cut))
     write_json(paths.EVAL, flat)
@@ -113,10 +120,12 @@ def run(params: Params) -> None:
         },
     )
     log.info(
-        "%s on %s: image AUROC %s, pixel AUROC %s, F1 %s at threshold %.4g",
+        "%s on %s: image AUROC %s [%s, %s], pixel AUROC %s, F1 %s at threshold %.4g",
         params.model,
         params.dataset.name,
         _fmt(flat["image.auroc"]),
+        _fmt(flat["image.auroc_ci_low"]),
+        _fmt(flat["image.auroc_ci_high"]),
         _fmt(flat.get("pixel.auroc")),
         _fmt(flat["image.f1"]),
         cut,

