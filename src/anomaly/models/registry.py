@@ -10,8 +10,6 @@ dependencies can be ``src/anomaly/models/${model}.py`` plus the shared files
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from pathlib import Path
 from typing import Any
 
@@ -19,47 +17,38 @@ import torch
 
 from ..config_schema import build, to_dict
 from ..errors import DataError, ParamsError
+from ..plugins import ModuleRegistry
 
-_REGISTRY: dict[str, type] = {}
+# Modules of this package that hold shared code, not a model of their own.
+SHARED_MODULES = ("backbones", "base", "blocks", "corruption", "registry", "variational")
+_MODELS: ModuleRegistry[type] = ModuleRegistry(
+    __package__, Path(__file__).parent, SHARED_MODULES, "model name"
+)
 
 
 def register(name: str):
     """Class decorator: make the model available as ``model: <name>`` in params.yaml."""
 
     def wrap(cls: type) -> type:
-        if name in _REGISTRY:
-            raise RuntimeError(f"model name {name!r} registered twice")
         cls.name = name
-        _REGISTRY[name] = cls
-        return cls
+        return _MODELS.add(name, cls)
 
     return wrap
 
 
-# Modules of this package that hold shared code, not a model of their own.
-SHARED_MODULES = ("backbones", "base", "blocks", "corruption", "registry", "variational")
-
-
 def available_models() -> list[str]:
     """Every model name: one module per model, named like the model (found, not imported)."""
-    folder = Path(__file__).parent
-    return sorted(
-        m.name for m in pkgutil.iter_modules([str(folder)]) if m.name not in SHARED_MODULES
-    )
+    return _MODELS.names()
 
 
 def get_model_class(name: str, source: str = "params.yaml") -> type:
     """The class registered as ``name``, importing its module (and only it) on first use."""
-    if name not in _REGISTRY:
-        if name not in available_models():
-            raise ParamsError(
-                f"{source}: model is {name!r}, not a known model "
-                f"(known: {', '.join(available_models())})"
-            )
-        importlib.import_module(f"{__package__}.{name}")
-        if name not in _REGISTRY:
-            raise RuntimeError(f"models/{name}.py does not register a model named {name!r}")
-    return _REGISTRY[name]
+    return _MODELS.get(
+        name,
+        lambda known: ParamsError(
+            f"{source}: model is {name!r}, not a known model (known: {', '.join(known)})"
+        ),
+    )
 
 
 def model_config(name: str, block: Any, source: str = "params.yaml") -> Any:

@@ -8,14 +8,13 @@ family touches one new module and, where it has settings, one params block.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ...errors import ParamsError
+from ...plugins import ModuleRegistry
 
 SHARED_MODULES = ("registry",)
 
@@ -57,33 +56,25 @@ class Family:
     params_block: str | None = None
 
 
-_REGISTRY: dict[str, Family] = {}
+_FAMILIES: ModuleRegistry[Family] = ModuleRegistry(
+    __package__, Path(__file__).parent, SHARED_MODULES, "dataset family"
+)
 
 
 def register(family: Family) -> Family:
-    if family.name in _REGISTRY:
-        raise RuntimeError(f"dataset family {family.name!r} registered twice")
-    _REGISTRY[family.name] = family
-    return family
+    return _FAMILIES.add(family.name, family)
 
 
 def available_families() -> list[str]:
     """Every family name: one module per family, named like it (found, not imported)."""
-    folder = Path(__file__).parent
-    return sorted(
-        m.name for m in pkgutil.iter_modules([str(folder)]) if m.name not in SHARED_MODULES
-    )
+    return _FAMILIES.names()
 
 
 def get_family(name: str, source: str = "params.yaml") -> Family:
     """The family registered as ``name``, importing its module (and only it) on first use."""
-    if name not in _REGISTRY:
-        if name not in available_families():
-            raise ParamsError(
-                f"{source}: dataset.name is {name!r}, not a known dataset "
-                f"(known: {', '.join(available_families())})"
-            )
-        importlib.import_module(f"{__package__}.{name}")
-        if name not in _REGISTRY:
-            raise RuntimeError(f"data/families/{name}.py does not register {name!r}")
-    return _REGISTRY[name]
+    return _FAMILIES.get(
+        name,
+        lambda known: ParamsError(
+            f"{source}: dataset.name is {name!r}, not a known dataset (known: {', '.join(known)})"
+        ),
+    )
