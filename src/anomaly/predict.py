@@ -24,7 +24,7 @@ from .data.patching import IMAGE_MODES, _plan, _resize, _to_working, tile_window
 from .errors import DataError
 from .io import read_image, read_json, save_png, write_csv
 from .params import Params, PatchConfig
-from .scoring import aggregate_images, stitch
+from .scoring import aggregate_images, normalise, stitch
 
 
 def _tiles(image: np.ndarray, patch: PatchConfig, out: int) -> tuple[np.ndarray, pd.DataFrame]:
@@ -52,8 +52,8 @@ def _overlay(image: np.ndarray, score_map: np.ndarray, threshold: float) -> np.n
     return (rgb * (1 - alpha) + heat * alpha).astype(np.uint8)
 
 
-def _normalisation(norm_file: Path, group: str | None) -> tuple[float, float]:
-    """(shift, scale) of the score stage's normalisation for ``group``.
+def _normalisation(norm_file: Path, group: str | None) -> tuple[dict, str | None]:
+    """The score stage's normalisation and the group to apply it for, checked.
 
     Never a silent fallback: scores compared with a threshold set on normalised scores
     must be normalised the same way, so a missing file, a missing ``--group`` where
@@ -63,7 +63,7 @@ def _normalisation(norm_file: Path, group: str | None) -> tuple[float, float]:
         raise DataError(f"{norm_file}: not found; run the score stage first (dvc repro)")
     norm = read_json(norm_file)
     if norm.get("method") != "group":
-        return 0.0, 1.0
+        return norm, group
     groups = {str(k): v for k, v in norm["groups"].items()}
     if group is None:
         if len(groups) != 1:
@@ -77,8 +77,7 @@ def _normalisation(norm_file: Path, group: str | None) -> tuple[float, float]:
             f"--group {group}: not a group the model was scored on "
             f"(known: {', '.join(sorted(groups))})"
         )
-    shift, scale = groups[str(group)]
-    return float(shift), float(scale)
+    return norm, str(group)
 
 
 def _image_threshold(threshold_file: Path, model: str) -> float:
@@ -117,7 +116,7 @@ def predict_folder(
         **{k: v for k, v in stored.items() if v is not None or k in ("resize", "image_size")}
     )
     channels = int(prep["channels"])
-    shift, scale = _normalisation(paths.score_dir(payload["model"]) / "normalization.json", group)
+    norm, group = _normalisation(paths.score_dir(payload["model"]) / "normalization.json", group)
     threshold = _image_threshold(paths.THRESHOLD, payload["model"])
     if not Path(images_dir).is_dir():
         raise DataError(f"{images_dir}: folder not found")
@@ -133,7 +132,9 @@ def predict_folder(
         with torch.no_grad():
             x = torch.from_numpy(crops).float().div(255).to(device)
             scores, maps = model.score(x, params.score)
-        scores = (scores.float().cpu().numpy() - shift) / scale
+        raw = scores.float().cpu().numpy()
+        # The score stage's own function, so a new image is normalised like test images.
+        scores, shift, scale = normalise(raw, pd.Series([group] * len(raw)), norm)
         tiles = boxes.assign(image_id=0, score=scores)
         image_score = float(
             aggregate_images(tiles, params.score.aggregate, params.score.aggregate_k)["score"].iloc[
@@ -144,7 +145,7 @@ def predict_folder(
             {"image": str(path), "score": image_score, "defect": int(image_score >= threshold)}
         )
         if maps is not None:
-            tile_maps = (maps.float().cpu().numpy() - shift) / scale
+            tile_maps = (maps.float().cpu().numpy() - shift[:, None, None]) / scale[:, None, None]
             full = stitch(tile_maps, tiles, image.shape[0], image.shape[1])
             np.save(out / f"{path.stem}_map.npy", full.astype(np.float16))
             save_png(out / f"{path.stem}_overlay.png", _overlay(image, full, threshold))
