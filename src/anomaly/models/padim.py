@@ -70,11 +70,11 @@ class PaDiM(MemoryModel):
                 setattr(self, name, torch.empty_like(state_dict[name]))
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, positions, d) features of the chosen channels."""
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
+        """(B, positions, d) features of the chosen channels, and the (h, w) grid."""
         feats = local_patch_features(self.extractor(x), self.extractor.layers)
         feats = feats.index_select(1, self.channel_index.to(feats.device))
-        return feats.flatten(2).transpose(1, 2)
+        return feats.flatten(2).transpose(1, 2), feats.shape[-2:]
 
     @torch.no_grad()
     def fit_memory(self, batches: Any, device: torch.device, n_tiles: int, seed: int) -> dict:
@@ -102,7 +102,7 @@ class PaDiM(MemoryModel):
                     )
                 total = torch.zeros(positions, d, dtype=torch.float64, device=device)
                 outer = torch.zeros(positions, d, d, dtype=torch.float64, device=device)
-            emb = self.embed(x).double()  # B, P, d
+            emb = self.embed(x)[0].double()  # B, P, d
             total += emb.sum(0)
             outer += torch.einsum("bpi,bpj->pij", emb, emb)
             count += emb.shape[0]
@@ -123,9 +123,7 @@ class PaDiM(MemoryModel):
     def score(self, x: torch.Tensor, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
         if self.mean.numel() == 0:
             raise TrainingError("padim: not fitted; run the train stage first")
-        full = local_patch_features(self.extractor(x), self.extractor.layers)
-        grid = full.shape[-2:]
-        emb = full.index_select(1, self.channel_index.to(x.device)).flatten(2).transpose(1, 2)
+        emb, grid = self.embed(x)
         delta = emb - self.mean[None]
         dist = torch.einsum("bpi,pij,bpj->bp", delta, self.precision, delta).clamp_min(0).sqrt()
         maps = dist.reshape(-1, 1, *grid)
