@@ -12,6 +12,17 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Under pytest-xdist each worker is one process on a shared machine: torch's default of
+# one thread per core in every worker oversubscribes the cores, and small-tensor training
+# then spends most of its time waiting (the DRAEM test took 184 s instead of 15 s).
+# One thread per worker, also for the pipelines the tests start as subprocesses.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 TINY = {
     "dataset": {
         "synthetic": {

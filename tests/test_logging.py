@@ -40,3 +40,26 @@ def test_fallback_writes_the_same_bytes_as_dvclive(tmp_path, monkeypatch):
     assert files == sorted(p.relative_to(tmp_path / "tsv") for p in (tmp_path / "tsv").rglob("*.*"))
     for rel in files:
         assert (tmp_path / "live" / rel).read_bytes() == (tmp_path / "tsv" / rel).read_bytes(), rel
+
+
+def test_training_prints_one_line_per_epoch_when_not_a_terminal(caplog):
+    """Under `dvc queue` or CI (no terminal) the bar is off, so progress must come as
+    log lines: epoch, losses, elapsed time, time left."""
+    import logging
+
+    import torch
+
+    from anomaly.models.registry import build_model, model_config
+    from anomaly.params import TrainConfig
+    from anomaly.training import fit
+
+    model = build_model("ae", model_config("ae", {"hidden": [16], "latent_dim": 4}), 1, 8)
+    batches = [torch.rand(8, 1, 8, 8) for _ in range(2)]
+    with caplog.at_level(logging.INFO, logger="anomaly.training"):
+        fit(model, batches, batches, TrainConfig(epochs=3, batch_size=8), None, torch.device("cpu"))
+    lines = [r.getMessage() for r in caplog.records if "epoch" in r.getMessage()]
+    assert [line.split(",")[0] for line in lines[:3]] == [
+        f"train ae: epoch {i}/3" for i in (1, 2, 3)
+    ]
+    assert "val loss" in lines[0] and "s elapsed" in lines[0] and "s left" in lines[0]
+    assert "best val loss" in lines[-1]

@@ -230,7 +230,7 @@ def test_anogan_latent_search_scores_and_logs_every_loss(tmp_path):
         torch.device("cpu"),
     )
     logged = {p.stem for p in (tmp_path / "log/plots/metrics/train").glob("*.tsv")}
-    assert logged == {"loss", "disc", "gen", "izi_f"}
+    assert logged == {"loss", "loss_relative", "disc", "gen", "izi_f"}
     scores, maps = model.score(stripes(4, rng), ScoreConfig())
     assert scores.shape == (4,) and maps.shape == (4, SIZE, SIZE)
     assert torch.isfinite(scores).all()

@@ -91,10 +91,10 @@ def test_aupro_and_pixel_auroc_extremes():
     masks[1][20:22, 3:30] = True
     perfect = [m.astype(float) + 0.01 * rng.random(m.shape) for m in masks]
     assert aupro(perfect, masks) == pytest.approx(1.0, abs=0.01)
-    assert pixel_auroc(perfect, masks, 10**6, 0) == pytest.approx(1.0)
+    assert pixel_auroc(perfect, masks) == pytest.approx(1.0)
     noise = [rng.random(m.shape) for m in masks]
     assert aupro(noise, masks) == pytest.approx(0.15, abs=0.05)  # chance: mean FPR over [0, .3]
-    assert pixel_auroc(noise, masks, 10**6, 0) == pytest.approx(0.5, abs=0.05)
+    assert pixel_auroc(noise, masks) == pytest.approx(0.5, abs=0.05)
 
 
 def test_thresholds():
@@ -139,3 +139,44 @@ def test_bootstrap_intervals_cover_the_value_and_shrink_with_data():
     scores = np.concatenate([m.ravel() for m in maps])
     lo, hi = pixel_auroc_ci(maps, masks, seed=0)
     assert lo <= roc_auc_score(labels, scores) <= hi and hi - lo < 0.2
+
+
+def test_exact_pixel_metrics_from_float16_counts_match_full_computation():
+    """Counting float16 values gives sklearn's AUROC on every pixel, numpy's percentile
+    and the brute-force F1-optimal threshold: exact, no subsample."""
+    from sklearn.metrics import roc_auc_score
+
+    from anomaly.metrics import pixel_counts
+    from anomaly.scoring import float16_counts
+    from anomaly.thresholds import counts_f1_optimal, counts_percentile
+
+    rng = np.random.default_rng(4)
+    masks = [rng.random((40, 50)) < 0.05 for _ in range(4)]
+    maps = [(rng.normal(size=k.shape) + 1.5 * k).astype(np.float16) for k in masks]
+    maps[0][:5] = np.float16(0.5)  # ties across good and defect pixels
+    scores = np.concatenate([m.ravel() for m in maps]).astype(np.float32)
+    labels = np.concatenate([k.ravel() for k in masks])
+    assert pixel_auroc(maps, masks) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    values, counts = float16_counts(scores)
+    for q in (50, 99, 99.9):
+        want = np.percentile(scores, q, method="inverted_cdf")
+        assert counts_percentile(values, counts, q) == pytest.approx(want)
+    (good_v, good_c), (bad_v, bad_c) = pixel_counts(maps, masks)
+    best = counts_f1_optimal(good_v, good_c, bad_v, bad_c)
+    f1 = {
+        t: 2 * ((scores >= t) & labels).sum() / ((scores >= t).sum() + labels.sum())
+        for t in np.unique(scores)
+    }
+    assert best == pytest.approx(max(f1, key=f1.get))
+
+
+def test_pixel_decisions_f1_and_iou():
+    from anomaly.metrics import pixel_decisions
+
+    mask = np.zeros((4, 4), bool)
+    mask[:2, :2] = True  # 4 defect pixels
+    score_map = np.zeros((4, 4), np.float32)
+    score_map[:2, :3] = 1.0  # 6 predicted: 4 right, 2 wrong
+    out = pixel_decisions([score_map], [mask], 0.5)
+    assert out["f1"] == pytest.approx(2 * 4 / (2 * 4 + 2)) and out["iou"] == pytest.approx(4 / 6)
+    assert pixel_decisions([score_map], [np.zeros_like(mask)], 0.5)["f1"] is None

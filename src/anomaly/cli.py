@@ -49,25 +49,49 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in STAGES:
         what = describe(name)
-        sub.add_parser(name, help=what, description=what, parents=[common])
+        stage = sub.add_parser(name, help=what, description=what, parents=[common])
+        if name == "export":  # the stage, or a bundle / ONNX file written elsewhere
+            stage.add_argument(
+                "--out", default=None, help="write here instead of models/<model>.bundle"
+            )
+            stage.add_argument(
+                "--format",
+                choices=("bundle", "onnx"),
+                default="bundle",
+                help="bundle (default; predict and load_detector read it) or onnx "
+                "(the tile scorer as an ONNX graph, preprocessing and thresholds as metadata)",
+            )
+            stage.add_argument(
+                "--model",
+                default=None,
+                help="bundle to convert with --format onnx (default: the active model's)",
+            )
     examples = sub.add_parser(
         "examples", help="draw example rolls of the dataset (README figure)", parents=[common]
     )
     examples.add_argument("--out", default="docs/dataset_examples.png")
     predict = sub.add_parser(
-        "predict", help="score a folder of new images with the trained model", parents=[common]
+        "predict",
+        help="score new images with a trained model's bundle (no project files needed)",
+        description="Score images with a bundle: writes predictions.csv and, per image, "
+        "<path>_map.npy, <path>_mask.png and <path>_overlay.png, keeping relative paths.",
+        parents=[common],
     )
-    predict.add_argument("images", help="folder of images (searched recursively)")
+    predict.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     predict.add_argument("--out", default="predictions", help="output folder")
     predict.add_argument(
-        "--checkpoint", default=None, help="model.pt (default: models/<model>/model.pt)"
+        "--model",
+        default=None,
+        help="a bundle (.bundle); default: models/<model>.bundle of the active pipeline model",
     )
     predict.add_argument(
         "--group",
         default=None,
-        help="fabric code or category whose score normalisation to use "
-        "(required when the model was scored on several groups)",
+        help="fabric code or category whose score normalisation to use (default: read from "
+        "the file name where the dataset family defines it, or the model's only group)",
     )
+    predict.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
+    predict.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     rep = sub.add_parser(
         "report",
         help="collect experiments and branches into reports/ (CSV, markdown, figures)",
@@ -120,16 +144,31 @@ def _checked_params(path: str):
     return params
 
 
+def _bundle_arg(args: argparse.Namespace) -> str:
+    """``--model``, or the active pipeline model's bundle (the only use of params.yaml)."""
+    if args.model:
+        return args.model
+    from .bundle import bundle_path
+    from .params import load_params
+
+    return str(bundle_path(load_params(args.params).model))
+
+
 def _dispatch(args: argparse.Namespace) -> None:
     if args.command == "examples":
         _examples(args.params, args.out)
     elif args.command == "predict":
-        from .predict import predict_folder
+        from .detector import load_detector
+        from .predict import predict_images
 
-        frame = predict_folder(
-            _checked_params(args.params), args.images, args.out, args.checkpoint, args.group
-        )
+        detector = load_detector(_bundle_arg(args), args.device)
+        frame = predict_images(detector, args.images, args.out, args.group, not args.no_overlays)
         print(frame.to_string(index=False))
+    elif args.command == "export" and (args.out or args.format != "bundle" or args.model):
+        from .export import export
+
+        written = export(_bundle_arg(args), args.format, args.out, args.params)
+        print(f"{written}: written")
     elif args.command == "report":
         from .report import report
 

@@ -62,8 +62,18 @@ def imports_of(path: Path, module: str | None, top_level_only: bool = False) -> 
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     is_package = path.name == "__init__.py"
     found: set[str] = set()
+    # A package's PEP 562 ``__getattr__`` runs only when its lazy attribute is used
+    # (``anomaly.load_detector``, for users); no stage does, so its imports are skipped.
+    lazy = {
+        id(n)
+        for f in tree.body
+        if is_package and isinstance(f, ast.FunctionDef) and f.name == "__getattr__"
+        for n in ast.walk(f)
+    }
     nodes = tree.body if top_level_only else ast.walk(tree)
     for node in nodes:
+        if id(node) in lazy:
+            continue
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.split(".")[0] == PACKAGE}
         elif isinstance(node, ast.ImportFrom):

@@ -119,17 +119,61 @@ def aupro(
     return float(np.trapezoid(y, x) / max_fpr)
 
 
-def pixel_auroc(
-    maps: list[np.ndarray], masks: list[np.ndarray], max_samples: int, seed: int
+def pixel_counts(
+    maps: list[np.ndarray], masks: list[np.ndarray]
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """(values, counts) of good pixels and of defect pixels over every map, exact (the
+    maps are float16, see :func:`anomaly.scoring.float16_counts`)."""
+    from .scoring import float16_counts, merge_counts
+
+    good = merge_counts([float16_counts(m[~k]) for m, k in zip(maps, masks, strict=True)])
+    bad = merge_counts([float16_counts(m[k]) for m, k in zip(maps, masks, strict=True) if k.any()])
+    return good, bad
+
+
+def auroc_from_counts(
+    good: tuple[np.ndarray, np.ndarray], bad: tuple[np.ndarray, np.ndarray]
 ) -> float | None:
-    scores = np.concatenate([m.ravel() for m in maps])
-    labels = np.concatenate([k.ravel() for k in masks])
-    if len(np.unique(labels)) < 2:
+    """P(defect pixel > good pixel) + half the ties, from value counts: the exact pixel
+    AUROC over every pixel (what ``roc_auc_score`` gives on the full arrays)."""
+    (g_values, g_counts), (b_values, b_counts) = good, bad
+    if g_counts.sum() == 0 or b_counts.sum() == 0:
         return None
-    if scores.size > max_samples:
-        idx = np.random.default_rng([seed, 3]).choice(scores.size, max_samples, replace=False)
-        scores, labels = scores[idx], labels[idx]
-    return float(roc_auc_score(labels, scores))
+    below = np.concatenate([[0], np.cumsum(g_counts)])[np.searchsorted(g_values, b_values)]
+    position = np.searchsorted(g_values, b_values)
+    inside = position < len(g_values)
+    ties = np.zeros(len(b_values))
+    match = inside.copy()
+    match[inside] = g_values[position[inside]] == b_values[inside]
+    ties[match] = g_counts[position[match]]
+    wins = (b_counts * (below + ties / 2)).sum()
+    return float(wins / (float(g_counts.sum()) * float(b_counts.sum())))
+
+
+def pixel_auroc(maps: list[np.ndarray], masks: list[np.ndarray]) -> float | None:
+    """Exact pixel AUROC over every pixel of every map."""
+    return auroc_from_counts(*pixel_counts(maps, masks))
+
+
+def pixel_decisions(
+    maps: list[np.ndarray], masks: list[np.ndarray], threshold: float
+) -> dict[str, float | int | None]:
+    """Pixel precision, recall, F1 and IoU of the predicted masks (map >= threshold),
+    micro-averaged over every pixel; None where undefined (no defect pixels)."""
+    tp = fp = fn = 0
+    for score_map, mask in zip(maps, masks, strict=True):
+        predicted = score_map >= threshold
+        tp += int((predicted & mask).sum())
+        fp += int((predicted & ~mask).sum())
+        fn += int((~predicted & mask).sum())
+    if tp + fn == 0:
+        return {"f1": None, "iou": None, "precision": None, "recall": None}
+    return {
+        "f1": 2 * tp / (2 * tp + fp + fn),
+        "iou": tp / (tp + fp + fn),
+        "precision": tp / (tp + fp) if tp + fp else None,
+        "recall": tp / (tp + fn),
+    }
 
 
 def threshold_sweep(labels: np.ndarray, scores: np.ndarray, max_points: int = 200) -> list[dict]:

@@ -274,9 +274,17 @@ class ThresholdConfig:
     percentile: float = 95.0
     k: float = 3.0
     value: float | None = None
+    # predicted masks: this percentile of good validation pixels' map values
+    pixel_percentile: float = 99.9
 
     def validate(self, where: str, source: str) -> None:
         require(0 < self.percentile <= 100, source, f"{where}.percentile", "must be in (0, 100]")
+        require(
+            0 < self.pixel_percentile <= 100,
+            source,
+            f"{where}.pixel_percentile",
+            "must be in (0, 100]",
+        )
         require(
             self.method != "manual" or self.value is not None,
             source,
@@ -288,7 +296,6 @@ class ThresholdConfig:
 @dataclass
 class EvaluateConfig:
     aupro_max_fpr: float = 0.3
-    pixel_max_samples: int = 4_000_000
 
     def validate(self, where: str, source: str) -> None:
         require(0 < self.aupro_max_fpr <= 1, source, f"{where}.aupro_max_fpr", "must be in (0, 1]")

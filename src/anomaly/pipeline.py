@@ -21,9 +21,9 @@ def run_stage(name: str, params: Params) -> None:
 
 
 def describe(name: str) -> str:
-    """The first line of a stage module's docstring: what it reads and writes."""
+    """The first paragraph of a stage module's docstring: what it reads and writes."""
     doc = importlib.import_module(f"{__package__}.stages.{name}").__doc__ or name
-    return doc.strip().splitlines()[0]
+    return " ".join(doc.strip().split("\n\n")[0].split())
 
 
 STAGES: dict[str, Callable[[Params], None]] = {name: partial(run_stage, name) for name in NAMES}

@@ -36,6 +36,74 @@ def _outline(ax: plt.Axes, mask: np.ndarray, outside: bool = False) -> None:
     ax.imshow(overlay)
 
 
+# Perceptual and readable on grey fabric; the outlines use colours the map never takes.
+MAP_CMAP = "inferno"
+TRUE_COLOUR = "#00ff66"  # true defect: green
+PREDICTED_COLOUR = "#00c8ff"  # predicted mask: cyan, dashed
+
+
+def map_panel(
+    ax: plt.Axes,
+    image: np.ndarray,
+    score_map: np.ndarray | None,
+    vmax: float,
+    true_mask: np.ndarray | None = None,
+    predicted_mask: np.ndarray | None = None,
+):
+    """An image with its anomaly map (transparent where normal), the true defect outlined
+    in green and the predicted mask dashed in cyan; returns the colour mapping for a bar.
+
+    Colours saturate at ``vmax`` (twice the image threshold in the gallery) and fade out
+    below zero, the good-validation mean after normalisation, so weak hits stay visible
+    next to strong ones and normal texture stays readable.
+    """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+    norm = Normalize(0.0, max(float(vmax), 1e-6))
+    if score_map is not None:
+        level = np.clip(norm(score_map.astype(np.float32)), 0, 1)
+        heat = plt.get_cmap(MAP_CMAP)(level)
+        heat[..., 3] = 0.75 * level
+        ax.imshow(heat)
+    for mask, colour, style in (
+        (true_mask, TRUE_COLOUR, "solid"),
+        (predicted_mask, PREDICTED_COLOUR, "dashed"),
+    ):
+        if mask is not None and mask.any():
+            ax.contour(
+                mask.astype(float), levels=[0.5], colors=[colour], linewidths=1.2, linestyles=style
+            )
+    ax.axis("off")
+    return ScalarMappable(norm=norm, cmap=MAP_CMAP)
+
+
+def _figure_width(image_width: int, dpi: int) -> float:
+    """Inches so that the image is drawn at (about) its own pixel width, within reason."""
+    return float(np.clip(image_width / dpi * 1.3, 6.0, 22.0))
+
+
+def overlay_figure(image: np.ndarray, result, name: str, path: Path, dpi: int = 110) -> None:
+    """predict's per-image figure, drawn like the gallery: map, colour bar, predicted mask,
+    score against the threshold in the title."""
+    h, w = image.shape[:2]
+    width = _figure_width(w, dpi)
+    fig, ax = plt.subplots(
+        figsize=(width, max(2.2, width * h / w * 0.87 + 0.6)), layout="constrained"
+    )
+    vmax = 2 * max(result.threshold, 1e-6)
+    mappable = map_panel(ax, image, result.anomaly_map, vmax, None, result.mask)
+    verdict = "defect" if result.defect else "good"
+    ax.set_title(
+        f"{name}: {verdict}, score {result.score:.4g} vs threshold {result.threshold:.4g}"
+        + ("" if result.mask is None else f"; predicted mask (cyan) {int(result.mask.sum())} px"),
+        fontsize=10,
+    )
+    fig.colorbar(mappable, ax=ax, fraction=0.03, pad=0.01, label="anomaly score")
+    _save(fig, path, dpi)
+
+
 def _title(metrics: dict) -> str:
     return f"{metrics.get('model')} on {metrics.get('dataset')}"
 
@@ -64,13 +132,35 @@ def pr_figure(images: pd.DataFrame, metrics: dict, path: Path, dpi: int) -> None
     _save(fig, path, dpi)
 
 
+def spans_decades(scores: np.ndarray, decades: float = 2.0) -> bool:
+    """Whether scores spread over more than ``decades`` orders of magnitude around their
+    typical size: then a linear axis squeezes every good image into the first bin."""
+    magnitude = np.abs(np.asarray(scores, dtype=float))
+    typical = float(np.median(magnitude))
+    return typical > 0 and float(magnitude.max()) / typical > 10**decades
+
+
 def histogram_figure(images: pd.DataFrame, threshold: float, path: Path, dpi: int) -> None:
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    bins = np.histogram_bin_edges(images["score"], bins=30)
+    scores = images["score"].to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    log_axis = spans_decades(scores)
+    if log_axis:
+        # symmetric log: normalised scores can be negative; linear within one typical size
+        linthresh = float(np.median(np.abs(scores)))
+        ax.set_xscale("symlog", linthresh=linthresh)
+        transform = lambda v: np.sign(v) * np.log1p(np.abs(v) / linthresh)  # noqa: E731
+        back = lambda t: np.sign(t) * linthresh * np.expm1(np.abs(t))  # noqa: E731
+        bins = back(np.linspace(transform(scores.min()), transform(scores.max()), 31))
+    else:
+        bins = np.histogram_bin_edges(scores, bins=30)
     ax.hist(images.loc[images["label"] == 0, "score"], bins=bins, alpha=0.6, label="good")
     ax.hist(images.loc[images["label"] == 1, "score"], bins=bins, alpha=0.6, label="defect")
     ax.axvline(threshold, c="k", ls="--", label=f"threshold {threshold:.4g}")
-    ax.set(xlabel="image anomaly score", ylabel="test images", title="Score distribution")
+    ax.set(
+        xlabel="image anomaly score" + (" (symmetric log axis)" if log_axis else ""),
+        ylabel="test images",
+        title="Score distribution",
+    )
     ax.legend()
     _save(fig, path, dpi)
 
@@ -116,7 +206,12 @@ def _read_tsv(path: Path) -> tuple[list[float], list[float]]:
 
 def training_figure(log_dir: Path, path: Path, dpi: int) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    found = sorted((Path(log_dir) / "plots" / "metrics").rglob("*.tsv"))
+    # absolute values here; the *_relative curves are for comparing models in `dvc plots`
+    found = sorted(
+        t
+        for t in (Path(log_dir) / "plots" / "metrics").rglob("*.tsv")
+        if not t.stem.endswith("_relative")
+    )
     for tsv in found:
         steps, values = _read_tsv(tsv)
         ax.plot(
@@ -159,44 +254,61 @@ def gallery_figure(
     per_group: int,
     path: Path,
     dpi: int,
+    pixel_threshold: float | None = None,
 ) -> None:
-    """Test images with their anomaly map overlaid and the true defect outlined in red."""
+    """Test images with their anomaly map, the true defect outlined in green, the
+    predicted mask (map >= the pixel threshold) dashed in cyan, score and threshold in
+    each title, one colour bar; drawn at about the images' own width."""
     picks = _pick_gallery(images, threshold, per_group)
     if not picks:
         return
-    # Colours saturate at twice the image threshold, and the overlay fades out below
-    # zero (the good-validation mean after group normalisation), so weak hits stay
-    # visible next to strong ones and normal fabric stays readable.
-    vmin, vmax = 0.0, max(2 * float(threshold), 1e-6)
+    vmax = max(2 * float(threshold), 1e-6)
     with np.load(maps_file) as stored:
         first = manifest.loc[manifest["image_id"] == picks[0][1]["image_id"]].iloc[0]
         image, _ = load_image_and_mask(manifest, first)
-        aspect = image.shape[1] / image.shape[0]
+        h, w = image.shape[:2]
+        width = _figure_width(w, dpi)
+        panel = max(1.6, width * h / w * 0.9) + 0.45
         fig, axes = plt.subplots(
-            len(picks), 1, figsize=(min(14, 2.2 * aspect), 2.0 * len(picks)), squeeze=False
+            len(picks),
+            1,
+            figsize=(width, panel * len(picks)),
+            squeeze=False,
+            layout="constrained",
         )
+        mappable = None
         for ax, (kind, row) in zip(axes[:, 0], picks, strict=True):
             info = manifest.loc[manifest["image_id"] == row["image_id"]].iloc[0]
             image, mask = load_image_and_mask(manifest, info)
-            ax.imshow(image, cmap="gray", vmin=0, vmax=255)
             key = f"img_{int(row['image_id'])}"
-            if key in stored:
-                level = np.clip((stored[key].astype(np.float32) - vmin) / (vmax - vmin), 0, 1)
-                heat = plt.get_cmap("jet")(level)
-                heat[..., 3] = 0.65 * level
-                ax.imshow(heat)
-            _outline(ax, mask)
-            ax.set_title(
-                f"{kind}: {Path(str(info['image_path'])).name} "
-                f"({row['defect_type']}) score {row['score']:.4g}",
-                fontsize=8,
+            score_map = stored[key].astype(np.float32) if key in stored else None
+            predicted = (
+                score_map >= pixel_threshold
+                if score_map is not None and pixel_threshold is not None
+                else None
             )
-            ax.axis("off")
+            mappable = map_panel(ax, image, score_map, vmax, mask, predicted)
+            ax.set_title(
+                f"{kind}: {Path(str(info['image_path'])).name} ({row['defect_type']}), "
+                f"score {row['score']:.4g} vs threshold {threshold:.4g}",
+                fontsize=10,
+            )
+        legend = "true defect: green; predicted mask: dashed cyan" + (
+            f" (pixel threshold {pixel_threshold:.3g})" if pixel_threshold is not None else ""
+        )
+        fig.suptitle(legend, fontsize=10)
+        fig.colorbar(
+            mappable,
+            ax=axes[:, 0].tolist(),
+            shrink=min(1.0, 3.0 / len(picks)),
+            aspect=30,
+            label="anomaly score (normalised)",
+        )
     _save(fig, path, dpi)
 
 
 def dataset_examples_figure(
-    manifest: pd.DataFrame, path: Path, per_type: int = 1, dpi: int = 72
+    manifest: pd.DataFrame, path: Path, per_type: int = 1, dpi: int = 110
 ) -> None:
     """Good rolls and one roll per defect type, mask outlined; for the README."""
     rows = [r for _, r in manifest[manifest["label"] == 0].groupby("group").head(1).iterrows()]
@@ -208,17 +320,17 @@ def dataset_examples_figure(
         .iterrows()
     ]
     first, _ = load_image_and_mask(manifest, rows[0])
-    aspect = first.shape[1] / first.shape[0]
-    fig, axes = plt.subplots(
-        len(rows), 1, figsize=(min(14, 2.2 * aspect), 1.9 * len(rows)), squeeze=False
-    )
+    h, w = first.shape[:2]
+    width = _figure_width(w, dpi)
+    panel = max(1.6, width * h / w) + 0.4
+    fig, axes = plt.subplots(len(rows), 1, figsize=(width, panel * len(rows)), squeeze=False)
     for ax, row in zip(axes[:, 0], rows, strict=True):
         image, mask = load_image_and_mask(manifest, row)
         ax.imshow(image, cmap="gray", vmin=0, vmax=255)
         _outline(ax, mask, outside=True)
         ax.set_title(
-            f"{Path(str(row['image_path'])).name}: {row['defect_type']} (fabric {row['group']})",
-            fontsize=8,
+            f"{Path(str(row['image_path'])).name}: {row['defect_type']} (group {row['group']})",
+            fontsize=11,
         )
         ax.axis("off")
     _save(fig, path, dpi)

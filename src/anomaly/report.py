@@ -410,10 +410,20 @@ def write_report(
             "",
         ]
         f1_figure(frame, out / "f1_by_model.png")
-        boxplot_figure(frame, out / "metric_spread.png")
-        means = texture_object_figure(frame, out / "texture_vs_object.png")
-        figures += ["f1_by_model.png", "metric_spread.png", "texture_vs_object.png"]
-        lines += ["## Texture vs object (mean image AUROC)", "", _markdown(means.reset_index()), ""]
+        figures.append("f1_by_model.png")
+        # Figures about spread over categories say nothing for one category (or one kind).
+        if cells["category"].nunique() > 1:
+            boxplot_figure(frame, out / "metric_spread.png")
+            figures.append("metric_spread.png")
+        if cells["category_type"].nunique() > 1:
+            means = texture_object_figure(frame, out / "texture_vs_object.png")
+            figures.append("texture_vs_object.png")
+            lines += [
+                "## Texture vs object (mean image AUROC)",
+                "",
+                _markdown(means.reset_index()),
+                "",
+            ]
         recall = defect_recall_table(frame)
         if not recall.empty:
             heatmap_figure(

@@ -4,6 +4,13 @@ All statistical methods look only at validation data (never at test), so the
 test metrics stay honest: ``percentile`` and ``mean_std`` use good validation
 scores only, ``f1_optimal`` needs labelled defects in validation
 (``split.labeled_val_fraction`` > 0), ``manual`` takes a number.
+
+The pixel threshold (predicted masks, pixel F1 / IoU) follows one documented rule:
+the ``threshold.pixel_percentile`` percentile of the normalised anomaly-map values
+of good validation tiles (a false-positive budget per good pixel), or, with
+``method: f1_optimal`` and labelled defect masks in validation, the value that
+maximises pixel F1 there. Both are exact: computed from counts of the float16 map
+values (:func:`anomaly.scoring.float16_counts`), not from a subsample.
 """
 
 from __future__ import annotations
@@ -57,3 +64,45 @@ def choose_threshold(
             "validation; set split.labeled_val_fraction > 0"
         )
     raise DataError(f"threshold: no good validation {what} scores to set a threshold from")
+
+
+def counts_percentile(values: np.ndarray, counts: np.ndarray, percentile: float) -> float:
+    """The smallest value at or below which ``percentile`` % of the counted values lie."""
+    cumulative = np.cumsum(counts)
+    rank = np.searchsorted(cumulative, percentile / 100 * cumulative[-1], side="left")
+    return float(values[min(int(rank), len(values) - 1)])
+
+
+def counts_f1_optimal(
+    good_values: np.ndarray, good_counts: np.ndarray, bad_values: np.ndarray, bad_counts: np.ndarray
+) -> float:
+    """The threshold maximising pixel F1 (prediction: value >= threshold) over every
+    distinct value, from the good and defect pixel counts."""
+    candidates = np.union1d(good_values, bad_values)
+    # pixels at or above each candidate = total minus those strictly below it
+    below_good = np.cumsum(good_counts)[np.searchsorted(good_values, candidates) - 1]
+    below_good[np.searchsorted(good_values, candidates) == 0] = 0
+    below_bad = np.cumsum(bad_counts)[np.searchsorted(bad_values, candidates) - 1]
+    below_bad[np.searchsorted(bad_values, candidates) == 0] = 0
+    tp = bad_counts.sum() - below_bad
+    fp = good_counts.sum() - below_good
+    fn = below_bad
+    f1 = 2 * tp / np.clip(2 * tp + fp + fn, 1, None)
+    return float(candidates[int(np.argmax(f1))])
+
+
+def pixel_threshold(cfg: ThresholdConfig, counts: dict[str, np.ndarray]) -> tuple[float, str]:
+    """(pixel threshold, the rule that set it) from ``val_pixels.npz``'s counts."""
+    good_values, good_counts = counts["good_values"], counts["good_counts"]
+    bad_values, bad_counts = counts["defect_values"], counts["defect_counts"]
+    if good_counts.sum() == 0:
+        raise DataError("threshold: no good validation pixels to set the pixel threshold from")
+    if cfg.method == "f1_optimal" and bad_counts.sum() > 0:
+        return (
+            counts_f1_optimal(good_values, good_counts, bad_values, bad_counts),
+            "pixel F1 maximised on labelled validation defects",
+        )
+    return (
+        counts_percentile(good_values, good_counts, cfg.pixel_percentile),
+        f"percentile {cfg.pixel_percentile:g} of good validation pixels",
+    )

@@ -8,6 +8,7 @@ and per-epoch logs for ``dvc plots``.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import random
 import time
@@ -21,6 +22,8 @@ from tqdm import tqdm
 from .errors import ParamsError, TrainingError
 from .logging_utils import EpochLogger
 from .params import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
@@ -71,6 +74,29 @@ def _mean_val_loss(model: Any, batches: Any, device: torch.device, amp: bool) ->
     return total / max(count, 1)
 
 
+def _length(batches: Any) -> int:
+    try:
+        return len(batches)
+    except TypeError:
+        return 0
+
+
+def relative_losses(
+    train_loss: float, val_loss: float, first: tuple[float, float]
+) -> dict[str, float]:
+    """Each loss divided by its first-epoch value, where that is positive.
+
+    Why: models minimise losses on different scales (an MSE near 0.001, an ELBO near
+    0.3), so `dvc plots diff` across experiments with different models drew one flat
+    line and one curve; relative to epoch 1 they share an axis that starts at 1.
+    """
+    out = {}
+    for name, value, start in (("train", train_loss, first[0]), ("val", val_loss, first[1])):
+        if start > 0:
+            out[f"{name}/loss_relative"] = value / start
+    return out
+
+
 def fit(
     model: Any,
     train_batches: Any,
@@ -87,12 +113,22 @@ def fit(
     best_loss, best_epoch, best_state = math.inf, -1, None
     start = time.perf_counter()
     epochs_run = 0
-    bar = tqdm(range(cfg.epochs), desc=f"train {model.name}", unit="epoch", disable=None)
-    for epoch in bar:
+    # On a terminal: a bar that moves per batch. Elsewhere (`dvc queue`, CI, a log file):
+    # one plain line per epoch with the losses, elapsed time and ETA.
+    per_epoch = _length(train_batches)
+    bar = tqdm(
+        total=cfg.epochs * per_epoch if per_epoch else None,
+        desc=f"train {model.name}",
+        unit="batch",
+        disable=None,
+    )
+    for epoch in range(cfg.epochs):
         model.train()
         running, seen = 0.0, 0
         term_sums: dict[str, float] = {}
+        bar.set_description(f"train {model.name} epoch {epoch + 1}/{cfg.epochs}")
         for step, x in enumerate(train_batches):
+            bar.update(1)
             x = x.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
@@ -119,17 +155,47 @@ def fit(
                 f"(model {model.name}); lower the learning rate"
             )
         epochs_run = epoch + 1
+        if epoch == 0:
+            first = (train_loss, val_loss)
         if logger is not None:
             terms_mean = {f"train/{k}": v / max(seen, 1) for k, v in term_sums.items()}
-            logger.log({"train/loss": train_loss, "val/loss": val_loss, **terms_mean})
+            logger.log(
+                {
+                    "train/loss": train_loss,
+                    "val/loss": val_loss,
+                    **relative_losses(train_loss, val_loss, first),
+                    **terms_mean,
+                }
+            )
         bar.set_postfix(train=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
+        if bar.disable:
+            elapsed = time.perf_counter() - start
+            log.info(
+                "train %s: epoch %d/%d, train loss %.5g, val loss %.5g, %.1f s elapsed, "
+                "at most %.0f s left",
+                model.name,
+                epoch + 1,
+                cfg.epochs,
+                train_loss,
+                val_loss,
+                elapsed,
+                elapsed / (epoch + 1) * (cfg.epochs - epoch - 1),
+            )
         if val_loss < best_loss:
             best_loss, best_epoch = val_loss, epoch + 1
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
         elif epoch + 1 - best_epoch >= cfg.patience:
             break
+    bar.close()
     if best_state is None:
         raise TrainingError(f"train: no epoch finished for model {model.name}")
+    log.info(
+        "train %s: best val loss %.5g at epoch %d of %d run",
+        model.name,
+        best_loss,
+        best_epoch,
+        epochs_run,
+    )
     model.load_state_dict(best_state)
     model.eval()
     seconds = time.perf_counter() - start

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import pandas as pd
 
@@ -66,6 +66,13 @@ def _parse(path: Path) -> re.Match[str]:
     if match is None:
         raise DataError(f"{path}: file name is not AITEX's nnnn_ddd_ff.png pattern")
     return match
+
+
+def fabric_of(path: PurePath) -> str | None:
+    """The fabric code in an AITEX file name (``nnnn_ddd_ff``), None for other names:
+    what predict uses to pick a new roll's score normalisation."""
+    match = _NAME.match(path.stem)
+    return match["fabric"] if match else None
 
 
 def read_aitex(root: str | Path, fabrics: list[str] | None = None) -> pd.DataFrame:

@@ -90,6 +90,31 @@ def _to_working(array: np.ndarray, work: tuple[int, int], resample: int) -> np.n
     return np.asarray(Image.fromarray(array).resize((work[1], work[0]), resample=resample))
 
 
+def cut_tiles(
+    image: np.ndarray, cfg: PatchConfig, out: int
+) -> tuple[np.ndarray, list[tuple[int, int, int, int]], np.ndarray, tuple[int, int], list]:
+    """One image's tiles exactly as the tile store holds them.
+
+    Returns uint8 tiles (N, C, out, out), each tile's box ``x, y, w, h`` in original
+    pixels, whether each tile is blank (``patch.blank_std``, measured before resizing),
+    the working size and the crop windows (for cutting the mask the same way). The one
+    function both patchify and :mod:`anomaly.detector` cut with, so a new image is tiled,
+    resized and blank-filtered like a training one.
+    """
+    h, w = image.shape[:2]
+    work, plan = _plan(h, w, cfg)
+    image_w = _to_working(image, work, Image.BILINEAR)
+    windows = tile_windows(h, w, work, plan)
+    tiles, boxes, blank = [], [], []
+    for window, box in windows:
+        crop = image_w[window]
+        resized = _resize(crop, out, Image.BILINEAR)
+        tiles.append(resized[None] if resized.ndim == 2 else resized.transpose(2, 0, 1))
+        boxes.append(box)
+        blank.append(float(crop.std()) < cfg.blank_std)
+    return np.stack(tiles), boxes, np.asarray(blank, dtype=bool), work, windows
+
+
 def patchify(
     manifest: pd.DataFrame, cfg: PatchConfig, out_dir: str | Path, channels: int = 1
 ) -> dict:
@@ -123,15 +148,16 @@ def patchify(
         rows, images = [], []
         k = 0
         progress = tqdm(list(manifest.iterrows()), desc="patchify", unit="img", disable=None)
-        for (_, row), (work, plan), (h, w) in zip(progress, plans, sizes, strict=True):
+        for (_, row), (h, w) in zip(progress, sizes, strict=True):
             image, mask = load_image_and_mask(manifest, row, mode=mode)
             images.append({**row.to_dict(), "height": h, "width": w})
-            image_w = _to_working(image, work, Image.BILINEAR)
+            image_tiles, boxes, blank, work, windows = cut_tiles(image, cfg, out)
             mask_w = _to_working(mask.astype(np.uint8) * 255, work, Image.BILINEAR) >= 128
-            for window, box in tile_windows(h, w, work, plan):
-                crop, crop_mask = image_w[window], mask_w[window]
-                resized = _resize(crop, out, Image.BILINEAR)
-                tiles[k] = resized[None] if channels == 1 else resized.transpose(2, 0, 1)
+            for image_tile, box, is_blank, (window, _) in zip(
+                image_tiles, boxes, blank, windows, strict=True
+            ):
+                crop_mask = mask_w[window]
+                tiles[k] = image_tile
                 small = _resize(crop_mask.astype(np.uint8) * 255, out, Image.BILINEAR)
                 masks[k] = small >= 128
                 defect_pixels = int(crop_mask.sum())
@@ -153,7 +179,7 @@ def patchify(
                         "defect_pixels": defect_pixels,
                         "defect_type": row["defect_type"] if label == 1 else "good",
                         "group": row["group"],
-                        "blank": int(float(crop.std()) < cfg.blank_std),
+                        "blank": int(is_blank),
                     }
                 )
                 k += 1
@@ -172,6 +198,7 @@ def patchify(
                 "resize": cfg.resize,
                 "image_size": cfg.image_size,
                 "min_defect_pixels": cfg.min_defect_pixels,
+                "blank_std": cfg.blank_std,
             },
             "n_patches": total,
             "n_images": len(manifest),

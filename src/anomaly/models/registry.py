@@ -142,12 +142,17 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
         raise DataError(f"{path}: not a readable checkpoint ({exc})") from exc
+    return model_from_payload(payload, device, str(path)), payload
+
+
+def model_from_payload(payload: dict, device: str | torch.device, source: str) -> Any:
+    """The model a checkpoint or bundle describes, its weights loaded, in eval mode."""
     name = payload.get("model")
-    config = model_config(name, payload.get("config"), source=str(path))
+    config = model_config(name, payload.get("config"), source=source)
     shape = payload.get("input_shape")
     model = build_model(
         name, config, payload["in_channels"], payload["image_size"], tuple(shape) if shape else None
     )
     model.load_state_dict(payload["state_dict"])
     model.to(device).eval()
-    return model, payload
+    return model

@@ -13,6 +13,7 @@ NAMES = (
     "train",
     "score",
     "threshold",
+    "export",
     "evaluate",
     "plot",
 )

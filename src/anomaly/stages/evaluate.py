@@ -21,6 +21,7 @@ from ..metrics import (
     per_defect_metrics,
     pixel_auroc,
     pixel_auroc_ci,
+    pixel_decisions,
     pr_points,
     roc_points,
     threshold_sweep,
@@ -88,12 +89,14 @@ def run(params: Params) -> None:
         flat[f"patch.{key}"] = value
     maps, masks = _maps_and_masks(params, images)
     if maps:
-        flat["pixel.auroc"] = pixel_auroc(
-            maps, masks, params.evaluate.pixel_max_samples, params.seed
-        )
+        flat["pixel.auroc"] = pixel_auroc(maps, masks)  # exact, every pixel
         ci = pixel_auroc_ci(maps, masks, params.seed)
         flat["pixel.auroc_ci_low"], flat["pixel.auroc_ci_high"] = ci or (None, None)
         flat["pixel.aupro"] = aupro(maps, masks, params.evaluate.aupro_max_fpr)
+        if threshold.get("pixel_threshold") is not None:
+            flat["pixel.threshold"] = float(threshold["pixel_threshold"])
+            for key, value in pixel_decisions(maps, masks, flat["pixel.threshold"]).items():
+                flat[f"pixel.{key}"] = value
     flat.update(per_defect_metrics(images, cut))
     write_json(paths.EVAL, flat)
     both = len(set(y)) > 1
@@ -120,7 +123,8 @@ def run(params: Params) -> None:
         },
     )
     log.info(
-        "%s on %s: image AUROC %s [%s, %s], pixel AUROC %s, F1 %s at threshold %.4g",
+        "%s on %s: image AUROC %s [%s, %s], pixel AUROC %s, F1 %s at threshold %.4g, "
+        "pixel F1 %s IoU %s",
         params.model,
         params.dataset.name,
         _fmt(flat["image.auroc"]),
@@ -129,6 +133,8 @@ def run(params: Params) -> None:
         _fmt(flat.get("pixel.auroc")),
         _fmt(flat["image.f1"]),
         cut,
+        _fmt(flat.get("pixel.f1")),
+        _fmt(flat.get("pixel.iou")),
     )
 
 

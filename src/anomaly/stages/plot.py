@@ -60,4 +60,5 @@ def run(params: Params) -> None:
                 params.plot.gallery_per_group,
                 tmp / "gallery.png",
                 dpi,
+                threshold.get("pixel_threshold"),
             )

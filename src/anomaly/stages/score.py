@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import numpy as np
@@ -13,9 +14,19 @@ from ..errors import DataError
 from ..io import atomic_dir, atomic_path, read_csv, write_csv, write_json
 from ..models.registry import check_model_params, load_checkpoint
 from ..params import Params
-from ..scoring import aggregate_images, fit_normalisation, normalise, score_tiles, stitch
+from ..scoring import (
+    aggregate_images,
+    fit_normalisation,
+    float16_counts,
+    merge_counts,
+    normalise,
+    score_tiles,
+    stitch,
+)
 from ..training import resolve_device, seed_everything
 from .common import split_tiles
+
+log = logging.getLogger(__name__)
 
 
 def run(params: Params) -> None:
@@ -37,8 +48,16 @@ def run(params: Params) -> None:
         for split in ("val", "test"):
             tiles = split_tiles(split)
             tiles["group"] = tiles["group"].astype(str)
+            ids = tiles["patch_id"].to_numpy()
             scores, maps, codes = score_tiles(
-                model, store, tiles["patch_id"].to_numpy(), score_cfg, device, split == "test"
+                model,
+                store,
+                ids,
+                score_cfg,
+                device,
+                True,
+                keep_codes=split == "test",
+                desc=f"score {params.model} {split}",
             )
             if not np.isfinite(scores).all():
                 raise DataError(
@@ -51,10 +70,25 @@ def run(params: Params) -> None:
                     np.save(fh, codes)
             tiles = tiles.assign(raw_score=scores)
             if norm is None:  # fitted on validation, the first split
-                norm = fit_normalisation(params.score.normalize, tiles.assign(score=scores))
+                norm = fit_normalisation(
+                    params.score.normalize,
+                    tiles.assign(score=scores),
+                    sorted(images["group"].astype(str).unique()),
+                )
                 write_json(tmp / "normalization.json", norm)
             tiles["score"], shift, scale = normalise(scores, tiles["group"], norm)
             write_csv(tmp / f"{split}_patches.csv", tiles)
+            if split == "val":  # always written (empty without maps): a dep of threshold
+                has_maps = maps is not None and not store.is_tabular
+                _write_val_pixels(
+                    tmp / "val_pixels.npz",
+                    maps if has_maps else None,
+                    shift,
+                    scale,
+                    store,
+                    ids,
+                    tiles,
+                )
             per_image = aggregate_images(tiles, params.score.aggregate, params.score.aggregate_k)
             per_image = per_image.merge(
                 images[["image_id", "label", "defect_type", "group", "image_path"]],
@@ -62,6 +96,15 @@ def run(params: Params) -> None:
                 how="left",
             )
             write_csv(tmp / f"{split}_images.csv", per_image)
+            log.info(
+                "score %s: %d %s tiles of %d images (%d good, %d defective)",
+                params.model,
+                len(tiles),
+                split,
+                len(per_image),
+                int((per_image["label"] == 0).sum()),
+                int((per_image["label"] == 1).sum()),
+            )
             if split == "test" and maps is not None and store.is_tabular:
                 errors = pd.DataFrame(
                     maps.reshape(len(maps), -1).astype(np.float32), columns=store.meta["features"]
@@ -82,3 +125,36 @@ def run(params: Params) -> None:
                     ).astype(np.float16)
                 with atomic_path(tmp / "test_maps.npz") as target, open(target, "wb") as handle:
                     np.savez(handle, **full)
+
+
+def _write_val_pixels(
+    target, maps: np.ndarray | None, shift: np.ndarray, scale: np.ndarray, store, ids, tiles
+) -> None:
+    """Counts of normalised validation map values, over good tiles' pixels and over the
+    defect pixels of defect tiles (when validation has labelled defects): what the
+    threshold stage sets the pixel threshold from, exactly and in bounded memory."""
+    good, defect = [], []
+    labels = tiles["label"].to_numpy()
+    for start in range(0, 0 if maps is None else len(maps), 512):
+        rows = slice(start, start + 512)
+        normalised = (maps[rows].astype(np.float32) - shift[rows, None, None]) / scale[
+            rows, None, None
+        ]
+        normalised = normalised.astype(np.float16)
+        lab = labels[rows]
+        if (lab == 0).any():
+            good.append(float16_counts(normalised[lab == 0]))
+        if (lab == 1).any():
+            masks = np.asarray(store.masks[ids[rows][lab == 1]]).astype(bool)
+            if masks.shape == normalised[lab == 1].shape and masks.any():
+                defect.append(float16_counts(normalised[lab == 1][masks]))
+    good_values, good_counts = merge_counts(good)
+    defect_values, defect_counts = merge_counts(defect)
+    with atomic_path(target) as path, open(path, "wb") as handle:
+        np.savez(
+            handle,
+            good_values=good_values,
+            good_counts=good_counts,
+            defect_values=defect_values,
+            defect_counts=defect_counts,
+        )

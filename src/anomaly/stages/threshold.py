@@ -1,11 +1,19 @@
-"""Stage threshold: validation scores + ``threshold.*`` -> ``metrics/threshold.json``."""
+"""Stage threshold: validation scores + ``threshold.*`` -> ``metrics/threshold.json`` (image,
+tile and pixel thresholds)."""
 
 from __future__ import annotations
 
+import logging
+
+import numpy as np
+
 from .. import paths
+from ..errors import DataError
 from ..io import read_csv, write_json
 from ..params import Params
-from ..thresholds import candidate_thresholds, choose_threshold
+from ..thresholds import candidate_thresholds, choose_threshold, pixel_threshold
+
+log = logging.getLogger(__name__)
 
 
 def run(params: Params) -> None:
@@ -30,4 +38,18 @@ def run(params: Params) -> None:
             cfg, images["score"].to_numpy(), images["label"].to_numpy()
         ),
     }
+    pixels_file = base / "val_pixels.npz"
+    if not pixels_file.is_file():
+        raise DataError(f"{pixels_file}: not found; rerun the score stage (dvc repro)")
+    with np.load(pixels_file) as stored:
+        counts = dict(stored)
+    if counts["good_counts"].size:  # empty for models and data without pixel maps
+        result["pixel_threshold"], result["pixel_rule"] = pixel_threshold(cfg, counts)
     write_json(paths.THRESHOLD, result)
+    log.info(
+        "threshold %s (%s): image %.4g, pixel %s",
+        params.model,
+        cfg.method,
+        result["image_threshold"],
+        "n/a" if "pixel_threshold" not in result else f"{result['pixel_threshold']:.4g}",
+    )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..aitex import FABRIC_FOLDERS, OFFICIAL_RESOURCES, read_aitex
+from ..aitex import FABRIC_FOLDERS, OFFICIAL_RESOURCES, fabric_of, read_aitex
 from ..sources import cache_root, local_folder
 from .registry import Family, register
 
@@ -39,6 +39,7 @@ FAMILY = register(
     Family(
         name="aitex",
         read=read,
+        group_of=fabric_of,
         categories=lambda _params: list(FABRIC_FOLDERS),
         category_type=lambda _category: "texture",
     )

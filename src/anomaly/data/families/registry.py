@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from ...errors import ParamsError
@@ -54,6 +54,9 @@ class Family:
     label: Callable[[dict[str, Any]], str] = field(default=category_label)
     # the dataset.<block> of params.yaml it reads, if any (documentation and checks)
     params_block: str | None = None
+    # the group (fabric code, category) of a new image from its path, None when the path
+    # does not say: predict then needs --group unless the model knows a single group
+    group_of: Callable[[PurePath], str | None] = field(default=lambda _path: None)
 
 
 _FAMILIES: ModuleRegistry[Family] = ModuleRegistry(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..aitex import read_aitex
+from ..aitex import fabric_of, read_aitex
 from ..synthetic_fabric import FABRIC_CODES, generate
 from .registry import Family, register
 
@@ -26,6 +26,7 @@ FAMILY = register(
     Family(
         name="synthetic_fabric",
         read=read,
+        group_of=fabric_of,
         categories=lambda params: [FABRIC_CODES[f] for f in params.dataset.synthetic.fabrics],
         category_type=lambda _category: "texture",
         params_block="synthetic",

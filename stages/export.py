@@ -1,0 +1,9 @@
+"""DVC stage 'export' (dvc.yaml): src/anomaly/stages/export.py says what it reads and writes."""
+
+import sys
+
+from anomaly.stages import export
+from anomaly.stages.common import entry
+
+if __name__ == "__main__":
+    sys.exit(entry("export", export.run, sys.argv[1:]))
