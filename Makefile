@@ -47,8 +47,13 @@ report: setup
 plots-check: setup
 	$(BIN)/python scripts/check_plots_browser.py $(REVS)
 
+# Not part of `make test`: per-model throughput and memory, then every stage's wall time
+# and peak RSS and the 4x data memory check (tests/test_tooling.py smoke-tests both).
 bench: setup
-	$(BIN)/python benchmarks/bench_models.py
+	mkdir -p benchmarks/results
+	rm -f benchmarks/results/bench_models.jsonl
+	$(BIN)/python benchmarks/bench_models.py --out benchmarks/results/bench_models.jsonl
+	$(BIN)/python benchmarks/bench_stages.py --out benchmarks/results/bench_stages.json
 
 clean-venv:
 	rm -rf $(VENV)

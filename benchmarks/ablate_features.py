@@ -8,6 +8,7 @@ table comes from here.
 
     PYTHONPATH=src python benchmarks/ablate_features.py --dataset synthetic_fabric
     PYTHONPATH=src python benchmarks/ablate_features.py --dataset mnist --digits 0 1 2 3 4 5 6 7 8 9
+    PYTHONPATH=src python benchmarks/ablate_features.py --dataset mnist --digits 0 --model vit_vae
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ def run(dataset: str, variants: list[str], overrides: list[str], out: Path | Non
 
 
 KEYS = (
+    "score.patch_reduce",  # what `auto` resolved to
+    "score.smooth_sigma",
     "image.auroc",
     "image.auroc_ci_low",
     "image.auroc_ci_high",
@@ -112,10 +115,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="synthetic_fabric")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="instead of --variants: this model with its default block (repeatable; "
+        "-S models.<name>.<key>=... changes it)",
+    )
     parser.add_argument("--digits", nargs="*", default=None, help="mnist: normal digits to run")
     parser.add_argument("-S", "--set", action="append", default=[], help="param override")
     parser.add_argument("--out", type=Path, default=None, help="append JSON lines here")
     args = parser.parse_args()
+    for model in args.model:
+        VARIANTS[f"{model} (defaults)"] = (model, {})
+    if args.model:
+        args.variants = [f"{m} (defaults)" for m in args.model]
     out = args.out.resolve() if args.out else None
     os.environ.setdefault("TQDM_DISABLE", "1")
     if args.dataset == "mnist" and args.digits:

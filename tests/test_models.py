@@ -105,7 +105,7 @@ def test_model_separates_obvious_anomalies_and_round_trips(name, tmp_path):
     model, rng = train_tiny(name)
     normal = stripes(40, rng)
     anomalous = with_blobs(stripes(40, rng))
-    cfg = ScoreConfig(smooth_sigma=1.0)
+    cfg = ScoreConfig(smooth_sigma=1.0, patch_reduce="topk_mean")
     s_norm, maps = model.score(normal, cfg)
     s_anom, _ = model.score(anomalous, cfg)
     assert maps.shape == (40, SIZE, SIZE)
@@ -148,7 +148,7 @@ def test_checkpoint_that_is_not_one(tmp_path):
 def test_vae_elbo_score_separates_anomalies():
     model, rng = train_tiny("vae")
     model.config.score = "elbo"
-    cfg = ScoreConfig(smooth_sigma=1.0)
+    cfg = ScoreConfig(smooth_sigma=1.0, patch_reduce="topk_mean")
     s_norm, _ = model.score(stripes(40, rng), cfg)
     s_anom, maps = model.score(with_blobs(stripes(40, rng)), cfg)
     assert maps.shape == (40, SIZE, SIZE)
@@ -231,7 +231,9 @@ def test_anogan_latent_search_scores_and_logs_every_loss(tmp_path):
     )
     logged = {p.stem for p in (tmp_path / "log/plots/metrics/train").glob("*.tsv")}
     assert logged == {"loss", "loss_relative", "disc", "gen", "izi_f"}
-    scores, maps = model.score(stripes(4, rng), ScoreConfig())
+    scores, maps = model.score(
+        stripes(4, rng), ScoreConfig(smooth_sigma=4.0, patch_reduce="topk_mean")
+    )
     assert scores.shape == (4,) and maps.shape == (4, SIZE, SIZE)
     assert torch.isfinite(scores).all()
 

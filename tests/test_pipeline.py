@@ -1,12 +1,14 @@
 """The stages in process on a tiny dataset: outputs, metrics, determinism, bad input."""
 
 import json
+import logging
 import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from anomaly import pipeline
 from anomaly.errors import DataError
@@ -157,3 +159,39 @@ def test_missing_inputs_say_which_stage_to_run(project):
     result = cli("train", cwd=project)
     assert result.returncode == 2
     assert "meta.json: file not found" in result.stderr
+
+
+def test_mnist_with_nothing_but_the_dataset_name_scores_whole_digits(tmp_path, monkeypatch, caplog):
+    """`-S dataset.name=mnist` alone: `score.*: auto` becomes the digit setting (mean of
+    the unsmoothed map), recorded in eval.json, and a small autoencoder ranks other
+    digits above zeros."""
+    from anomaly.data import mnist
+
+    monkeypatch.setattr(mnist, "_torchvision_resources", lambda: (["http://127.0.0.1:9/"], {}))
+    monkeypatch.chdir(tmp_path)
+    write_params(
+        tmp_path / "params.yaml",
+        tiny_params(
+            dataset={"name": "mnist", "cache_dir": str(tmp_path / "cache")},
+            model="ae",
+            train={"epochs": 8, "batch_size": 32},
+        ),
+    )
+    params = load_params(tmp_path / "params.yaml")
+    for name in ("download", "patchify", "split", "train", "score", "threshold", "evaluate"):
+        pipeline.STAGES[name](params)
+    metrics = json.loads((tmp_path / "metrics/eval.json").read_text())
+    assert metrics["score.patch_reduce"] == "mean" and metrics["score.smooth_sigma"] == 0.0
+    assert metrics["image.auroc"] > 0.9, metrics["image.auroc"]
+    settings = json.loads((tmp_path / "scores/ae/score_settings.json").read_text())
+    assert settings["origin"]["patch_reduce"] == "dataset family"
+    # A model built on simulated local defects says that digits are not its data.
+    data = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    data["model"] = "draem"
+    data["models"]["draem"].update(base_channels=8, depth=2, latent_channels=4, seg_channels=8)
+    data["train"].update(epochs=1, max_train_patches=64)
+    write_params(tmp_path / "params.yaml", data)
+    with caplog.at_level(logging.WARNING):
+        pipeline.STAGES["train"](load_params(tmp_path / "params.yaml"))
+    assert "learns from simulated local defects" in caplog.text
+    assert "whole-image changes" in caplog.text

@@ -180,3 +180,23 @@ def test_pixel_decisions_f1_and_iou():
     out = pixel_decisions([score_map], [mask], 0.5)
     assert out["f1"] == pytest.approx(2 * 4 / (2 * 4 + 2)) and out["iou"] == pytest.approx(4 / 6)
     assert pixel_decisions([score_map], [np.zeros_like(mask)], 0.5)["f1"] is None
+
+
+def test_auto_score_settings_resolve_per_dataset_family():
+    from anomaly.data.families.registry import get_family
+    from anomaly.params import ScoreConfig
+    from anomaly.scoring import resolve_score
+
+    digits = get_family("mnist").score_defaults
+    resolved, origin = resolve_score(ScoreConfig(), digits)
+    assert (resolved.patch_reduce, resolved.smooth_sigma) == ("mean", 0.0)
+    assert origin == {"patch_reduce": "dataset family", "smooth_sigma": "dataset family"}
+    fabric = get_family("synthetic_fabric").score_defaults
+    resolved, origin = resolve_score(ScoreConfig(), fabric)
+    assert (resolved.patch_reduce, resolved.smooth_sigma) == ("topk_mean", 4.0)
+    assert origin["smooth_sigma"] == "fallback"
+    explicit, origin = resolve_score(ScoreConfig(smooth_sigma=2.0, patch_reduce="max"), digits)
+    assert (explicit.patch_reduce, explicit.smooth_sigma) == ("max", 2.0)
+    assert set(origin.values()) == {"params"}
+    with pytest.raises(ValueError, match="unresolved"):
+        reduce_maps(torch.zeros(2, 4, 4), "auto")

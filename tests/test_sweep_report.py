@@ -159,6 +159,27 @@ def test_sweep_plans_every_combination_not_yet_run(git_project):
     assert len(rerun) == 4 and all(c[-1] == "-f" for c in rerun)  # -f overwrites a name
 
 
+def test_sweep_shards_split_the_experiments_between_machines(git_project):
+    """Two machines with --shard 1/2 and 2/2 queue disjoint halves that together are
+    the whole sweep (round robin over the fixed order)."""
+    params = load_params(git_project / "params.yaml")
+    names = {}
+    for shard in ("1/2", "2/2"):
+        commands = sweep.plan(git_project, params, rerun=True, shard=sweep.parse_shard(shard))
+        names[shard] = [c[c.index("-n") + 1] for c in commands]
+    assert names == {"1/2": ["cae-01", "vae-01"], "2/2": ["cae-02", "vae-02"]}
+    for bad in ("0/2", "3/2", "a/b", "2"):
+        with pytest.raises(sweep.SweepError, match=rf"--shard {bad}: expected i/n"):
+            sweep.parse_shard(bad)
+
+
+def test_sweep_workers_share_the_cores():
+    assert sweep.worker_threads(1, cpus=2) == 2
+    assert sweep.worker_threads(2, cpus=2) == 1
+    assert sweep.worker_threads(4, cpus=2) == 1  # never zero
+    assert sweep.worker_threads(2, cpus=16) == 8
+
+
 def test_sweep_refuses_untracked_inputs(git_project):
     (git_project / "new_model.py").write_text("x = 1\n")
     params = load_params(git_project / "params.yaml")

@@ -55,6 +55,36 @@ def test_benchmark_script_reports_every_model(tmp_path):
     assert all(r["train_tiles_per_s"] > 0 and r["score_tiles_per_s"] > 0 for r in rows)
 
 
+def test_stage_benchmark_smoke(tmp_path):
+    """`make bench`'s stage part on tiny data: every stage's wall time and its own peak
+    RSS (a child process each), and the memory-growth check, in one JSON file."""
+    out = tmp_path / "stages.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/bench_stages.py",
+            "--tiny",
+            "--scale",
+            "2",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["machine"]["cores"] >= 1
+    assert [r["stage"] for r in data["stages"]][:2] == ["download", "patchify"]
+    assert all(r["seconds"] > 0 and r["peak_rss_mib"] > 50 for r in data["stages"])
+    scaling = data["memory_scaling"]["stages"]
+    assert {r["stage"] for r in scaling} >= {"patchify", "train", "score", "evaluate"}
+    assert all("growth" in r for r in scaling)
+
+
 def test_dvc_yaml_runs_every_stage_through_its_script():
     """dvc.yaml, stages/ and pipeline.STAGES name the same stages, and each stage depends on
     its own script and its own module (so a changed stage body reruns the stage)."""

@@ -103,12 +103,14 @@ def bundle_from_pipeline(params: Any) -> dict:
     except Exception as exc:  # torch raises many types for a bad file
         raise DataError(f"{checkpoint_file}: not a readable checkpoint ({exc})") from exc
     norm_file = paths.score_dir(params.model) / "normalization.json"
-    for needed in (norm_file, paths.THRESHOLD):
+    settings_file = paths.score_dir(params.model) / "score_settings.json"
+    for needed in (norm_file, settings_file, paths.THRESHOLD):
         if not needed.is_file():
             raise DataError(f"{needed}: not found; run the pipeline first (dvc repro)")
+    settings = read_json(settings_file)  # what the score stage ran, `auto` resolved
     return build_bundle(
         checkpoint,
-        params.score,
+        {k: v for k, v in settings.items() if k != "origin"},
         read_json(norm_file),
         read_json(paths.THRESHOLD),
         params.dataset.name,

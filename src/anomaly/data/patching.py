@@ -116,9 +116,14 @@ def cut_tiles(
 
 
 def patchify(
-    manifest: pd.DataFrame, cfg: PatchConfig, out_dir: str | Path, channels: int = 1
+    manifest: pd.DataFrame,
+    cfg: PatchConfig,
+    out_dir: str | Path,
+    channels: int = 1,
+    extra_meta: dict | None = None,
 ) -> dict:
-    """Tile every image in the manifest into ``out_dir`` (written atomically)."""
+    """Tile every image in the manifest into ``out_dir`` (written atomically);
+    ``extra_meta`` (the dataset's score defaults) is passed on in ``meta.json``."""
     mode = IMAGE_MODES[channels]
     sizes = []
     for _, row in manifest.iterrows():
@@ -205,13 +210,18 @@ def patchify(
             "n_defect_patches": int((frame["label"] == 1).sum()),
             "n_ambiguous_patches": int((frame["label"] == -1).sum()),
             "n_blank_patches": int(frame["blank"].sum()),
+            **(extra_meta or {}),
         }
         write_json(tmp / "meta.json", meta)
     return meta
 
 
 def patchify_table(
-    manifest: pd.DataFrame, table_csv: str | Path, out_dir: str | Path, feature_names: list[str]
+    manifest: pd.DataFrame,
+    table_csv: str | Path,
+    out_dir: str | Path,
+    feature_names: list[str],
+    extra_meta: dict | None = None,
 ) -> dict:
     """Tabular pass-through: each row becomes a float32 (1, 1, D) "tile" of its own."""
     from ..io import read_csv
@@ -253,6 +263,7 @@ def patchify_table(
             "n_ambiguous_patches": 0,
             "n_blank_patches": 0,
             "patch": {},
+            **(extra_meta or {}),
         }
         write_json(tmp / "meta.json", meta)
     return meta

@@ -58,6 +58,9 @@ class AnomalyModel(nn.Module):
     name: ClassVar[str] = "base"
     config_cls: ClassVar[type] = TrainOverrides
     trainable: ClassVar[bool] = True
+    # "local" for models that learn from simulated local defects (DRAEM): on data whose
+    # anomalies are whole-image changes (dataset.json's anomaly_kind) the train stage warns
+    learns_from: ClassVar[str] = "normal data"
 
     def __init__(
         self,

@@ -104,6 +104,7 @@ class SegmentationNet(nn.Module):
 
 @register("draem")
 class DRAEM(AnomalyModel):
+    learns_from = "simulated local defects"
     config_cls = DRAEMConfig
 
     def __init__(

@@ -78,6 +78,11 @@ def run(params: Params) -> None:
         "threshold": float(cut),
         "threshold_method": threshold["method"],
     }
+    settings_file = base / "score_settings.json"
+    if settings_file.is_file():  # what `score.*: auto` resolved to, for `dvc exp show`
+        settings = read_json(settings_file)
+        for key in ("patch_reduce", "smooth_sigma"):
+            flat[f"score.{key}"] = settings[key]
     for key, value in classification_metrics(y, s, cut).items():
         flat[f"image.{key}"] = value
         if key == "auroc":  # 95% bootstrap interval next to the value it qualifies

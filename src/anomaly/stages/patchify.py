@@ -17,8 +17,25 @@ def run(params: Params) -> None:
     manifest = read_manifest(paths.manifest(params.dataset.name))
     raw = paths.RAW / params.dataset.name
     info = dataset_info(raw)
+    # What the dataset family says about its anomalies travels on with the tiles.
+    carried = {
+        "score_defaults": info.get("score_defaults", {}),
+        "anomaly_kind": info.get("anomaly_kind", "local"),
+    }
     if info["kind"] == "tabular":
-        meta = patchify_table(manifest, raw / "table.csv", paths.PATCHES, info["features"])
+        meta = patchify_table(
+            manifest,
+            raw / "table.csv",
+            paths.PATCHES,
+            info["features"],
+            carried,
+        )
     else:
-        meta = patchify(manifest, params.patch, paths.PATCHES, info["channels"])
+        meta = patchify(
+            manifest,
+            params.patch,
+            paths.PATCHES,
+            info["channels"],
+            carried,
+        )
     log.info("patchify: %d tiles from %d images", meta["n_patches"], meta["n_images"])

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .. import paths
+from ..config_schema import to_dict
 from ..data.store import open_store
 from ..errors import DataError
 from ..io import atomic_dir, atomic_path, read_csv, write_csv, write_json
@@ -20,6 +21,7 @@ from ..scoring import (
     float16_counts,
     merge_counts,
     normalise,
+    resolve_score,
     score_tiles,
     stitch,
 )
@@ -39,11 +41,21 @@ def run(params: Params) -> None:
     images = read_csv(
         paths.PATCHES / "images.csv", required=["image_id", "label", "height", "width"]
     )
-    score_cfg = params.score
+    score_cfg, origin = resolve_score(params.score, store.meta.get("score_defaults"))
     if store.is_tabular:
         # Table rows have no spatial neighbourhood: per-feature squared error, averaged.
         score_cfg = replace(score_cfg, map="mse", smooth_sigma=0.0, patch_reduce="mean")
+        origin.update(map="tables", smooth_sigma="tables", patch_reduce="tables")
     with atomic_dir(paths.score_dir(params.model)) as tmp:
+        # The settings that ran (auto resolved): export bundles them, evaluate reports them.
+        write_json(tmp / "score_settings.json", {**to_dict(score_cfg), "origin": origin})
+        log.info(
+            "score %s: patch_reduce %s, smooth_sigma %s (%s)",
+            params.model,
+            score_cfg.patch_reduce,
+            score_cfg.smooth_sigma,
+            ", ".join(f"{k}: {v}" for k, v in origin.items()),
+        )
         norm = None
         for split in ("val", "test"):
             tiles = split_tiles(split)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from .. import paths
@@ -14,6 +16,8 @@ from ..models.registry import build_model, check_model_params, model_block, save
 from ..params import Params
 from ..training import effective_train_config, resolve_device, seed_everything, train_model
 from .common import split_tiles
+
+log = logging.getLogger(__name__)
 
 # Wall-clock values: never inside the model folder, whose hash must be reproducible.
 TIMING_KEYS = ("seconds", "seconds_per_epoch")
@@ -37,6 +41,15 @@ def run(params: Params) -> None:
     if len(train_ids) == 0:
         raise DataError(f"{paths.SPLITS / 'train.csv'}: the good-only training set is empty")
     model = build_model(params.model, config, store.channels, store.tile_size, store.tile_shape)
+    kind = store.meta.get("anomaly_kind", "local")
+    if model.learns_from == "simulated local defects" and kind != "local":
+        log.warning(
+            "%s learns from simulated local defects; the anomalies of %s are %s changes, "
+            "which it is not designed to find (its numbers still count)",
+            params.model,
+            params.dataset.name,
+            kind,
+        )
     train_batches = BatchSource(store, train_ids, train_cfg.batch_size, True, params.seed)
     val_batches = BatchSource(store, val_ids, train_cfg.batch_size, False, params.seed)
     # The epoch logs go to a temp folder that replaces metrics/train only when training

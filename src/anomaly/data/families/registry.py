@@ -57,6 +57,12 @@ class Family:
     # the group (fabric code, category) of a new image from its path, None when the path
     # does not say: predict then needs --group unless the model knows a single group
     group_of: Callable[[PurePath], str | None] = field(default=lambda _path: None)
+    # what `score.* : auto` means on this family (scoring.resolve_score); empty: the
+    # fallback for local defects. Recorded in dataset.json by the download stage.
+    score_defaults: dict[str, Any] = field(default_factory=dict)
+    # "local" (defects in part of an image: fabrics, MVTec) or "whole-image" (a wrong
+    # digit); models trained on simulated local defects warn on whole-image data
+    anomaly_kind: str = "local"
 
 
 _FAMILIES: ModuleRegistry[Family] = ModuleRegistry(

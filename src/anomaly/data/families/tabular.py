@@ -33,5 +33,7 @@ FAMILY = register(
         category_type=lambda _category: "table",
         label=lambda _params: "table",
         params_block="tabular",
+        score_defaults={"patch_reduce": "mean", "smooth_sigma": 0.0},
+        anomaly_kind="whole-image",
     )
 )
