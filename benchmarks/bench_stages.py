@@ -7,6 +7,7 @@ model stages twice, on the default synthetic fabric and on the same with 4x the 
 and reports each stage's peak RSS growth (issue 12's target: at most +30%).
 
     PYTHONPATH=src python benchmarks/bench_stages.py [--scale 4] [--out bench_stages.json]
+    PYTHONPATH=src python benchmarks/bench_stages.py -S model=ae   # another model
     PYTHONPATH=src python benchmarks/bench_stages.py --tiny     # seconds: the smoke test
 """
 
@@ -26,18 +27,8 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = (
-    "download",
-    "patchify",
-    "split",
-    "explore",
-    "train",
-    "score",
-    "threshold",
-    "export",
-    "evaluate",
-    "plot",
-)
+from anomaly.stages import NAMES as STAGES  # noqa: E402  (light: no torch)
+
 SCALED = ("download", "patchify", "split", "train", "score", "threshold", "evaluate")
 TINY = {
     "dataset": {"synthetic": {"n_good": 8, "n_defect": 6, "width": 256, "height": 64}},
@@ -50,20 +41,27 @@ TINY = {
 
 
 def machine() -> dict:
+    """CPU, cores, Python, torch and GPU. torch is asked in a child process: importing it
+    here would make every stage's measured peak RSS start at this process's size (a
+    child's ru_maxrss includes the memory it was forked with)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as handle:
             cpu = next(line.split(":", 1)[1].strip() for line in handle if "model name" in line)
     except (OSError, StopIteration):
         pass
-    import torch
-
+    probe = (
+        "import json, torch; print(json.dumps({'torch': torch.__version__, 'cuda': "
+        "torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        **json.loads(found.strip().splitlines()[-1]),
     }
 
 
@@ -115,11 +113,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny data (the smoke test)")
     parser.add_argument("--no-scaling", action="store_true", help="skip the memory check")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON here")
+    parser.add_argument(
+        "-S", "--set", action="append", default=[], help="param override, e.g. -S model=ae"
+    )
     args = parser.parse_args(argv)
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     if args.tiny:
         deep_update(base, TINY)
-    result: dict = {"machine": machine(), "tiny": args.tiny, "stages": []}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        node = base
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    result_params = list(args.set)
+    result: dict = {"machine": machine(), "tiny": args.tiny, "set": result_params, "stages": []}
     result["stages"] = run_pipeline(base, STAGES)
     for row in result["stages"]:
         print(json.dumps(row), flush=True)

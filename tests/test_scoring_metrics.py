@@ -200,3 +200,13 @@ def test_auto_score_settings_resolve_per_dataset_family():
     assert set(origin.values()) == {"params"}
     with pytest.raises(ValueError, match="unresolved"):
         reduce_maps(torch.zeros(2, 4, 4), "auto")
+
+
+def test_histogram_switches_to_a_log_axis_only_when_scores_span_decades():
+    from anomaly.plots import spans_decades
+
+    rng = np.random.default_rng(0)
+    good = rng.normal(2.0, 1.0, 12)
+    assert spans_decades(np.r_[good, [8, 30, 120, 500]])  # the default data's shape
+    assert not spans_decades(rng.normal(0.0, 1.0, 200))  # z-scores around zero
+    assert not spans_decades(np.r_[good, [4, 6, 9]])

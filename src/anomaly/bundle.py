@@ -27,7 +27,7 @@ import torch
 from . import __version__, paths
 from .config_schema import to_dict
 from .errors import DataError
-from .io import atomic_path, read_json
+from .io import atomic_path, load_torch_file, read_json
 
 BUNDLE_FORMAT = "anomaly-bundle"
 BUNDLE_VERSION = 1
@@ -95,13 +95,12 @@ def build_bundle(
 
 def bundle_from_pipeline(params: Any) -> dict:
     """The active model's bundle from the pipeline's files (what the export stage writes)."""
-    checkpoint_file = paths.model_dir(params.model) / "model.pt"
-    if not checkpoint_file.is_file():
-        raise DataError(f"{checkpoint_file}: not found; run the pipeline first (dvc repro)")
-    try:
-        checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file
-        raise DataError(f"{checkpoint_file}: not a readable checkpoint ({exc})") from exc
+    checkpoint = load_torch_file(
+        paths.model_dir(params.model) / "model.pt",
+        "cpu",
+        "checkpoint",
+        "not found; run the pipeline first (dvc repro)",
+    )
     norm_file = paths.score_dir(params.model) / "normalization.json"
     settings_file = paths.score_dir(params.model) / "score_settings.json"
     for needed in (norm_file, settings_file, paths.THRESHOLD):
@@ -131,12 +130,9 @@ def save_bundle(bundle: dict, path: str | Path) -> Path:
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> dict:
     """Read and check a bundle; one clear error for a missing, foreign or newer file."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: bundle not found (write one with `anomaly export`)")
-    try:
-        bundle = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file
-        raise DataError(f"{path}: not a readable bundle ({exc})") from exc
+    bundle = load_torch_file(
+        path, device, "bundle", "bundle not found (write one with `anomaly export`)"
+    )
     if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
         raise DataError(
             f"{path}: not a model bundle (a checkpoint model.pt? export one with `anomaly export`)"

@@ -264,3 +264,18 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def load_torch_file(path: str | Path, device: Any, what: str, missing: str) -> Any:
+    """``torch.load(path, weights_only=True)``: plain types and tensors only, so opening
+    a file never runs code from it. A missing file is ``missing`` (the hint to make it),
+    an unreadable one is one DataError naming ``what`` it should have been."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {missing}")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise DataError(f"{path}: not a readable {what} ({exc})") from exc

@@ -132,12 +132,19 @@ def pr_figure(images: pd.DataFrame, metrics: dict, path: Path, dpi: int) -> None
     _save(fig, path, dpi)
 
 
-def spans_decades(scores: np.ndarray, decades: float = 2.0) -> bool:
-    """Whether scores spread over more than ``decades`` orders of magnitude around their
-    typical size: then a linear axis squeezes every good image into the first bin."""
+def low_magnitude(scores: np.ndarray) -> float:
+    """The size of an unremarkable score: the lower quartile of |score| (good images
+    dominate it), floored so that scores near zero do not make it vanish."""
     magnitude = np.abs(np.asarray(scores, dtype=float))
-    typical = float(np.median(magnitude))
-    return typical > 0 and float(magnitude.max()) / typical > 10**decades
+    return max(float(np.percentile(magnitude, 25)), 1e-3 * float(magnitude.max()), 1e-12)
+
+
+def spans_decades(scores: np.ndarray, decades: float = 1.5) -> bool:
+    """Whether the largest scores are more than ``decades`` orders of magnitude above an
+    unremarkable one: then a linear axis squeezes every good image, and the threshold,
+    into the first bin (the default data: good rolls near 3, defects up to 500)."""
+    magnitude = np.abs(np.asarray(scores, dtype=float))
+    return float(magnitude.max()) / low_magnitude(scores) > 10**decades
 
 
 def histogram_figure(images: pd.DataFrame, threshold: float, path: Path, dpi: int) -> None:
@@ -146,7 +153,7 @@ def histogram_figure(images: pd.DataFrame, threshold: float, path: Path, dpi: in
     log_axis = spans_decades(scores)
     if log_axis:
         # symmetric log: normalised scores can be negative; linear within one typical size
-        linthresh = float(np.median(np.abs(scores)))
+        linthresh = low_magnitude(scores)
         ax.set_xscale("symlog", linthresh=linthresh)
         transform = lambda v: np.sign(v) * np.log1p(np.abs(v) / linthresh)  # noqa: E731
         back = lambda t: np.sign(t) * linthresh * np.expm1(np.abs(t))  # noqa: E731

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..config_schema import build, to_dict
-from ..errors import DataError, ParamsError
+from ..errors import ParamsError
 from ..plugins import ModuleRegistry
 
 # Modules of this package that hold shared code, not a model of their own.
@@ -135,13 +135,11 @@ def save_checkpoint(model: Any, path: str | Path, extra: dict[str, Any]) -> None
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, dict]:
     """Rebuild a model from a checkpoint; returns (model in eval mode, the checkpoint dict)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: checkpoint not found (run the train stage first)")
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file
-        raise DataError(f"{path}: not a readable checkpoint ({exc})") from exc
+    from ..io import load_torch_file
+
+    payload = load_torch_file(
+        path, device, "checkpoint", "checkpoint not found (run the train stage first)"
+    )
     return model_from_payload(payload, device, str(path)), payload
 
 
