@@ -23,12 +23,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DataError, ParamsError
+from .base import MemoryModel
 
 log = logging.getLogger(__name__)
 
@@ -268,3 +270,30 @@ def local_patch_features(
         for m in maps
     ]
     return torch.cat(maps, dim=1)
+
+
+class FeatureMemoryModel(MemoryModel):
+    """A memory model over a frozen backbone's features (PatchCore, PaDiM): what both
+    share. Image tiles only; ``fitted_buffers`` are the buffers whose shape is known
+    only after fitting, resized to the stored shape before a checkpoint is loaded."""
+
+    fitted_buffers: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        config: Any,
+        in_channels: int,
+        image_size: int,
+        input_shape: tuple[int, int, int] | None = None,
+    ) -> None:
+        super().__init__(config, in_channels, image_size, input_shape)
+        if self.input_shape[1] != self.input_shape[2]:
+            raise ParamsError(f"params.yaml: models.{self.name} needs image tiles, not table rows")
+        self.extractor = FeatureExtractor(config.backbone, config.layers, config.input_size)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):
+        for name in self.fitted_buffers:
+            stored = state_dict.get(name)
+            if stored is not None:
+                setattr(self, name, torch.empty_like(stored, device=getattr(self, name).device))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)

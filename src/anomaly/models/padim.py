@@ -21,10 +21,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import ParamsError, TrainingError
+from ..errors import TrainingError
 from ..scoring import gaussian_blur, reduce_maps
-from .backbones import FeatureExtractor, check_backbone, local_patch_features
-from .base import MemoryModel, TrainOverrides
+from .backbones import FeatureMemoryModel, check_backbone, local_patch_features
+from .base import TrainOverrides
 from .registry import register
 
 
@@ -44,8 +44,9 @@ class PaDiMConfig(TrainOverrides):
 
 
 @register("padim")
-class PaDiM(MemoryModel):
+class PaDiM(FeatureMemoryModel):
     config_cls = PaDiMConfig
+    fitted_buffers = ("channel_index", "mean", "precision")
 
     def __init__(
         self,
@@ -55,20 +56,11 @@ class PaDiM(MemoryModel):
         input_shape: tuple[int, int, int] | None = None,
     ) -> None:
         super().__init__(config, in_channels, image_size, input_shape)
-        if self.input_shape[1] != self.input_shape[2]:
-            raise ParamsError("params.yaml: models.padim needs image tiles, not table rows")
-        self.extractor = FeatureExtractor(config.backbone, config.layers, config.input_size)
         # Built at fit time, once the channel count and grid are known; buffers so the
         # checkpoint carries them.
         self.register_buffer("channel_index", torch.zeros(0, dtype=torch.long))
         self.register_buffer("mean", torch.zeros(0))
         self.register_buffer("precision", torch.zeros(0))
-
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):
-        for name in ("channel_index", "mean", "precision"):
-            if name in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[name]))
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
         """(B, positions, d) features of the chosen channels, and the (h, w) grid."""

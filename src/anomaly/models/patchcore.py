@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 from ..errors import ParamsError, TrainingError
 from ..scoring import gaussian_blur
-from .backbones import FeatureExtractor, check_backbone, local_patch_features
-from .base import MemoryModel, TrainOverrides
+from .backbones import FeatureMemoryModel, check_backbone, local_patch_features
+from .base import TrainOverrides
 from .registry import register
 
 log = logging.getLogger(__name__)
@@ -133,8 +133,9 @@ class BankIndex:
 
 
 @register("patchcore")
-class PatchCore(MemoryModel):
+class PatchCore(FeatureMemoryModel):
     config_cls = PatchCoreConfig
+    fitted_buffers = ("memory_bank",)
 
     def __init__(
         self,
@@ -144,9 +145,6 @@ class PatchCore(MemoryModel):
         input_shape: tuple[int, int, int] | None = None,
     ) -> None:
         super().__init__(config, in_channels, image_size, input_shape)
-        if self.input_shape[1] != self.input_shape[2]:
-            raise ParamsError("params.yaml: models.patchcore needs image tiles, not table rows")
-        self.extractor = FeatureExtractor(config.backbone, config.layers, config.input_size)
         self.register_buffer("memory_bank", torch.zeros(0, config.feature_dim))
         self._indexes: dict[tuple, BankIndex] = {}
 
@@ -157,12 +155,6 @@ class PatchCore(MemoryModel):
         if key not in self._indexes:
             self._indexes = {key: BankIndex(bank)}
         return self._indexes[key]
-
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):
-        bank = state_dict.get("memory_bank")
-        if bank is not None:
-            self.memory_bank = torch.empty_like(bank, device=self.memory_bank.device)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Patch features (B, h, w, feature_dim) on the grid of the first chosen level."""
