@@ -148,9 +148,11 @@ class Detector:
         return np.concatenate(scores), (np.concatenate(maps) if maps else None)
 
     def predict_one(
-        self, image: ImageInput, group: str | None = None, index: int = 0
+        self, image: ImageInput, group: str | None = None, index: int = 0, name: str = ""
     ) -> Prediction:
-        array, name, path = self.read(image, index)
+        """One image; ``name`` labels an already-read array in messages and results."""
+        array, read_name, path = self.read(image, index)
+        name = name or read_name
         group = self.group_for(path, group)
         tiles, boxes, blank, _, _ = cut_tiles(array, self.patch, self.tile_size)
         all_blank = bool(blank.all())

@@ -139,13 +139,9 @@ def auroc_from_counts(
     (g_values, g_counts), (b_values, b_counts) = good, bad
     if g_counts.sum() == 0 or b_counts.sum() == 0:
         return None
-    below = np.concatenate([[0], np.cumsum(g_counts)])[np.searchsorted(g_values, b_values)]
-    position = np.searchsorted(g_values, b_values)
-    inside = position < len(g_values)
-    ties = np.zeros(len(b_values))
-    match = inside.copy()
-    match[inside] = g_values[position[inside]] == b_values[inside]
-    ties[match] = g_counts[position[match]]
+    cumulative = np.r_[0, np.cumsum(g_counts)]
+    below = cumulative[np.searchsorted(g_values, b_values, side="left")]
+    ties = cumulative[np.searchsorted(g_values, b_values, side="right")] - below
     wins = (b_counts * (below + ties / 2)).sum()
     return float(wins / (float(g_counts.sum()) * float(b_counts.sum())))
 

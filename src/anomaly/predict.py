@@ -70,7 +70,8 @@ def predict_images(
     out = Path(out_dir)
     rows = []
     for path, rel in tqdm(files, desc=f"predict {detector.name}", unit="img", disable=None):
-        result = detector.predict_one(path, group)
+        image = detector.read(path)[0]  # read once: scored, then drawn in the overlay
+        result = detector.predict_one(image, detector.group_for(path, group), name=str(path))
         stem = out / rel.with_suffix("")
         stem.parent.mkdir(parents=True, exist_ok=True)
         rows.append(
@@ -91,7 +92,6 @@ def predict_images(
         if result.mask is not None:
             save_png(Path(f"{stem}_mask.png"), result.mask.astype(np.uint8) * 255)
         if overlays:
-            image = detector.read(path)[0]
             overlay_figure(image, result, rel.as_posix(), Path(f"{stem}_overlay.png"))
         log.debug("%s: score %.4g", rel, result.score)
     frame = pd.DataFrame(rows)

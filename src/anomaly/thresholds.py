@@ -80,10 +80,8 @@ def counts_f1_optimal(
     distinct value, from the good and defect pixel counts."""
     candidates = np.union1d(good_values, bad_values)
     # pixels at or above each candidate = total minus those strictly below it
-    below_good = np.cumsum(good_counts)[np.searchsorted(good_values, candidates) - 1]
-    below_good[np.searchsorted(good_values, candidates) == 0] = 0
-    below_bad = np.cumsum(bad_counts)[np.searchsorted(bad_values, candidates) - 1]
-    below_bad[np.searchsorted(bad_values, candidates) == 0] = 0
+    below_good = np.r_[0, np.cumsum(good_counts)][np.searchsorted(good_values, candidates)]
+    below_bad = np.r_[0, np.cumsum(bad_counts)][np.searchsorted(bad_values, candidates)]
     tp = bad_counts.sum() - below_bad
     fp = good_counts.sum() - below_good
     fn = below_bad
