@@ -36,10 +36,12 @@ format: setup
 # The standard benchmark (params.yaml: sweep.models x sweep.categories), queued and run.
 # `repro` first: queued runs restore unchanged stages from the cache, which a fresh clone
 # (or a params edit committed without `dvc repro`) does not have yet.
+# Several machines: `make sweep SHARD=1/3` on the first of three (README, Scaling out).
 sweep: repro
-	$(BIN)/python -m anomaly sweep --run
+	$(BIN)/python -m anomaly sweep --run $(if $(SHARD),--shard $(SHARD))
 
-# reports/: every experiment of HEAD (add REVS="--rev main --rev other" for branches).
+# reports/: every experiment of HEAD (add REVS="--rev main --rev other" for branches);
+# with sweep.remote set, the experiments other machines pushed there are pulled first.
 report: setup
 	$(BIN)/python -m anomaly report $(REVS)
 

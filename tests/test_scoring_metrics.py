@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from anomaly.errors import ParamsError
-from anomaly.metrics import aupro, classification_metrics, pixel_auroc
+from anomaly.metrics import classification_metrics
 from anomaly.params import ThresholdConfig
+from anomaly.pixel_metrics import aupro, pixel_auroc
 from anomaly.scoring import (
     aggregate_images,
     fit_group_normalizer,
@@ -113,7 +114,8 @@ def test_bootstrap_intervals_cover_the_value_and_shrink_with_data():
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    from anomaly.metrics import _auc_from_samples, bootstrap_auroc_ci, pixel_auroc_ci
+    from anomaly.metrics import _auc_from_samples, bootstrap_auroc_ci
+    from anomaly.pixel_metrics import pixel_auroc_ci
 
     rng = np.random.default_rng(0)
     small_y = np.r_[np.zeros(20), np.ones(20)].astype(int)
@@ -146,7 +148,7 @@ def test_exact_pixel_metrics_from_float16_counts_match_full_computation():
     and the brute-force F1-optimal threshold: exact, no subsample."""
     from sklearn.metrics import roc_auc_score
 
-    from anomaly.metrics import pixel_counts
+    from anomaly.pixel_metrics import pixel_counts
     from anomaly.scoring import float16_counts
     from anomaly.thresholds import counts_f1_optimal, counts_percentile
 
@@ -171,7 +173,7 @@ def test_exact_pixel_metrics_from_float16_counts_match_full_computation():
 
 
 def test_pixel_decisions_f1_and_iou():
-    from anomaly.metrics import pixel_decisions
+    from anomaly.pixel_metrics import pixel_decisions
 
     mask = np.zeros((4, 4), bool)
     mask[:2, :2] = True  # 4 defect pixels

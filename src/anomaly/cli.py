@@ -105,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("-A", "--all-commits", action="store_true", help="every commit")
     rep.add_argument("-n", "--num", type=int, default=1, help="commits back from each --rev")
     rep.add_argument("--workspace", action="store_true", help="also the uncommitted workspace")
+    rep.add_argument(
+        "--pull",
+        default=None,
+        metavar="GIT_REMOTE",
+        help="first pull the experiments pushed there (default: sweep.remote; 'none': do not)",
+    )
     swp = sub.add_parser(
         "sweep", help="queue every sweep.models x sweep.categories experiment", parents=[common]
     )
@@ -161,6 +167,17 @@ def _bundle_arg(args: argparse.Namespace) -> str:
     return str(bundle_path(load_params(args.params).model))
 
 
+def _pull_remote(args: argparse.Namespace) -> str | None:
+    """``report --pull``, else ``sweep.remote`` from the params file when there is one."""
+    if args.pull:
+        return None if args.pull == "none" else args.pull
+    if not Path(args.params).is_file():
+        return None
+    from .params import load_params
+
+    return load_params(args.params).sweep.remote
+
+
 def _dispatch(args: argparse.Namespace) -> None:
     if args.command == "examples":
         _examples(args.params, args.out)
@@ -187,6 +204,7 @@ def _dispatch(args: argparse.Namespace) -> None:
             args.all_commits,
             args.num,
             args.workspace,
+            _pull_remote(args),
         )
         print(
             f"{args.out}: {written['runs']} runs ({written['collected']} collected now); "

@@ -1,9 +1,9 @@
 """Image, tile, pixel and per-defect metrics.
 
 Threshold-free: AUROC, AUPR (average precision), F1-max. At the chosen
-threshold: F1, precision, recall, accuracy and confusion counts. Pixel level:
-AUROC and AUPRO (area under the per-region-overlap curve up to a false
-positive rate, normalised to [0, 1], as in the MVTec AD benchmark).
+threshold: F1, precision, recall, accuracy and confusion counts. Pixel-level
+metrics, computed from maps streamed one image at a time, are in
+:mod:`anomaly.pixel_metrics`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import logging
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 from sklearn.metrics import (
     average_precision_score,
     confusion_matrix,
@@ -83,93 +82,6 @@ def pr_points(labels: np.ndarray, scores: np.ndarray) -> list[dict]:
     return [
         {"recall": float(r), "precision": float(p)} for p, r in zip(precision, recall, strict=True)
     ]
-
-
-def aupro(
-    maps: list[np.ndarray], masks: list[np.ndarray], max_fpr: float = 0.3, steps: int = 400
-) -> float | None:
-    """Normalised area under the PRO curve for FPR in [0, max_fpr].
-
-    PRO at a threshold is the mean, over connected defect regions, of the
-    fraction of each region's pixels above it; FPR is the fraction of good
-    pixels above it. Thresholds are taken at good-pixel quantiles so the FPR
-    axis is sampled evenly, and every count is a binary search in sorted
-    scores rather than a pass over the image per threshold.
-    """
-    good = np.sort(np.concatenate([m[~k].ravel() for m, k in zip(maps, masks, strict=True)]))
-    regions: list[np.ndarray] = []
-    for score_map, mask in zip(maps, masks, strict=True):
-        if mask.any():
-            labelled, count = ndimage.label(mask)
-            regions += [np.sort(score_map[labelled == r]) for r in range(1, count + 1)]
-    if not regions or good.size == 0:
-        return None
-    thresholds = np.quantile(good, 1 - np.linspace(0, max_fpr, steps + 1))
-    fpr = 1 - np.searchsorted(good, thresholds, side="right") / good.size
-    pro = np.mean(
-        [1 - np.searchsorted(r, thresholds, side="right") / r.size for r in regions], axis=0
-    )
-    order = np.argsort(fpr, kind="stable")
-    fpr, pro = fpr[order], pro[order]
-    keep = fpr <= max_fpr
-    x = np.concatenate([[0.0], fpr[keep], [max_fpr]])
-    y = np.concatenate(
-        [[pro[keep][0] if keep.any() else 0.0], pro[keep], [np.interp(max_fpr, fpr, pro)]]
-    )
-    return float(np.trapezoid(y, x) / max_fpr)
-
-
-def pixel_counts(
-    maps: list[np.ndarray], masks: list[np.ndarray]
-) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """(values, counts) of good pixels and of defect pixels over every map, exact (the
-    maps are float16, see :func:`anomaly.scoring.float16_counts`)."""
-    from .scoring import float16_counts, merge_counts
-
-    good = merge_counts([float16_counts(m[~k]) for m, k in zip(maps, masks, strict=True)])
-    bad = merge_counts([float16_counts(m[k]) for m, k in zip(maps, masks, strict=True) if k.any()])
-    return good, bad
-
-
-def auroc_from_counts(
-    good: tuple[np.ndarray, np.ndarray], bad: tuple[np.ndarray, np.ndarray]
-) -> float | None:
-    """P(defect pixel > good pixel) + half the ties, from value counts: the exact pixel
-    AUROC over every pixel (what ``roc_auc_score`` gives on the full arrays)."""
-    (g_values, g_counts), (b_values, b_counts) = good, bad
-    if g_counts.sum() == 0 or b_counts.sum() == 0:
-        return None
-    cumulative = np.r_[0, np.cumsum(g_counts)]
-    below = cumulative[np.searchsorted(g_values, b_values, side="left")]
-    ties = cumulative[np.searchsorted(g_values, b_values, side="right")] - below
-    wins = (b_counts * (below + ties / 2)).sum()
-    return float(wins / (float(g_counts.sum()) * float(b_counts.sum())))
-
-
-def pixel_auroc(maps: list[np.ndarray], masks: list[np.ndarray]) -> float | None:
-    """Exact pixel AUROC over every pixel of every map."""
-    return auroc_from_counts(*pixel_counts(maps, masks))
-
-
-def pixel_decisions(
-    maps: list[np.ndarray], masks: list[np.ndarray], threshold: float
-) -> dict[str, float | int | None]:
-    """Pixel precision, recall, F1 and IoU of the predicted masks (map >= threshold),
-    micro-averaged over every pixel; None where undefined (no defect pixels)."""
-    tp = fp = fn = 0
-    for score_map, mask in zip(maps, masks, strict=True):
-        predicted = score_map >= threshold
-        tp += int((predicted & mask).sum())
-        fp += int((predicted & ~mask).sum())
-        fn += int((~predicted & mask).sum())
-    if tp + fn == 0:
-        return {"f1": None, "iou": None, "precision": None, "recall": None}
-    return {
-        "f1": 2 * tp / (2 * tp + fp + fn),
-        "iou": tp / (tp + fp + fn),
-        "precision": tp / (tp + fp) if tp + fp else None,
-        "recall": tp / (tp + fn),
-    }
 
 
 def threshold_sweep(labels: np.ndarray, scores: np.ndarray, max_points: int = 200) -> list[dict]:
@@ -313,42 +225,3 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     for s, e in zip(starts, ends, strict=True):
         ranks[order[s:e]] = (s + e + 1) / 2
     return ranks
-
-
-def pixel_auroc_ci(
-    maps: list[np.ndarray],
-    masks: list[np.ndarray],
-    seed: int,
-    resamples: int = 500,
-    level: float = 0.95,
-    bins: int = 4096,
-) -> tuple[float, float] | None:
-    """Bootstrap interval of the pixel AUROC, resampling whole images (pixels of one image
-    are not independent). Each image is reduced once to histograms of its good and defect
-    pixels over shared quantile bins, so a resample is a sum of histograms, not a pass
-    over millions of pixels; the binning moves AUROC by far less than the interval's width.
-    """
-    if not maps:
-        return None
-    flat = np.concatenate([m.ravel() for m in maps])
-    edges = np.unique(np.quantile(flat, np.linspace(0, 1, bins + 1)))
-    if len(edges) < 2:
-        return None
-    good = np.stack([np.histogram(m[~k], edges)[0] for m, k in zip(maps, masks, strict=True)])
-    bad = np.stack([np.histogram(m[k], edges)[0] for m, k in zip(maps, masks, strict=True)])
-    if good.sum() == 0 or bad.sum() == 0:
-        return None
-    rng = np.random.default_rng([seed, 19])
-    values = []
-    for _ in range(resamples):
-        pick = rng.integers(0, len(maps), len(maps))
-        g, b = good[pick].sum(0).astype(float), bad[pick].sum(0).astype(float)
-        if g.sum() == 0 or b.sum() == 0:
-            continue
-        # AUROC from binned counts: defect above good, ties (same bin) count half
-        below = np.cumsum(g) - g
-        values.append(float(((below + g / 2) * b).sum() / (g.sum() * b.sum())))
-    if not values:
-        return None
-    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)

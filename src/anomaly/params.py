@@ -226,12 +226,22 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     max_train_patches: int | None = None
+    distributed: bool = False
+    processes: int | Literal["auto"] = "auto"
+    resident_store: bool | Literal["auto"] = "auto"
+    compile: bool = False
 
     def validate(self, where: str, source: str) -> None:
         require(self.epochs >= 1, source, f"{where}.epochs", "must be >= 1")
         require(self.batch_size >= 1, source, f"{where}.batch_size", "must be >= 1")
         require(self.lr > 0, source, f"{where}.lr", "must be > 0")
         require(self.patience >= 1, source, f"{where}.patience", "must be >= 1")
+        require(
+            self.processes == "auto" or self.processes >= 1,
+            source,
+            f"{where}.processes",
+            "must be auto or >= 1",
+        )
         ok = self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
         require(
             ok, source, f"{where}.device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}"
@@ -343,6 +353,10 @@ class SweepConfig:
     )
     categories: list[str] | Literal["all"] = field(default_factory=lambda: ["01", "02", "03"])
     jobs: int = 1  # parallel queue workers for `dvc queue start -j`
+    # A git remote shared by several machines (README, Scaling out): `anomaly sweep
+    # --run` pushes this machine's experiments there (their outputs to the default DVC
+    # remote), `anomaly report` pulls everyone's before collecting. null: local only.
+    remote: str | None = None
 
     def validate(self, where: str, source: str) -> None:
         require(bool(self.models), source, f"{where}.models", "must name at least one model")

@@ -461,6 +461,15 @@ def load_previous(out: Path) -> list[dict]:
         ) from exc
 
 
+def pull_experiments(repo: Path, remote: str, revs: list[str], everything: bool) -> None:
+    """``dvc exp pull`` of the experiments of each baseline (HEAD by default), or of all
+    commits; git refs from ``remote``, outputs from the default DVC remote."""
+    selections = [["--all-commits"]] if everything else [["--rev", r] for r in revs or ["HEAD"]]
+    for selection in selections:
+        log.info("report: pulling experiments (%s) from %s", " ".join(selection), remote)
+        run_dvc(repo, "exp", "pull", remote, *selection, "--force")
+
+
 def report(
     repo: str | Path = ".",
     out: str | Path = "reports",
@@ -469,10 +478,15 @@ def report(
     all_commits: bool = False,
     num: int = 1,
     include_workspace: bool = False,
+    pull: str | None = None,
 ) -> dict[str, Any]:
-    """Collect runs from DVC, merge them into ``out/runs.json`` and redraw the report."""
+    """Collect runs from DVC, merge them into ``out/runs.json`` and redraw the report;
+    with ``pull`` (a git remote: ``sweep.remote``), first fetch the experiments other
+    machines pushed there for the same baselines."""
     repo, out = Path(repo), Path(out)
     out = out if out.is_absolute() else repo / out
+    if pull:
+        pull_experiments(repo, pull, revs or [], all_branches or all_commits)
     entries = exp_show(repo, revs or [], all_branches, all_commits, num)
     new = collect(entries, include_workspace)
     previous = load_previous(out)

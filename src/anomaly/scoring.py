@@ -265,6 +265,24 @@ def score_tiles(
     return score_arr, map_arr, code_arr
 
 
+def float16_key_counts(values: np.ndarray) -> np.ndarray:
+    """Counts (65,536,) of a float16 array's values, indexed by an order-preserving key:
+    a fixed-size histogram that several arrays add into (streaming, bounded memory)."""
+    bits = np.ascontiguousarray(values, dtype=np.float16).ravel().view(np.uint16)
+    bits = np.where(bits == 0x8000, np.uint16(0), bits)  # -0.0 is 0.0
+    # An order-preserving key: flip all bits of negatives, the sign bit of positives.
+    key = np.where(bits & 0x8000, ~bits, bits | 0x8000).astype(np.uint16)
+    return np.bincount(key, minlength=1 << 16).astype(np.int64)
+
+
+def counts_table(key_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(values, counts) ascending, from :func:`float16_key_counts` (or their sum)."""
+    used = np.flatnonzero(key_counts)
+    back = used.astype(np.uint16)
+    back = np.where(back & 0x8000, back & 0x7FFF, ~back).astype(np.uint16)
+    return back.view(np.float16).astype(np.float32), key_counts[used].astype(np.int64)
+
+
 def float16_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct values and their counts of a float16 array, ascending.
 
@@ -272,15 +290,7 @@ def float16_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     keeps every statistic of millions of pixels (percentiles, F1 at any threshold, the
     AUROC) exact in bounded memory, where a random subsample would only estimate it.
     """
-    bits = np.ascontiguousarray(values, dtype=np.float16).ravel().view(np.uint16)
-    bits = np.where(bits == 0x8000, np.uint16(0), bits)  # -0.0 is 0.0
-    # An order-preserving key: flip all bits of negatives, the sign bit of positives.
-    key = np.where(bits & 0x8000, ~bits, bits | 0x8000).astype(np.uint16)
-    counts = np.bincount(key, minlength=1 << 16)
-    used = np.flatnonzero(counts)
-    back = used.astype(np.uint16)
-    back = np.where(back & 0x8000, back & 0x7FFF, ~back).astype(np.uint16)
-    return back.view(np.float16).astype(np.float32), counts[used].astype(np.int64)
+    return counts_table(float16_key_counts(values))
 
 
 def merge_counts(

@@ -214,4 +214,14 @@ def sweep(
             log.info("sweep: %d workers, %d torch thread(s) each", workers, threads)
         # Foreground equivalent of `dvc queue start -j N`: returns when the queue is empty.
         run_dvc(repo, "exp", "run", "--run-all", "-j", str(workers), capture=False, env=env)
+        if params.sweep.remote:
+            push(repo, params.sweep.remote)
     return commands
+
+
+def push(repo: Path, remote: str) -> None:
+    """Share this machine's experiments of HEAD: their git refs go to ``remote``, their
+    cached outputs (models, scores) to the default DVC remote, so any machine can
+    ``anomaly report`` them and ``dvc exp apply`` one with its outputs."""
+    log.info("sweep: pushing the experiments of HEAD to %s", remote)
+    run_dvc(repo, "exp", "push", remote, "--rev", "HEAD", capture=False)

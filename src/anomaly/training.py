@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .distributed import SINGLE, Cluster
 from .errors import ParamsError, TrainingError
 from .logging_utils import EpochLogger
 from .params import TrainConfig
@@ -61,16 +62,49 @@ class FitResult:
     seconds_per_epoch: float
 
 
-def _mean_val_loss(model: Any, batches: Any, device: torch.device, amp: bool) -> float:
+def amp_dtype(device: torch.device, wanted: bool) -> torch.dtype | None:
+    """Mixed precision on CUDA: bfloat16 where the GPU has it (no loss scaling needed),
+    else float16 with a GradScaler; None (full fp32) on CPU or when ``train.amp`` is off."""
+    if not wanted or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+class LossStep(torch.nn.Module):
+    """``model.training_loss`` as a module's forward, so DistributedDataParallel (which
+    syncs gradients of what its forward computed) and ``torch.compile`` can wrap it."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.training_loss(x)
+
+
+def _uses_conv(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
+
+def _mean_val_loss(
+    model: Any,
+    batches: Any,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    cluster: Cluster = SINGLE,
+) -> float:
+    """Mean validation loss over every rank's share (the same value on every rank)."""
     model.eval()
-    total, count = 0.0, 0
+    totals = torch.zeros(2, dtype=torch.float64, device=device)
     with torch.no_grad():
         for x in batches:
             x = x.to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=bool(dtype)):
                 loss = model.training_loss(x)["loss"]
-            total += float(loss) * len(x)
-            count += len(x)
+            totals[0] += loss.detach().double() * len(x)
+            totals[1] += len(x)
+    cluster.sum_(totals)
+    total, count = totals.tolist()
     return total / max(count, 1)
 
 
@@ -104,12 +138,31 @@ def fit(
     cfg: TrainConfig,
     logger: EpochLogger | None,
     device: torch.device,
+    cluster: Cluster = SINGLE,
 ) -> FitResult:
-    """Train ``model`` in place; on return it holds the best-validation weights."""
+    """Train ``model`` in place; on return it holds the best-validation weights.
+
+    Distributed, every rank runs this loop on its share of each batch under
+    DistributedDataParallel; losses are summed over ranks, so every rank takes the same
+    early-stopping decision. The hot loop never waits for the device: losses stay on
+    it and are checked (NaN guard) and summed once per epoch.
+    """
     model.to(device)
-    amp = cfg.amp and device.type == "cuda"
+    conv_last = device.type == "cuda" and _uses_conv(model)
+    if conv_last:  # tensor cores want NHWC activations
+        model.to(memory_format=torch.channels_last)
+    dtype = amp_dtype(device, cfg.amp)
+    step_fn: torch.nn.Module = LossStep(model)
+    if cluster.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_fn = DistributedDataParallel(
+            step_fn, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg.compile:
+        step_fn = torch.compile(step_fn)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     best_loss, best_epoch, best_state = math.inf, -1, None
     start = time.perf_counter()
     epochs_run = 0
@@ -120,35 +173,39 @@ def fit(
         total=cfg.epochs * per_epoch if per_epoch else None,
         desc=f"train {model.name}",
         unit="batch",
-        disable=None,
+        disable=None if cluster.is_main else True,
     )
+    quiet = bar.disable and cluster.is_main
     for epoch in range(cfg.epochs):
         model.train()
-        running, seen = 0.0, 0
-        term_sums: dict[str, float] = {}
+        step_losses: list[torch.Tensor] = []
+        sizes: list[int] = []
+        term_sums: dict[str, torch.Tensor] = {}
         bar.set_description(f"train {model.name} epoch {epoch + 1}/{cfg.epochs}")
-        for step, x in enumerate(train_batches):
+        for x in train_batches:
             bar.update(1)
-            x = x.to(device, non_blocking=True)
+            if conv_last and x.dim() == 4:
+                x = x.to(device, non_blocking=True, memory_format=torch.channels_last)
+            else:
+                x = x.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-                terms = model.training_loss(x)
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=bool(dtype)):
+                terms = step_fn(x)
             loss = terms["loss"]
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"train: loss became {loss.item()} at epoch {epoch + 1}, batch {step + 1} "
-                    f"(model {model.name}, lr {cfg.lr}); lower the learning rate or check the data"
-                )
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            running += loss.item() * len(x)
-            seen += len(x)
+            step_losses.append(loss.detach().float())
+            sizes.append(len(x))
             for key, value in terms.items():
                 if key != "loss":
-                    term_sums[key] = term_sums.get(key, 0.0) + float(value.detach()) * len(x)
-        train_loss = running / max(seen, 1)
-        val_loss = _mean_val_loss(model, val_batches, device, amp)
+                    term = value.detach().double() * len(x)
+                    term_sums[key] = term_sums[key] + term if key in term_sums else term
+        cluster.share_buffers(model)
+        train_loss, term_means = _epoch_losses(
+            step_losses, sizes, term_sums, device, cluster, epoch, model.name, cfg.lr
+        )
+        val_loss = _mean_val_loss(model, val_batches, device, dtype, cluster)
         if not math.isfinite(val_loss):
             raise TrainingError(
                 f"train: validation loss became {val_loss} at epoch {epoch + 1} "
@@ -158,17 +215,16 @@ def fit(
         if epoch == 0:
             first = (train_loss, val_loss)
         if logger is not None:
-            terms_mean = {f"train/{k}": v / max(seen, 1) for k, v in term_sums.items()}
             logger.log(
                 {
                     "train/loss": train_loss,
                     "val/loss": val_loss,
                     **relative_losses(train_loss, val_loss, first),
-                    **terms_mean,
+                    **{f"train/{k}": v for k, v in term_means.items()},
                 }
             )
         bar.set_postfix(train=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
-        if bar.disable:
+        if quiet:
             elapsed = time.perf_counter() - start
             log.info(
                 "train %s: epoch %d/%d, train loss %.5g, val loss %.5g, %.1f s elapsed, "
@@ -196,35 +252,124 @@ def fit(
         best_epoch,
         epochs_run,
     )
+    if conv_last:
+        model.to(memory_format=torch.contiguous_format)
     model.load_state_dict(best_state)
     model.eval()
     seconds = time.perf_counter() - start
     return FitResult(best_epoch, best_loss, epochs_run, seconds, seconds / max(epochs_run, 1))
 
 
+def _epoch_losses(
+    step_losses: list[torch.Tensor],
+    sizes: list[int],
+    term_sums: dict[str, torch.Tensor],
+    device: torch.device,
+    cluster: Cluster,
+    epoch: int,
+    name: str,
+    lr: float,
+) -> tuple[float, dict[str, float]]:
+    """The epoch's mean training loss and loss terms over all ranks, after the NaN
+    guard: the first non-finite step (on any rank) stops training with its batch."""
+    if not step_losses:
+        raise TrainingError(f"train: no training batch in epoch {epoch + 1} (model {name})")
+    losses = torch.stack(step_losses)
+    bad = (~torch.isfinite(losses)).nonzero()
+    flags = torch.zeros(cluster.world_size, dtype=torch.float64, device=device)
+    if len(bad):  # 1 + the first bad step of this rank
+        flags[cluster.rank] = int(bad[0, 0]) + 1
+    cluster.sum_(flags)
+    if flags.any():
+        rank = int(flags.nonzero()[0, 0])
+        step = int(flags[rank]) - 1
+        value = float(losses[step]) if rank == cluster.rank else float("nan")
+        where = f" on rank {rank}" if cluster.active else ""
+        raise TrainingError(
+            f"train: loss became {value} at epoch {epoch + 1}, batch {step + 1}{where} "
+            f"(model {name}, lr {lr}); lower the learning rate or check the data"
+        )
+    weights = torch.tensor(sizes, dtype=torch.float64, device=device)
+    keys = sorted(term_sums)
+    totals = torch.stack(
+        [(losses.double() * weights).sum(), weights.sum(), *(term_sums[k] for k in keys)]
+    )
+    cluster.sum_(totals)
+    values = totals.tolist()
+    seen = max(values[1], 1.0)
+    return values[0] / seen, {k: v / seen for k, v in zip(keys, values[2:], strict=True)}
+
+
+def _place_tiles(sources: list[Any], device: torch.device, setting: bool | str) -> str:
+    """On CUDA, keep the tiles on the GPU when they fit (``train.resident_store``), else
+    pin host batches for asynchronous copies. Returns what was done, for the summary."""
+    if device.type != "cuda":
+        if setting is True:
+            log.info("train.resident_store applies to CUDA devices; reading from the store")
+        return "host"
+    need = sum(len(src.ids) * src.store.tiles[0].nbytes for src in sources)
+    free, _ = torch.cuda.mem_get_info(device)
+    if setting is True or (setting == "auto" and need <= free / 4):
+        for src in sources:
+            src.to_device(device)
+        return "gpu"
+    for src in sources:
+        src.pin = True
+    return "pinned"
+
+
 def train_model(
     model: Any,
-    train_batches: Any,
-    val_batches: Any,
+    store: Any,
+    train_ids: np.ndarray,
+    val_ids: np.ndarray,
     cfg: TrainConfig,
-    logger: EpochLogger,
+    logger: EpochLogger | None,
     device: torch.device,
-    n_train: int,
     seed: int,
+    cluster: Cluster = SINGLE,
 ) -> dict:
     """Fit any registered model: gradient training for trainable ones (then calibration on
     good validation tiles), one pass building the memory bank for memory models
-    (``MemoryModel``: PatchCore). Both log through ``logger``, so the files are the same."""
+    (``MemoryModel``: PatchCore, PaDiM), each rank on its share of the tiles. Both log
+    through ``logger`` (None on ranks other than 0), so the files are the same."""
     from dataclasses import asdict
 
+    from .data.store import BatchSource
     from .models.base import MemoryModel
 
-    if not isinstance(model, MemoryModel):
-        result = asdict(fit(model, train_batches, val_batches, cfg, logger, device))
-        model.calibrate(x.to(device) for x in val_batches)
-        return result
-    start = time.perf_counter()
-    result = model.fit_memory(train_batches, device, n_train, seed)
-    result["seconds"] = time.perf_counter() - start
-    logger.log({"memory_bank": float(result["memory_bank"])})  # one step
+    if len(train_ids) < cluster.world_size:
+        raise TrainingError(
+            f"train: {len(train_ids)} training tiles cannot be shared by "
+            f"{cluster.world_size} processes; lower train.processes"
+        )
+    rank, world = cluster.rank, cluster.world_size
+    memory = isinstance(model, MemoryModel)
+    train_src = BatchSource(
+        store, train_ids, cfg.batch_size, True, seed, rank, world, "block" if memory else "batch"
+    )
+    val_src = BatchSource(store, val_ids, cfg.batch_size, False, seed, rank, world, "block")
+    placement = _place_tiles([train_src, val_src], device, cfg.resident_store)
+    if cluster.active:  # the same weights everywhere, but each rank its own noise
+        torch.manual_seed(seed * 7919 + rank)
+    if not memory:
+        result = asdict(fit(model, train_src, val_src, cfg, logger, device, cluster))
+        full_val = BatchSource(store, val_ids, cfg.batch_size, False, seed)
+        model.calibrate(x.to(device) for x in full_val)
+    else:
+        start = time.perf_counter()
+        result = model.fit_memory(train_src, device, len(train_ids), seed, cluster)
+        result["seconds"] = time.perf_counter() - start
+        if logger is not None:
+            logger.log({"memory_bank": float(result["memory_bank"])})  # one step
+    if cluster.active:
+        from .distributed import check_in_sync
+
+        result["distributed"] = {
+            "processes": world,
+            "backend": cluster.backend,
+            "weights_sha256": check_in_sync(model, cluster),
+        }
+    if device.type == "cuda":
+        result["tiles_on"] = placement
     return result

@@ -88,8 +88,9 @@ def test_any_bad_value_is_one_line_naming_the_key(key, value):
         or original is None
         or _kind(value) == _kind(original)
         or (_kind(original) == "list" and isinstance(value, str))
-        # `auto` keys take the concrete value auto stands for (score.smooth_sigma: a number)
-        or (original == "auto" and _kind(value) == "number")
+        # `auto` keys take the concrete value auto stands for (score.smooth_sigma: a
+        # number, train.resident_store: a bool)
+        or (original == "auto" and _kind(value) in ("number", "bool"))
     ), f"{'.'.join(key)} accepted {value!r}"
 
 

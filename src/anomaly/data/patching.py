@@ -34,7 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import DataError
-from ..io import atomic_dir, check_free_space, write_csv, write_json
+from ..io import NpyWriter, atomic_dir, check_free_space, write_csv, write_json
 from ..params import PatchConfig
 from .manifest import load_image_and_mask, resolve
 
@@ -115,6 +115,23 @@ def cut_tiles(
     return np.stack(tiles), boxes, np.asarray(blank, dtype=bool), work, windows
 
 
+# One row of patches.csv per tile (tuples, not dicts: a dict per tile was most of the
+# stage's memory growth with the dataset).
+PATCH_COLUMNS = [
+    "patch_id",
+    "image_id",
+    "x",
+    "y",
+    "w",
+    "h",
+    "label",
+    "defect_pixels",
+    "defect_type",
+    "group",
+    "blank",
+]
+
+
 def patchify(
     manifest: pd.DataFrame,
     cfg: PatchConfig,
@@ -138,60 +155,53 @@ def patchify(
     plans = [_plan(h, w, cfg) for h, w in sizes]
     total = sum(len(tiles) for _, tiles in plans)
     out = cfg.out_size
-    # Memory-mapped writes that hit a full disk kill the process with SIGBUS (no message,
-    # no cleanup), so the space for both arrays is checked before the first byte.
+    # A full disk is found before the first byte, not after minutes of tiling.
     needed = total * out * out * (channels + 1) + (1 << 20)
     check_free_space(Path(out_dir), needed, "the tile store")
 
     with atomic_dir(out_dir) as tmp:
-        tiles = np.lib.format.open_memmap(
-            tmp / "patches.npy", mode="w+", dtype=np.uint8, shape=(total, channels, out, out)
-        )
-        masks = np.lib.format.open_memmap(
-            tmp / "masks.npy", mode="w+", dtype=np.uint8, shape=(total, out, out)
-        )
-        rows, images = [], []
-        k = 0
-        progress = tqdm(list(manifest.iterrows()), desc="patchify", unit="img", disable=None)
-        for (_, row), (h, w) in zip(progress, sizes, strict=True):
-            image, mask = load_image_and_mask(manifest, row, mode=mode)
-            images.append({**row.to_dict(), "height": h, "width": w})
-            image_tiles, boxes, blank, work, windows = cut_tiles(image, cfg, out)
-            mask_w = _to_working(mask.astype(np.uint8) * 255, work, Image.BILINEAR) >= 128
-            for image_tile, box, is_blank, (window, _) in zip(
-                image_tiles, boxes, blank, windows, strict=True
-            ):
-                crop_mask = mask_w[window]
-                tiles[k] = image_tile
-                small = _resize(crop_mask.astype(np.uint8) * 255, out, Image.BILINEAR)
-                masks[k] = small >= 128
-                defect_pixels = int(crop_mask.sum())
-                if defect_pixels >= cfg.min_defect_pixels:
-                    label = 1
-                elif defect_pixels == 0:
-                    label = 0
-                else:
-                    label = -1
-                rows.append(
-                    {
-                        "patch_id": k,
-                        "image_id": int(row["image_id"]),
-                        "x": box[0],
-                        "y": box[1],
-                        "w": box[2],
-                        "h": box[3],
-                        "label": label,
-                        "defect_pixels": defect_pixels,
-                        "defect_type": row["defect_type"] if label == 1 else "good",
-                        "group": row["group"],
-                        "blank": int(is_blank),
-                    }
-                )
-                k += 1
-        tiles.flush()
-        masks.flush()
-        del tiles, masks
-        frame = pd.DataFrame(rows)
+        tiles_path, masks_path = tmp / "patches.npy", tmp / "masks.npy"
+        with (
+            NpyWriter(tiles_path, np.uint8, (total, channels, out, out)) as tiles,
+            NpyWriter(masks_path, np.uint8, (total, out, out)) as masks,
+        ):
+            rows, images = [], []
+            k = 0
+            progress = tqdm(list(manifest.iterrows()), desc="patchify", unit="img", disable=None)
+            for (_, row), (h, w) in zip(progress, sizes, strict=True):
+                image, mask = load_image_and_mask(manifest, row, mode=mode)
+                images.append({**row.to_dict(), "height": h, "width": w})
+                image_tiles, boxes, blank, work, windows = cut_tiles(image, cfg, out)
+                mask_w = _to_working(mask.astype(np.uint8) * 255, work, Image.BILINEAR) >= 128
+                tile_masks = []
+                for box, is_blank, (window, _) in zip(boxes, blank, windows, strict=True):
+                    crop_mask = mask_w[window]
+                    small = _resize(crop_mask.astype(np.uint8) * 255, out, Image.BILINEAR)
+                    tile_masks.append(small >= 128)
+                    defect_pixels = int(crop_mask.sum())
+                    if defect_pixels >= cfg.min_defect_pixels:
+                        label = 1
+                    elif defect_pixels == 0:
+                        label = 0
+                    else:
+                        label = -1
+                    rows.append(
+                        (
+                            k,
+                            int(row["image_id"]),
+                            *box,
+                            label,
+                            defect_pixels,
+                            row["defect_type"] if label == 1 else "good",
+                            row["group"],
+                            int(is_blank),
+                        )
+                    )
+                    k += 1
+                if tile_masks:
+                    tiles.write(image_tiles)
+                    masks.write(np.stack(tile_masks))
+        frame = pd.DataFrame(rows, columns=PATCH_COLUMNS)
         write_csv(tmp / "patches.csv", frame)
         write_csv(tmp / "images.csv", pd.DataFrame(images))
         meta = {

@@ -52,44 +52,107 @@ class PatchStore:
     def is_tabular(self) -> bool:
         return self.meta.get("kind") == "tabular"
 
-    def batches(
-        self,
-        ids: np.ndarray,
-        batch_size: int,
-        shuffle: bool = False,
-        rng: np.random.Generator | None = None,
-    ) -> Iterator[torch.Tensor]:
-        """Float tensors (B, C, S, S): image tiles in [0, 1], table rows standardised."""
+    def read(self, ids: np.ndarray) -> torch.Tensor:
+        """Float tensor (B, C, S, S) of tiles ``ids`` in that order: image tiles in
+        [0, 1], table rows standardised. The memmap is read in sorted order."""
         ids = np.asarray(ids, dtype=np.int64)
-        order = rng.permutation(len(ids)) if shuffle and rng is not None else np.arange(len(ids))
+        sort = np.argsort(ids, kind="stable")
+        data = np.empty((len(ids), *self.tiles.shape[1:]), dtype=self.tiles.dtype)
+        data[sort] = self.tiles[ids[sort]]
+        return self.to_float(torch.from_numpy(data))
+
+    def to_float(self, batch: torch.Tensor) -> torch.Tensor:
+        """Stored values (uint8 images or raw table rows) as model input."""
+        if self.tiles.dtype == np.uint8:
+            return batch.float().div_(255.0)
+        batch = batch.float()
+        if self._shift is not None:
+            shift = self._shift.to(batch.device).view_as(batch[0])
+            scale = self._scale.to(batch.device).view_as(batch[0])
+            return (batch - shift) / scale
+        return batch
+
+    def batches(self, ids: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
+        """Tiles ``ids`` in order, ``batch_size`` at a time (scoring)."""
+        ids = np.asarray(ids, dtype=np.int64)
         for start in range(0, len(ids), batch_size):
-            chunk = ids[order[start : start + batch_size]]
-            sort = np.argsort(chunk, kind="stable")
-            data = np.empty((len(chunk), *self.tiles.shape[1:]), dtype=self.tiles.dtype)
-            data[sort] = self.tiles[chunk[sort]]
-            batch = torch.from_numpy(data).float()
-            if self.tiles.dtype == np.uint8:
-                yield batch.div_(255.0)
-            elif self._shift is not None:
-                yield (batch - self._shift.view_as(batch[0])) / self._scale.view_as(batch[0])
-            else:
-                yield batch
+            yield self.read(ids[start : start + batch_size])
 
 
 class BatchSource:
-    """A re-iterable of batches: each pass reshuffles with the same generator."""
+    """A re-iterable of batches: each pass reshuffles with the same generator.
+
+    Distributed (``world`` > 1), every rank draws the same global order and takes its
+    share: ``split="batch"`` (gradient training) cuts every global batch of
+    ``batch_size`` tiles into ``world`` parts, so the ranks' averaged gradients are the
+    single-process step's (a last batch too small to give every rank a tile is
+    dropped on every rank, so all ranks take the same number of steps);
+    ``split="block"`` (memory banks, validation) gives each rank one contiguous block of
+    the order, so gathering the blocks in rank order restores the single-process order.
+
+    ``to_device`` keeps the tiles of ``ids`` on the training device as uint8 (a GPU-
+    resident store: no host copies per step); ``pin`` pins host batches for
+    asynchronous copies.
+    """
 
     def __init__(
-        self, store: PatchStore, ids: np.ndarray, batch_size: int, shuffle: bool, seed: int
+        self,
+        store: PatchStore,
+        ids: np.ndarray,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        split: str = "batch",
     ) -> None:
+        if split not in ("batch", "block"):
+            raise ValueError(f"split must be batch or block, got {split!r}")
         self.store, self.ids, self.batch_size, self.shuffle = store, ids, batch_size, shuffle
+        self.rank, self.world, self.split = rank, world, split
         self.rng = np.random.default_rng([seed, 11])
+        self.resident: torch.Tensor | None = None
+        self.pin = False
+
+    def to_device(self, device: torch.device) -> None:
+        """Hold this source's tiles on ``device`` (raw stored values, e.g. uint8)."""
+        self._sorted_ids = np.sort(np.asarray(self.ids, dtype=np.int64))
+        raw = np.ascontiguousarray(self.store.tiles[self._sorted_ids])
+        self.resident = torch.from_numpy(raw).to(device)
+
+    def _chunks(self) -> list[np.ndarray]:
+        ids = np.asarray(self.ids, dtype=np.int64)
+        order = self.rng.permutation(len(ids)) if self.shuffle else np.arange(len(ids))
+        ordered = ids[order]
+        if self.world > 1 and self.split == "block":
+            ordered = np.array_split(ordered, self.world)[self.rank]
+        chunks = [ordered[s : s + self.batch_size] for s in range(0, len(ordered), self.batch_size)]
+        if self.world > 1 and self.split == "batch":
+            chunks = [
+                np.array_split(chunk, self.world)[self.rank]
+                for chunk in chunks
+                if len(chunk) >= self.world
+            ]
+        return chunks
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        return self.store.batches(self.ids, self.batch_size, self.shuffle, self.rng)
+        for chunk in self._chunks():
+            if self.resident is not None:
+                where = torch.from_numpy(np.searchsorted(self._sorted_ids, chunk))
+                where = where.to(self.resident.device, non_blocking=True)
+                yield self.store.to_float(self.resident.index_select(0, where))
+                continue
+            batch = self.store.read(chunk)
+            yield batch.pin_memory() if self.pin else batch
 
     def __len__(self) -> int:
-        return (len(self.ids) + self.batch_size - 1) // self.batch_size
+        n = len(self.ids)
+        if self.world > 1 and self.split == "block":
+            n = len(np.array_split(np.arange(n), self.world)[self.rank])
+        full, rest = divmod(n, self.batch_size)
+        if self.world > 1 and self.split == "batch" and 0 < rest < self.world:
+            rest = 0
+        return full + (1 if rest else 0)
 
 
 def open_store(patches_dir: str | Path, splits_dir: str | Path) -> PatchStore:

@@ -113,8 +113,14 @@ class MemoryModel(AnomalyModel):
 
     trainable: ClassVar[bool] = False
 
-    def fit_memory(self, batches: Any, device: torch.device, n_tiles: int, seed: int) -> dict:
-        """Build the memory from good tiles; returns at least ``{"memory_bank": size}``."""
+    def fit_memory(
+        self, batches: Any, device: torch.device, n_tiles: int, seed: int, cluster: Any = None
+    ) -> dict:
+        """Build the memory from good tiles; returns at least ``{"memory_bank": size}``.
+
+        Distributed, ``batches`` are this rank's contiguous block of the tiles and
+        ``cluster`` (``distributed.Cluster``) combines the ranks' statistics; every rank
+        must end with the same memory."""
         raise NotImplementedError
 
     def training_loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

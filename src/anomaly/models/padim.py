@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..distributed import SINGLE, Cluster
 from ..errors import TrainingError
 from ..scoring import gaussian_blur, reduce_maps
 from .backbones import FeatureMemoryModel, check_backbone, local_patch_features
@@ -69,7 +70,14 @@ class PaDiM(FeatureMemoryModel):
         return feats.flatten(2).transpose(1, 2), feats.shape[-2:]
 
     @torch.no_grad()
-    def fit_memory(self, batches: Any, device: torch.device, n_tiles: int, seed: int) -> dict:
+    def fit_memory(
+        self,
+        batches: Any,
+        device: torch.device,
+        n_tiles: int,
+        seed: int,
+        cluster: Cluster = SINGLE,
+    ) -> dict:
         self.extractor.load_weights(self.config.weights)
         self.to(device).eval()
         total = None
@@ -98,6 +106,10 @@ class PaDiM(FeatureMemoryModel):
             total += emb.sum(0)
             outer += torch.einsum("bpi,bpj->pij", emb, emb)
             count += emb.shape[0]
+        # Distributed: each rank summed its own tiles; the sums add up.
+        counts = torch.tensor([float(count)], dtype=torch.float64, device=device)
+        cluster.sum_(total, outer, counts)
+        count = int(counts.item())
         if count < 2:
             raise TrainingError("padim: needs at least 2 good training tiles")
         mean = total / count

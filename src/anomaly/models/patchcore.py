@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..distributed import SINGLE, Cluster
 from ..errors import ParamsError, TrainingError
 from ..scoring import gaussian_blur
 from .backbones import FeatureMemoryModel, check_backbone, local_patch_features
@@ -165,7 +166,14 @@ class PatchCore(FeatureMemoryModel):
         return pooled.reshape(b, gh, gw, self.config.feature_dim)
 
     @torch.no_grad()
-    def fit_memory(self, batches: Any, device: torch.device, n_tiles: int, seed: int) -> dict:
+    def fit_memory(
+        self,
+        batches: Any,
+        device: torch.device,
+        n_tiles: int,
+        seed: int,
+        cluster: Cluster = SINGLE,
+    ) -> dict:
         """Build the coreset memory bank from good training tiles."""
         self.extractor.load_weights(self.config.weights)
         self.to(device).eval()
@@ -184,7 +192,8 @@ class PatchCore(FeatureMemoryModel):
                         "smaller feature_dim"
                     )
             chunks.append(feats.reshape(-1, feats.shape[-1]).float().cpu())
-        bank = torch.cat(chunks)
+        # Distributed: the ranks' contiguous blocks, in rank order, are the full bank.
+        bank = cluster.gather_rows(torch.cat(chunks))
         count = max(1, int(round(bank.shape[0] * self.config.coreset_ratio)))
         generator = torch.Generator().manual_seed(seed)
         keep = greedy_coreset(bank, count, self.config.projection_dim, generator)

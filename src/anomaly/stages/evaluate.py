@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -12,52 +13,49 @@ from ..data.manifest import load_image_and_mask, read_manifest
 from ..errors import DataError
 from ..io import read_csv, read_json, write_json
 from ..metrics import (
-    aupro,
     bootstrap_auroc_ci,
     check_evaluable,
     classification_metrics,
     confusion_rows,
     histogram_rows,
     per_defect_metrics,
-    pixel_auroc,
-    pixel_auroc_ci,
-    pixel_decisions,
     pr_points,
     roc_points,
     threshold_sweep,
 )
 from ..params import Params
+from ..pixel_metrics import MapPairs, pixel_metrics
 
 log = logging.getLogger(__name__)
 
 
-def _maps_and_masks(
-    params: Params, images: pd.DataFrame
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Full-resolution test maps with their masks (defects without a mask are left out)."""
-    manifest = read_manifest(paths.manifest(params.dataset.name))
+def _map_pairs(params: Params, images: pd.DataFrame) -> MapPairs:
+    """Full-resolution test maps with their masks, one image at a time (defects without a
+    mask are left out); a function, since the pixel metrics read them twice."""
+    manifest = read_manifest(paths.manifest(params.dataset.name)).set_index("image_id", drop=False)
     maps_file = paths.score_dir(params.model) / "test_maps.npz"
-    if not maps_file.is_file():
-        return [], []
-    maps, masks = [], []
-    with np.load(maps_file) as stored:
-        for image_id in images["image_id"]:
-            row = manifest.loc[manifest["image_id"] == image_id].iloc[0]
-            if row["label"] == 1 and not row["mask_path"]:
-                continue  # a defect without a mask cannot be scored per pixel
-            key = f"img_{image_id}"
-            if key not in stored:
-                continue
-            _, mask = load_image_and_mask(manifest, row)
-            score_map = stored[key].astype(np.float32)
-            if score_map.shape != mask.shape:
-                raise DataError(
-                    f"{maps_file}: map of image {image_id} is {score_map.shape}, "
-                    f"mask is {mask.shape}; rerun the score stage"
-                )
-            maps.append(score_map)
-            masks.append(mask)
-    return maps, masks
+
+    def pairs() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if not maps_file.is_file():
+            return
+        with np.load(maps_file) as stored:
+            for image_id in images["image_id"]:
+                row = manifest.loc[image_id]
+                if row["label"] == 1 and not row["mask_path"]:
+                    continue  # a defect without a mask cannot be scored per pixel
+                key = f"img_{image_id}"
+                if key not in stored:
+                    continue
+                _, mask = load_image_and_mask(manifest, row)
+                score_map = stored[key]
+                if score_map.shape != mask.shape:
+                    raise DataError(
+                        f"{maps_file}: map of image {image_id} is {score_map.shape}, "
+                        f"mask is {mask.shape}; rerun the score stage"
+                    )
+                yield score_map, mask
+
+    return pairs
 
 
 def run(params: Params) -> None:
@@ -92,15 +90,19 @@ def run(params: Params) -> None:
         patches["label"].to_numpy(), patches["score"].to_numpy(), threshold["patch_threshold"]
     ).items():
         flat[f"patch.{key}"] = value
-    maps, masks = _maps_and_masks(params, images)
-    if maps:
-        flat["pixel.auroc"] = pixel_auroc(maps, masks)  # exact, every pixel
-        ci = pixel_auroc_ci(maps, masks, params.seed)
-        flat["pixel.auroc_ci_low"], flat["pixel.auroc_ci_high"] = ci or (None, None)
-        flat["pixel.aupro"] = aupro(maps, masks, params.evaluate.aupro_max_fpr)
-        if threshold.get("pixel_threshold") is not None:
-            flat["pixel.threshold"] = float(threshold["pixel_threshold"])
-            for key, value in pixel_decisions(maps, masks, flat["pixel.threshold"]).items():
+    pairs = _map_pairs(params, images)
+    probe = iter(pairs())
+    has_maps = next(probe, None) is not None
+    probe.close()
+    if has_maps:
+        pixel_cut = threshold.get("pixel_threshold")
+        pixel = pixel_metrics(pairs, params.seed, params.evaluate.aupro_max_fpr, pixel_cut)
+        flat["pixel.auroc"] = pixel.auroc  # exact, every pixel
+        flat["pixel.auroc_ci_low"], flat["pixel.auroc_ci_high"] = pixel.auroc_ci or (None, None)
+        flat["pixel.aupro"] = pixel.aupro
+        if pixel_cut is not None:
+            flat["pixel.threshold"] = float(pixel_cut)
+            for key, value in pixel.decisions.items():
                 flat[f"pixel.{key}"] = value
     flat.update(per_defect_metrics(images, cut))
     write_json(paths.EVAL, flat)

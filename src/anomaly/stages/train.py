@@ -6,14 +6,14 @@ import logging
 
 import numpy as np
 
-from .. import paths
+from .. import distributed, paths
 from ..config_schema import to_dict
-from ..data.store import BatchSource, open_store
+from ..data.store import open_store
 from ..errors import DataError
 from ..io import atomic_dir, write_json
 from ..logging_utils import make_logger
 from ..models.registry import build_model, check_model_params, model_block, save_checkpoint
-from ..params import Params
+from ..params import Params, TrainConfig
 from ..training import effective_train_config, resolve_device, seed_everything, train_model
 from .common import split_tiles
 
@@ -24,14 +24,40 @@ TIMING_KEYS = ("seconds", "seconds_per_epoch")
 
 
 def run(params: Params) -> None:
-    """Train (or fit the memory bank of) the active model on good tiles only."""
-    import torch
+    """Train (or fit the memory bank of) the active model on good tiles only.
 
+    With ``train.distributed: true`` the stage re-launches itself as
+    ``train.processes`` DistributedDataParallel workers (torchrun's launcher); started
+    by ``torchrun`` it joins that group. Rank 0 writes every output.
+    """
     check_model_params(params, "active")
-    seed_everything(params.seed)
     config = model_block(params)
     train_cfg = effective_train_config(params.train, config)
-    device = resolve_device(train_cfg.device)
+    if train_cfg.distributed and not distributed.under_torchrun():
+        processes = distributed.resolve_processes(train_cfg.processes, train_cfg.device)
+        if processes > 1:
+            distributed.launch(processes, ["--params", params.source_path])
+            return
+    if distributed.under_torchrun():
+        cluster, device = distributed.join(train_cfg.device)
+    else:
+        cluster, device = distributed.SINGLE, resolve_device(train_cfg.device)
+    try:
+        _train(params, config, train_cfg, cluster, device)
+    finally:
+        distributed.leave(cluster)
+
+
+def _train(
+    params: Params,
+    config: object,
+    train_cfg: TrainConfig,
+    cluster: distributed.Cluster,
+    device: object,
+) -> None:
+    import torch
+
+    seed_everything(params.seed)
     store = open_store(paths.PATCHES, paths.SPLITS)
     train_ids = split_tiles("train", good_only=True)["patch_id"].to_numpy()
     if train_cfg.max_train_patches and len(train_ids) > train_cfg.max_train_patches:
@@ -50,22 +76,16 @@ def run(params: Params) -> None:
             params.dataset.name,
             kind,
         )
-    train_batches = BatchSource(store, train_ids, train_cfg.batch_size, True, params.seed)
-    val_batches = BatchSource(store, val_ids, train_cfg.batch_size, False, params.seed)
+    if not cluster.is_main:  # the other ranks train and check, rank 0 writes
+        train_model(model, store, train_ids, val_ids, train_cfg, None, device, params.seed, cluster)
+        return
     # The epoch logs go to a temp folder that replaces metrics/train only when training
     # succeeds: a crash keeps the previous run's logs (not an empty `{}`).
     with atomic_dir(paths.TRAIN_LOG) as log_dir:
         logger = make_logger(log_dir)
         try:
             result = train_model(
-                model,
-                train_batches,
-                val_batches,
-                train_cfg,
-                logger,
-                device,
-                len(train_ids),
-                params.seed,
+                model, store, train_ids, val_ids, train_cfg, logger, device, params.seed, cluster
             )
         finally:
             logger.close()
@@ -108,3 +128,11 @@ def run(params: Params) -> None:
         },
     )
     torch.set_grad_enabled(True)
+
+
+if __name__ == "__main__":  # the workers torchrun starts: python -m anomaly.stages.train
+    import sys
+
+    from .common import entry
+
+    sys.exit(entry("train", run, sys.argv[1:]))
