@@ -149,8 +149,8 @@ def test_exact_pixel_metrics_from_float16_counts_match_full_computation():
     from sklearn.metrics import roc_auc_score
 
     from anomaly.pixel_metrics import pixel_counts
-    from anomaly.scoring import float16_counts
     from anomaly.thresholds import counts_f1_optimal, counts_percentile
+    from anomaly.value_counts import float16_counts
 
     rng = np.random.default_rng(4)
     masks = [rng.random((40, 50)) < 0.05 for _ in range(4)]

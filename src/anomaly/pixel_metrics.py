@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .scoring import counts_table, float16_key_counts
+from .value_counts import counts_table, float16_key_counts
 
 # A callable that yields (map, boolean mask) per image, each time it is called: the
 # metrics read the maps twice.
@@ -202,7 +202,7 @@ def pixel_counts(
     maps: list[np.ndarray], masks: list[np.ndarray]
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """(values, counts) of good pixels and of defect pixels over every map, exact (the
-    maps are float16, see :func:`anomaly.scoring.float16_counts`)."""
+    maps are float16, see :func:`anomaly.value_counts.float16_counts`)."""
     good = np.zeros(1 << 16, dtype=np.int64)
     bad = np.zeros(1 << 16, dtype=np.int64)
     for score_map, mask in zip(maps, masks, strict=True):

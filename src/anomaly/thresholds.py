@@ -10,7 +10,7 @@ the ``threshold.pixel_percentile`` percentile of the normalised anomaly-map valu
 of good validation tiles (a false-positive budget per good pixel), or, with
 ``method: f1_optimal`` and labelled defect masks in validation, the value that
 maximises pixel F1 there. Both are exact: computed from counts of the float16 map
-values (:func:`anomaly.scoring.float16_counts`), not from a subsample.
+values (:func:`anomaly.value_counts.float16_counts`), not from a subsample.
 """
 
 from __future__ import annotations

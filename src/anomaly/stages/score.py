@@ -18,14 +18,13 @@ from ..params import Params
 from ..scoring import (
     aggregate_images,
     fit_normalisation,
-    float16_counts,
-    merge_counts,
     normalise,
     resolve_score,
     score_tiles,
     stitch,
 )
 from ..training import resolve_device, seed_everything
+from ..value_counts import float16_counts, merge_counts
 from .common import split_tiles
 
 log = logging.getLogger(__name__)
