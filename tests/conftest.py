@@ -41,7 +41,9 @@ TINY = {
         "ae": {"hidden": [64], "latent_dim": 8},
         "vae": {"base_channels": 8, "depth": 2, "latent_dim": 16, "blocks": 0},
     },
-    "train": {"epochs": 2, "batch_size": 32},
+    # min_steps_per_epoch 0: tiny sets would otherwise repeat 10x per epoch (its own
+    # test is in test_batch_source.py)
+    "train": {"epochs": 2, "batch_size": 32, "min_steps_per_epoch": 0},
     "plot": {"dpi": 40, "gallery_per_group": 1},
 }
 

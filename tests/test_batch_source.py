@@ -79,3 +79,19 @@ def test_compiled_training_step_trains_like_the_eager_one(store):
         result = fit(model, batches, val, cfg, None, torch.device("cpu"))
         losses[compiled] = result.best_val_loss
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_small_sets_repeat_until_an_epoch_has_enough_steps(store):
+    ids = np.arange(10)  # 10 tiles, batches of 4: 3 steps per pass
+    plain = BatchSource(store, ids, 4, True, seed=0)
+    assert len(plain) == len(list(plain)) == 3
+    lifted = BatchSource(store, ids, 4, True, seed=0, min_batches=7)
+    batches = list(lifted)
+    assert len(lifted) == len(batches) == 8  # 3 passes of 10 tiles = 30 tiles: >= 7 batches
+    # Every pass is a full permutation: each tile is seen equally often.
+    seen = torch.cat(batches)
+    tiles = torch.stack([store.read(np.array([i]))[0] for i in ids])
+    counts = [(seen == t).flatten(1).all(1).sum().item() for t in tiles]
+    assert counts == [3] * 10
+    # A set that already has enough batches is read once.
+    assert BatchSource(store, np.arange(23), 4, True, 0, min_batches=5).passes == 1

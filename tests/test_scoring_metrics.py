@@ -212,3 +212,37 @@ def test_histogram_switches_to_a_log_axis_only_when_scores_span_decades():
     assert spans_decades(np.r_[good, [8, 30, 120, 500]])  # the default data's shape
     assert not spans_decades(rng.normal(0.0, 1.0, 200))  # z-scores around zero
     assert not spans_decades(np.r_[good, [4, 6, 9]])
+
+
+def test_map_stitcher_writes_what_savez_wrote_without_holding_the_maps(tmp_path):
+    """The score stage streams test maps into test_maps.npz image by image; the file is
+    the one np.savez wrote from all stitched maps at once, byte for byte, even when the
+    tiles of two images arrive interleaved."""
+    from anomaly.scoring import stitch
+    from anomaly.stages.score import MapStitcher
+
+    rng = np.random.default_rng(0)
+    tiles = pd.DataFrame(
+        {
+            "image_id": [3, 3, 1, 3, 1, 1, 3, 1],
+            "x": [0, 8, 0, 0, 8, 0, 8, 8],
+            "y": [0, 0, 0, 8, 0, 8, 8, 8],
+            "w": [8] * 8,
+            "h": [8] * 8,
+            "group": ["a"] * 8,
+        }
+    )
+    images = pd.DataFrame({"image_id": [1, 3], "height": [16, 16], "width": [16, 16]})
+    maps = rng.random((8, 8, 8)).astype(np.float16)
+    shift, scale = np.full(8, 0.5), np.full(8, 2.0)
+    stitcher = MapStitcher(tmp_path / "streamed.npz", tiles, images, shift, scale)
+    for start in range(0, 8, 3):
+        stitcher.add(maps[start : start + 3])
+    stitcher.close()
+    expected = {}
+    for image_id, group in tiles.groupby("image_id", sort=True):
+        rows = group.index.to_numpy()
+        normalised = (maps[rows].astype(np.float32) - 0.5) / 2.0
+        expected[f"img_{image_id}"] = stitch(normalised, group, 16, 16).astype(np.float16)
+    np.savez(tmp_path / "direct.npz", **expected)
+    assert (tmp_path / "streamed.npz").read_bytes() == (tmp_path / "direct.npz").read_bytes()

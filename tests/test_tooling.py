@@ -39,7 +39,7 @@ def test_benchmark_script_reports_every_model(tmp_path):
             "--steps",
             "1",
             "--models",
-            "ae,cae,vae",
+            "ae,cae,padim",
             "--out",
             str(out),
         ],
@@ -51,8 +51,13 @@ def test_benchmark_script_reports_every_model(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["model"] for r in rows] == ["ae", "cae", "vae"]
+    assert [r["model"] for r in rows] == ["ae", "cae", "padim"]
     assert all(r["train_tiles_per_s"] > 0 and r["score_tiles_per_s"] > 0 for r in rows)
+    # Gradient models: also fed by the pipeline's loader; memory models: the bank build.
+    assert all(r["loader_ratio"] > 0 for r in rows[:2])
+    assert rows[2]["bank_build_seconds"] > 0 and rows[2]["bank"]["memory_bank"] == 1408
+    # Each model in its own process: its own peak memory, not the largest so far.
+    assert len({r["peak_memory_mib"] for r in rows}) == 3
 
 
 def test_stage_benchmark_smoke(tmp_path):

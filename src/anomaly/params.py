@@ -218,6 +218,7 @@ class SplitConfig:
 
 @dataclass
 class TrainConfig:
+    ZERO_OK: ClassVar[tuple[str, ...]] = ("min_steps_per_epoch",)  # 0: plain passes
     epochs: int = 15
     batch_size: int = 64
     lr: float = 1e-3
@@ -226,6 +227,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     max_train_patches: int | None = None
+    min_steps_per_epoch: int = 20
     distributed: bool = False
     processes: int | Literal["auto"] = "auto"
     resident_store: bool | Literal["auto"] = "auto"

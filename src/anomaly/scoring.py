@@ -237,9 +237,14 @@ def score_tiles(
     keep_maps: bool,
     keep_codes: bool | None = None,
     desc: str = "score",
+    map_sink: Any = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Tile scores (N,) and, when asked, tile maps (N, S, S) and latent codes (N, D),
-    both as float16 (the maps feed the pixel metrics, the codes the latent-space plot)."""
+    both as float16 (the maps feed the pixel metrics, the codes the latent-space plot).
+
+    ``map_sink(maps)``, when given, receives each batch's float16 maps in tile order
+    instead of keeping them: the test set's maps are stitched and written as they come,
+    so memory does not grow with the test set."""
     keep_codes = keep_maps if keep_codes is None else keep_codes
     scores, maps, codes = [], [], []
     finite16 = np.finfo(np.float16).max  # a huge code must not become inf
@@ -253,7 +258,11 @@ def score_tiles(
             s, m = model.score(x, score_cfg)
             scores.append(s.float().cpu().numpy())
             if keep_maps and m is not None:
-                maps.append(m.float().cpu().numpy().astype(np.float16))
+                batch_maps = m.float().cpu().numpy().astype(np.float16)
+                if map_sink is not None:
+                    map_sink(batch_maps)
+                else:
+                    maps.append(batch_maps)
             code = model.latent_codes(x) if keep_codes else None
             if code is not None:
                 codes.append(

@@ -90,6 +90,9 @@ class BatchSource:
     ``split="block"`` (memory banks, validation) gives each rank one contiguous block of
     the order, so gathering the blocks in rank order restores the single-process order.
 
+    ``min_batches``: an epoch of a small set repeats the set (fresh permutations) until
+    it has at least that many batches (``train.min_steps_per_epoch``).
+
     ``to_device`` keeps the tiles of ``ids`` on the training device as uint8 (a GPU-
     resident store: no host copies per step); ``pin`` pins host batches for
     asynchronous copies.
@@ -105,11 +108,18 @@ class BatchSource:
         rank: int = 0,
         world: int = 1,
         split: str = "batch",
+        min_batches: int = 0,
     ) -> None:
         if split not in ("batch", "block"):
             raise ValueError(f"split must be batch or block, got {split!r}")
         self.store, self.ids, self.batch_size, self.shuffle = store, ids, batch_size, shuffle
         self.rank, self.world, self.split = rank, world, split
+        # Small training sets: one pass is a handful of optimizer steps, and a budget in
+        # epochs (with patience in epochs) then stops models long before they learn;
+        # each epoch repeats fresh permutations until it has ``min_batches`` batches.
+        self.passes = 1
+        if min_batches and len(ids):
+            self.passes = max(1, -(-min_batches * batch_size // len(ids)))
         self.rng = np.random.default_rng([seed, 11])
         self.resident: torch.Tensor | None = None
         self.pin = False
@@ -122,7 +132,10 @@ class BatchSource:
 
     def _chunks(self) -> list[np.ndarray]:
         ids = np.asarray(self.ids, dtype=np.int64)
-        order = self.rng.permutation(len(ids)) if self.shuffle else np.arange(len(ids))
+        if self.shuffle:
+            order = np.concatenate([self.rng.permutation(len(ids)) for _ in range(self.passes)])
+        else:
+            order = np.tile(np.arange(len(ids)), self.passes)
         ordered = ids[order]
         if self.world > 1 and self.split == "block":
             ordered = np.array_split(ordered, self.world)[self.rank]
@@ -146,7 +159,7 @@ class BatchSource:
             yield batch.pin_memory() if self.pin else batch
 
     def __len__(self) -> int:
-        n = len(self.ids)
+        n = len(self.ids) * self.passes
         if self.world > 1 and self.split == "block":
             n = len(np.array_split(np.arange(n), self.world)[self.rank])
         full, rest = divmod(n, self.batch_size)

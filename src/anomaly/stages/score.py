@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import zipfile
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -60,6 +62,12 @@ def run(params: Params) -> None:
             tiles = split_tiles(split)
             tiles["group"] = tiles["group"].astype(str)
             ids = tiles["patch_id"].to_numpy()
+            stitcher = None
+            if split == "test" and not store.is_tabular:
+                # Normalisation was fitted on validation: test maps are normalised,
+                # stitched and written image by image while the tiles are scored.
+                _, shift, scale = normalise(np.zeros(len(tiles)), tiles["group"], norm)
+                stitcher = MapStitcher(tmp / "test_maps.npz", tiles, images, shift, scale)
             scores, maps, codes = score_tiles(
                 model,
                 store,
@@ -69,7 +77,10 @@ def run(params: Params) -> None:
                 True,
                 keep_codes=split == "test",
                 desc=f"score {params.model} {split}",
+                map_sink=stitcher.add if stitcher else None,
             )
+            if stitcher is not None:
+                stitcher.close()
             if not np.isfinite(scores).all():
                 raise DataError(
                     f"{paths.model_dir(params.model)}: {int((~np.isfinite(scores)).sum())} "
@@ -123,19 +134,71 @@ def run(params: Params) -> None:
                 errors.insert(0, "label", tiles["label"].to_numpy())
                 errors.insert(0, "image_id", tiles["image_id"].to_numpy())
                 write_csv(tmp / "test_feature_errors.csv", errors)
-            elif split == "test" and maps is not None:
-                full = {}
-                for image_id, group in tiles.groupby("image_id", sort=True):
-                    rows = group.index.to_numpy()
-                    tile_maps = (maps[rows].astype(np.float32) - shift[rows, None, None]) / scale[
-                        rows, None, None
-                    ]
-                    info = images.loc[images["image_id"] == image_id].iloc[0]
-                    full[f"img_{image_id}"] = stitch(
-                        tile_maps, group, int(info["height"]), int(info["width"])
-                    ).astype(np.float16)
-                with atomic_path(tmp / "test_maps.npz") as target, open(target, "wb") as handle:
-                    np.savez(handle, **full)
+
+
+class MapStitcher:
+    """Receives the test tiles' maps batch by batch (in the tiles' order), and writes each
+    image's normalised, stitched full-resolution map to ``test_maps.npz`` once its last
+    tile arrived, in ascending image order: the same file ``np.savez`` wrote, without
+    holding every map (memory stays flat as the test set grows)."""
+
+    def __init__(
+        self,
+        target: Path,
+        tiles: pd.DataFrame,
+        images: pd.DataFrame,
+        shift: np.ndarray,
+        scale: np.ndarray,
+    ) -> None:
+        self.tiles = tiles.reset_index(drop=True)
+        self.images = images.set_index("image_id", drop=False)
+        self.shift, self.scale = shift, scale
+        self.remaining = self.tiles.groupby("image_id").size().to_dict()
+        self.order = sorted(self.remaining)  # npz members in ascending image id
+        self.next_index = 0
+        self.done: dict[int, np.ndarray] = {}
+        self.pending: dict[int, list[int]] = {}
+        self.buffer: dict[int, np.ndarray] = {}
+        self.seen = 0
+        # Inside the stage's atomic output folder: a failed run leaves nothing behind.
+        self.zip = zipfile.ZipFile(
+            target, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True
+        )
+
+    def add(self, maps: np.ndarray) -> None:
+        for offset, tile_map in enumerate(maps):
+            row = self.seen + offset
+            image_id = int(self.tiles.at[row, "image_id"])
+            self.buffer[row] = tile_map
+            self.pending.setdefault(image_id, []).append(row)
+            self.remaining[image_id] -= 1
+            if self.remaining[image_id] == 0:
+                self.done[image_id] = self._stitch(image_id, self.pending.pop(image_id))
+        self.seen += len(maps)
+        while self.next_index < len(self.order) and self.order[self.next_index] in self.done:
+            image_id = self.order[self.next_index]
+            self._write(image_id, self.done.pop(image_id))
+            self.next_index += 1
+
+    def _stitch(self, image_id: int, rows: list[int]) -> np.ndarray:
+        tile_maps = np.stack([self.buffer.pop(r) for r in rows]).astype(np.float32)
+        tile_maps = (tile_maps - self.shift[rows, None, None]) / self.scale[rows, None, None]
+        info = self.images.loc[image_id]
+        stitched = stitch(tile_maps, self.tiles.loc[rows], int(info["height"]), int(info["width"]))
+        return stitched.astype(np.float16)
+
+    def _write(self, image_id: int, full_map: np.ndarray) -> None:
+        # What np.savez does per member (a fixed 1980 timestamp: byte-stable output).
+        with self.zip.open(f"img_{image_id}.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array(member, full_map, allow_pickle=False)
+
+    def close(self) -> None:
+        if self.next_index != len(self.order):
+            raise DataError(
+                f"score: maps of {len(self.order) - self.next_index} test images never "
+                "completed (tiles missing from the scores)"
+            )
+        self.zip.close()
 
 
 def _write_val_pixels(
