@@ -17,7 +17,14 @@ def test_repo_params_load_with_defaults():
     params = load_params(REPO / "params.yaml")
     assert params.model == "cae"
     assert params.dataset.name == "synthetic_fabric"
-    assert model_block(params).latent_channels > 0
+    # `auto` until the data's anomaly kind is known; on fabric (local defects) it is 16.
+    assert model_block(params).latent_channels == "auto"
+    from anomaly.models.registry import get_model_class, resolve_auto
+
+    resolved, chosen = resolve_auto(get_model_class("cae"), model_block(params), "local")
+    assert resolved.latent_channels == 16 and chosen["depth"] == 3
+    _, digits = resolve_auto(get_model_class("cae"), model_block(params), "whole-image")
+    assert digits == {"depth": 4, "latent_channels": 2, "denoise": 0.5}
 
 
 @pytest.mark.parametrize(

@@ -49,7 +49,9 @@ class TrainOverrides:
             "must be >= 1",
         )
         denoise = getattr(self, "denoise", 0.0)
-        require(0 <= denoise <= 1, source, f"{where}.denoise", "must be in [0, 1]")
+        require(
+            denoise == "auto" or 0 <= denoise <= 1, source, f"{where}.denoise", "must be in [0, 1]"
+        )
 
 
 class AnomalyModel(nn.Module):
@@ -61,6 +63,11 @@ class AnomalyModel(nn.Module):
     # "local" for models that learn from simulated local defects (DRAEM): on data whose
     # anomalies are whole-image changes (dataset.json's anomaly_kind) the train stage warns
     learns_from: ClassVar[str] = "normal data"
+    # Config fields whose `auto` value depends on the data's anomaly kind ("local"
+    # defects, "whole-image" changes; see Family.anomaly_kind): {kind: {field: value}};
+    # "local" is also the fallback. Resolved by registry.build_model, so checkpoints
+    # and bundles hold the concrete values that ran.
+    kind_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(
         self,

@@ -95,15 +95,38 @@ def check_model_params(params: Any, which: str = "all") -> None:
             )
 
 
+def resolve_auto(cls: Any, config: Any, anomaly_kind: str = "local") -> tuple[Any, dict]:
+    """``config`` with each ``auto`` field replaced by the model's value for the data's
+    anomaly kind (``kind_defaults``; "local" when the kind has none), and what was
+    chosen, for the train summary."""
+    import dataclasses
+
+    table = cls.kind_defaults
+    chosen = {}
+    for item in dataclasses.fields(config):
+        if getattr(config, item.name) != "auto":
+            continue
+        for kind in (anomaly_kind, "local"):
+            if item.name in table.get(kind, {}):
+                chosen[item.name] = table[kind][item.name]
+                break
+        else:
+            raise ParamsError(f"models.{cls.name}.{item.name}: auto has no value for this model")
+    return dataclasses.replace(config, **chosen), chosen
+
+
 def build_model(
     name: str,
     config: Any,
     in_channels: int,
     image_size: int,
     input_shape: tuple[int, int, int] | None = None,
+    anomaly_kind: str = "local",
 ) -> Any:
-    """``input_shape`` (C, H, W) matters only for non-square input such as table rows."""
+    """``input_shape`` (C, H, W) matters only for non-square input such as table rows;
+    ``anomaly_kind`` picks the values of ``auto`` fields (see ``resolve_auto``)."""
     cls = get_model_class(name)
+    config, _ = resolve_auto(cls, config, anomaly_kind)
     model = cls(
         config,
         in_channels=in_channels,

@@ -12,7 +12,13 @@ from ..data.store import open_store
 from ..errors import DataError
 from ..io import atomic_dir, write_json
 from ..logging_utils import make_logger
-from ..models.registry import build_model, check_model_params, model_block, save_checkpoint
+from ..models.registry import (
+    build_model,
+    check_model_params,
+    model_block,
+    resolve_auto,
+    save_checkpoint,
+)
 from ..params import Params, TrainConfig
 from ..training import effective_train_config, resolve_device, seed_everything, train_model
 from .common import split_tiles
@@ -66,8 +72,13 @@ def _train(
     val_ids = split_tiles("val", good_only=True)["patch_id"].to_numpy()
     if len(train_ids) == 0:
         raise DataError(f"{paths.SPLITS / 'train.csv'}: the good-only training set is empty")
-    model = build_model(params.model, config, store.channels, store.tile_size, store.tile_shape)
     kind = store.meta.get("anomaly_kind", "local")
+    model = build_model(
+        params.model, config, store.channels, store.tile_size, store.tile_shape, kind
+    )
+    _, resolved = resolve_auto(type(model), config, kind)
+    if resolved:
+        log.info("train %s: auto for %s data: %s", params.model, kind, resolved)
     if model.learns_from == "simulated local defects" and kind != "local":
         log.warning(
             "%s learns from simulated local defects; the anomalies of %s are %s changes, "
@@ -124,6 +135,7 @@ def _train(
             "train_patches": int(len(train_ids)),
             "val_patches": int(len(val_ids)),
             "parameters": int(sum(p.numel() for p in model.parameters())),
+            **({"auto": resolved} if resolved else {}),
             **{k: v for k, v in to_dict(result).items() if k not in TIMING_KEYS},
         },
     )
