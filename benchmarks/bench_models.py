@@ -11,7 +11,8 @@ max RSS on CPU). One JSON line per model: training tiles/s on tensors already on
 device and fed by the pipeline's loader (``BatchSource`` over a memory-mapped uint8 tile
 store, pinned host memory and asynchronous copies on CUDA) with their ratio (the
 loader's cost; issue 12's target on a GPU: >= 0.9), scoring tiles/s, seconds per epoch
-of the default synthetic training set (1408 tiles); memory models (PatchCore, PaDiM)
+of a 1,408-tile training set (the default synthetic one before the 240-roll benchmark;
+today's has 1,344 tiles); memory models (PatchCore, PaDiM)
 report building their memory from that many tiles instead. On CUDA, ``--amp`` also
 measures fp32 and reports the mixed-precision speedup (bfloat16 where supported).
 """

@@ -297,3 +297,29 @@ def test_unknown_backbone_or_level_is_one_line():
         model_config("padim", {"backbone": "vgg"})
     with pytest.raises(ParamsError, match="'layer2', not a level of efficientnet_lite0"):
         model_config("patchcore", {"layers": ["layer2"]})
+
+
+def test_draem_source_augmentation_changes_intensity_not_range():
+    """DRAEM's pasted texture goes through the paper's random intensity transforms:
+    without them a same-fabric source differs only in weave orientation."""
+    from anomaly.models.draem import augment_texture
+
+    torch.manual_seed(0)
+    flat = torch.full((256, 1, 16, 16), 0.5) + 0.05 * torch.randn(256, 1, 16, 16)
+    assert torch.equal(augment_texture(flat, 0), flat)
+    out = augment_texture(flat, 3)
+    assert out.shape == flat.shape and out.min() >= 0 and out.max() <= 1
+    shift = (out.mean((1, 2, 3)) - flat.mean((1, 2, 3))).abs()
+    spread = out.std((1, 2, 3)) / flat.std((1, 2, 3))
+    # nearly every texture moves in brightness or contrast, and not all the same way
+    changed = (shift > 0.05) | (spread > 1.5) | (spread < 0.67)
+    assert changed.float().mean() > 0.8
+    assert shift.std() > 0.05
+
+    torch.manual_seed(1)
+    model = build_model("draem", model_config("draem", TINY["draem"]), 1, SIZE)
+    corrupted, mask = model.simulate(flat[:64])
+    inside = mask.bool().expand_as(corrupted)
+    assert inside.any()
+    assert (corrupted[inside] - flat[:64][inside]).abs().mean() > 0.05
+    assert torch.equal(corrupted[~inside], flat[:64].clamp(0, 1)[~inside])

@@ -41,6 +41,8 @@ def _entry(rev: str, model: str, category, auroc: float, name=None, created="202
                         "image.f1": auroc - 0.1,
                         "image.f1_max": auroc - 0.05,
                         "pixel.auroc": auroc - 0.02,
+                        "image.auroc_ci_low": auroc - 0.05,
+                        "image.auroc_ci_high": min(auroc + 0.05, 1.0),
                         "by_defect.nep.recall": 0.5,
                     }
                 },
@@ -106,6 +108,9 @@ def test_write_report_tables_and_figures(tmp_path):
     )
     frame = pd.read_csv(tmp_path / "runs.csv")
     assert frame.loc[frame["name"] == "vae-01", "image.auroc"].item() == 0.8
+    # Every run's AUROC comes with its interval; pixel AUROC has none here: bare number.
+    assert "| vae-01 | experiment |" in summary
+    assert "| 0.800 [0.750, 0.850] | 0.780 |" in summary
 
 
 def test_report_archive_that_is_not_one(tmp_path):

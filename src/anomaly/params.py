@@ -49,10 +49,10 @@ class SyntheticFabricConfig:
 
     ZERO_OK: ClassVar[tuple[str, ...]] = ("n_defect",)
 
-    n_good: int = 40
-    n_defect: int = 30
-    width: int = 1024
-    height: int = 256
+    n_good: int = 240
+    n_defect: int = 120
+    width: int = 512
+    height: int = 128
     fabrics: list[str] = field(default_factory=lambda: ["plain", "twill", "irregular"])
     defects: list[str] = field(default_factory=lambda: list(DEFECT_KINDS))
     defects_per_image: list[int] = field(default_factory=lambda: [1, 2])
@@ -191,7 +191,7 @@ class PatchConfig:
 @dataclass
 class SplitConfig:
     val_fraction: float = 0.15
-    test_good_fraction: float = 0.3
+    test_good_fraction: float = 0.5
     labeled_val_fraction: float = 0.0
 
     def validate(self, where: str, source: str) -> None:

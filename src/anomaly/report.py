@@ -222,6 +222,27 @@ def _markdown(frame: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join([header, rule, *body])
 
 
+def with_intervals(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """AUROC columns written as ``value [low, high]`` where the run has the evaluate
+    stage's 95% bootstrap interval: with a few dozen test images a difference of 0.02
+    is noise, and a table of bare numbers hides that."""
+    out = frame.copy()
+    for metric in ("image.auroc", "pixel.auroc"):
+        low, high = f"{metric}_ci_low", f"{metric}_ci_high"
+        if metric not in out or low not in frame or high not in frame:
+            continue
+        values = []
+        for v, lo, hi in zip(frame[metric], frame[low], frame[high], strict=True):
+            if pd.isna(v):
+                values.append("")
+            elif pd.isna(lo) or pd.isna(hi):
+                values.append(f"{v:.{digits}f}")
+            else:
+                values.append(f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]")
+        out[metric] = values
+    return out
+
+
 def pivot(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     """model x category table of ``metric`` (newest run per cell), with a mean column."""
     if metric not in frame or frame[metric].isna().all():
@@ -441,7 +462,12 @@ def write_report(
             for c in ["name", "kind", "baseline", "model", "dataset", "category", *HEADLINE]
             if c in frame
         ]
-        lines += ["## All runs", "", _markdown(frame[shown]), ""]
+        lines += [
+            "## All runs (AUROC with its 95% bootstrap interval)",
+            "",
+            _markdown(with_intervals(frame)[shown]),
+            "",
+        ]
         lines += ["## Figures", "", *[f"![{f}]({f})" for f in figures], ""]
     with atomic_path(out / "summary.md") as tmp:
         tmp.write_text("\n".join(lines), encoding="utf-8")

@@ -4,7 +4,13 @@ Training sees only good tiles, but each batch is corrupted on the fly: a
 binary mask is cut from thresholded Perlin noise and filled with texture from
 an anomaly source (a folder of images when ``anomaly_source`` is set,
 otherwise other training tiles of the same batch, rolled, flipped and
-rotated), blended with a random opacity. A reconstructive subnetwork (an
+rotated); as in the paper, every source tile first goes through
+``source_augmentations`` (3) intensity transforms drawn from the paper's list
+(gamma, brightness, sharpening, solarisation, posterisation, inversion,
+autocontrast, equalisation, saturation for colour), so the pasted region
+differs from the fabric in brightness and contrast too, not only in weave
+orientation: the defects the segmenter must then find are the intensity
+changes real defects make. It is blended with a random opacity. A reconstructive subnetwork (an
 autoencoder) learns to restore the clean tile (L2 + SSIM loss) and a
 discriminative subnetwork (a small U-Net on the input and its reconstruction)
 learns to segment the pasted region (focal loss). The anomaly map is the
@@ -40,6 +46,7 @@ class DRAEMConfig(TrainOverrides):
     anomaly_probability: float = 0.5
     perlin_scale: list[int] = field(default_factory=lambda: [1, 3])  # log2 of noise cells
     anomaly_source: str | None = None
+    source_augmentations: int = 3  # random intensity transforms per pasted texture (paper: 3)
     focal_gamma: float = 2.0
     smooth_size: int = 9
 
@@ -144,6 +151,9 @@ class DRAEM(AnomalyModel):
             texture = texture.flip(-1)
         return texture.rot90(int(torch.randint(4, ())), dims=(-2, -1))
 
+    def _augmented_source(self, x: torch.Tensor) -> torch.Tensor:
+        return augment_texture(self._source_images(x), self.config.source_augmentations)
+
     def simulate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Corrupted copies of ``x`` and their masks (B, 1, H, W)."""
         b, _, h, w = x.shape
@@ -157,7 +167,7 @@ class DRAEM(AnomalyModel):
             masks.append((noise > 0.5).float() * keep)
         mask = torch.stack(masks)[:, None].to(x)
         opacity = torch.empty(b, 1, 1, 1).uniform_(0.2, 1.0).to(x)
-        texture = self._source_images(x)
+        texture = self._augmented_source(x)
         corrupted = x * (1 - mask) + (1 - opacity) * x * mask + opacity * texture * mask
         return corrupted.clamp(0, 1), mask
 
@@ -184,6 +194,75 @@ class DRAEM(AnomalyModel):
         smooth = F.avg_pool2d(prob, k, stride=1, padding=k // 2) if k > 1 else prob
         maps = gaussian_blur(prob, cfg.smooth_sigma).squeeze(1)
         return smooth.flatten(1).max(dim=1).values, maps
+
+
+def _per_sample(b: int, lo: float, hi: float, x: torch.Tensor) -> torch.Tensor:
+    return torch.empty(b, 1, 1, 1).uniform_(lo, hi).to(x)
+
+
+def _equalize(x: torch.Tensor) -> torch.Tensor:
+    """Histogram equalisation per sample and channel: each value becomes its rank."""
+    flat = x.flatten(2)
+    ranks = flat.argsort(-1).argsort(-1).to(x.dtype)
+    return (ranks / max(flat.shape[-1] - 1, 1)).view_as(x)
+
+
+def _autocontrast(x: torch.Tensor) -> torch.Tensor:
+    lo = x.amin(dim=(-2, -1), keepdim=True)
+    hi = x.amax(dim=(-2, -1), keepdim=True)
+    return (x - lo) / (hi - lo).clamp_min(1e-6)
+
+
+def _sharpen(x: torch.Tensor) -> torch.Tensor:
+    amount = _per_sample(len(x), 0.5, 2.0, x)
+    return x + amount * (x - gaussian_blur(x, 1.0))
+
+
+def _posterize(x: torch.Tensor) -> torch.Tensor:
+    """Keep 1 to 7 bits per value."""
+    levels = 2 ** torch.randint(1, 8, (len(x), 1, 1, 1)).to(x)
+    return (x * levels).floor().clamp_max(levels - 1) / (levels - 1)
+
+
+def _saturation(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] != 3:
+        return x
+    grey = x.mean(1, keepdim=True)
+    return grey + _per_sample(len(x), 0.0, 2.0, x) * (x - grey)
+
+
+TEXTURE_AUGMENTATIONS: tuple = (
+    lambda x: x.clamp_min(0) ** _per_sample(len(x), 0.5, 2.0, x),  # gamma contrast
+    lambda x: x * _per_sample(len(x), 0.8, 1.2, x) + _per_sample(len(x), -30 / 255, 30 / 255, x),
+    _sharpen,
+    _saturation,
+    lambda x: torch.where(x > _per_sample(len(x), 32 / 255, 128 / 255, x), 1 - x, x),  # solarise
+    _posterize,
+    lambda x: 1 - x,  # invert
+    _autocontrast,
+    _equalize,
+)
+
+
+def augment_texture(texture: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` distinct random transforms of ``TEXTURE_AUGMENTATIONS`` per sample
+    (DRAEM's ``SomeOf(3)`` over imgaug ops), values kept in [0, 1].
+
+    Each transform runs on the whole batch and is kept only for the samples that drew
+    it, so the cost is a few elementwise passes, not a Python loop over samples."""
+    if count <= 0:
+        return texture
+    b = len(texture)
+    n_ops = len(TEXTURE_AUGMENTATIONS)
+    chosen = torch.zeros(b, n_ops, dtype=torch.bool)
+    picks = torch.rand(b, n_ops).argsort(1)[:, : min(count, n_ops)]
+    chosen.scatter_(1, picks, True)
+    out = texture
+    for k, op in enumerate(TEXTURE_AUGMENTATIONS):
+        if chosen[:, k].any():
+            keep = chosen[:, k].to(texture.device).view(b, 1, 1, 1)
+            out = torch.where(keep, op(out).clamp(0, 1), out)
+    return out
 
 
 def load_texture_folder(folder: str, channels: int, size: int) -> torch.Tensor:
