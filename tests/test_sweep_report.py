@@ -111,6 +111,15 @@ def test_write_report_tables_and_figures(tmp_path):
     # Every run's AUROC comes with its interval; pixel AUROC has none here: bare number.
     assert "| vae-01 | experiment |" in summary
     assert "| 0.800 [0.750, 0.850] | 0.780 |" in summary
+    # The results table: per category, best image AUROC first, intervals, train seconds.
+    results = summary.split("## Results: synthetic_fabric")[1].split("##")[0]
+    rows = [line for line in results.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| run | model | category | image AUROC [95% CI]")
+    assert rows[1:] == [
+        "| cae-01 | cae | 01 | 0.950 [0.900, 1.000] | 0.930 | 0.850 | 12 |",
+        "| vae-01 | vae | 01 | 0.800 [0.750, 0.850] | 0.780 | 0.700 | 12 |",
+        "| main | cae | all | 0.900 [0.850, 0.950] | 0.880 | 0.800 | 12 |",
+    ]
 
 
 def test_report_archive_that_is_not_one(tmp_path):

@@ -106,6 +106,25 @@ def _aupro(fpr: np.ndarray, pro: np.ndarray, max_fpr: float) -> float:
     return float(np.trapezoid(y, x) / max_fpr)
 
 
+def _count_pass(
+    pairs: MapPairs, threshold: float | None
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
+    """Pass 1: exact float16 value counts (by key) of good and of defect pixels, and the
+    (TP, FP, FN) pixel counts of the predicted masks when a ``threshold`` is given."""
+    good_keys = np.zeros(1 << 16, dtype=np.int64)
+    bad_keys = np.zeros(1 << 16, dtype=np.int64)
+    tp = fp = fn = 0
+    for score_map, mask in pairs():
+        good_keys += float16_key_counts(score_map[~mask])
+        bad_keys += float16_key_counts(score_map[mask])
+        if threshold is not None:
+            predicted = score_map >= threshold
+            tp += int((predicted & mask).sum())
+            fp += int((predicted & ~mask).sum())
+            fn += int((~predicted & mask).sum())
+    return good_keys, bad_keys, (tp, fp, fn)
+
+
 def pixel_metrics(
     pairs: MapPairs,
     seed: int = 0,
@@ -124,17 +143,7 @@ def pixel_metrics(
     The bootstrap bins pixels at shared quantiles (``bins``); binning moves the AUROC
     far less than the interval's width. ``threshold``: the predicted masks' cut.
     """
-    good_keys = np.zeros(1 << 16, dtype=np.int64)
-    bad_keys = np.zeros(1 << 16, dtype=np.int64)
-    tp = fp = fn = 0
-    for score_map, mask in pairs():
-        good_keys += float16_key_counts(score_map[~mask])
-        bad_keys += float16_key_counts(score_map[mask])
-        if threshold is not None:
-            predicted = score_map >= threshold
-            tp += int((predicted & mask).sum())
-            fp += int((predicted & ~mask).sum())
-            fn += int((~predicted & mask).sum())
+    good_keys, bad_keys, (tp, fp, fn) = _count_pass(pairs, threshold)
     good, bad = counts_table(good_keys), counts_table(bad_keys)
     decisions = _decisions(tp, fp, fn)
     if good[1].sum() == 0:
@@ -203,9 +212,5 @@ def pixel_counts(
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """(values, counts) of good pixels and of defect pixels over every map, exact (the
     maps are float16, see :func:`anomaly.value_counts.float16_counts`)."""
-    good = np.zeros(1 << 16, dtype=np.int64)
-    bad = np.zeros(1 << 16, dtype=np.int64)
-    for score_map, mask in zip(maps, masks, strict=True):
-        good += float16_key_counts(score_map[~mask])
-        bad += float16_key_counts(score_map[mask])
-    return counts_table(good), counts_table(bad)
+    good_keys, bad_keys, _ = _count_pass(_listed(maps, masks), None)
+    return counts_table(good_keys), counts_table(bad_keys)

@@ -243,6 +243,34 @@ def with_intervals(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     return out
 
 
+RESULT_COLUMNS = {
+    "name": "run",
+    "model": "model",
+    "category": "category",
+    "image.auroc": "image AUROC [95% CI]",
+    "pixel.auroc": "pixel AUROC [95% CI]",
+    "pixel.aupro": "AUPRO",
+    "image.f1": "image F1",
+    "time.seconds": "train s",
+}
+
+
+def results_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every run, best image AUROC first within each (dataset, category), with its
+    intervals: the table a README or a paper quotes."""
+    ordered = frame.assign(_auroc=frame["image.auroc"].fillna(-1.0)).sort_values(
+        ["dataset", "category", "_auroc"], ascending=[True, True, False], kind="stable"
+    )
+    shown = with_intervals(ordered)
+    columns = [c for c in RESULT_COLUMNS if c in shown]
+    table = shown[columns].rename(columns=RESULT_COLUMNS)
+    if "train s" in table:
+        table["train s"] = [
+            "" if pd.isna(v) else f"{v:.0f}" for v in ordered["time.seconds"].astype(float)
+        ]
+    return table
+
+
 def pivot(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     """model x category table of ``metric`` (newest run per cell), with a mean column."""
     if metric not in frame or frame[metric].isna().all():
@@ -424,6 +452,8 @@ def write_report(
             lines += [f"## {label}: {dataset}", "", _markdown(table.reset_index()), ""]
     if not frame.empty:
         cells = latest_per_cell(frame)
+        for dataset, part in frame.groupby("dataset", sort=True):
+            lines += [f"## Results: {dataset}", "", _markdown(results_table(part)), ""]
         lines += [
             "## Best model per category (image AUROC; ties listed together)",
             "",

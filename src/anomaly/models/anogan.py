@@ -11,7 +11,10 @@ All three train with one optimiser; each loss reaches only its own network
 Anomaly score, as in the original paper:
     A(x) = (1 - lambda) * R(x) + lambda * D(x),
 R the mean absolute residual |x - G(z)| and D the mean absolute difference of
-discriminator features of x and G(z). ``mode: latent_search`` finds z by
+discriminator features of x and G(z). The tile score reads R off the absolute
+residual map with ``score.patch_reduce`` like every reconstruction model (the
+paper's mean for whole-image anomalies; the top 1% of the smoothed map for
+local defects, which a tile mean dilutes). ``mode: latent_search`` finds z by
 ``search_steps`` Adam steps on that same loss, starting from E(x) (the
 original AnoGAN search, slow); ``mode: encoder`` uses z = E(x) in one pass.
 The anomaly map is the pixel error map of x against G(z).
@@ -28,7 +31,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.utils.parametrizations import spectral_norm
 
-from ..scoring import pixel_maps
+from ..scoring import gaussian_blur, pixel_maps, reduce_maps
 from .base import ReconstructionModel, TrainOverrides
 from .blocks import check_divisible, conv_decoder, conv_encoder
 from .registry import register
@@ -140,6 +143,17 @@ class AnoGAN(ReconstructionModel):
         lam = self.config.lambda_weight
         return (1 - lam) * residual + lam * feature
 
+    def _tile_score(self, x: torch.Tensor, x_hat: torch.Tensor, cfg: Any) -> torch.Tensor:
+        """A(x) with R read off the smoothed absolute residual map by ``score.patch_reduce``:
+        with ``mean`` (digits) R is the paper's mean residual; on local defects the mean
+        over a whole tile dilutes a small defect, and ``topk_mean`` keeps it."""
+        residual = gaussian_blur((x - x_hat).abs().mean(1, keepdim=True), cfg.smooth_sigma)
+        r = reduce_maps(residual.squeeze(1), cfg.patch_reduce, cfg.patch_top_fraction)
+        _, f_x = self.disc(x)
+        _, f_hat = self.disc(x_hat)
+        lam = self.config.lambda_weight
+        return (1 - lam) * r + lam * (f_x - f_hat).abs().mean(1)
+
     def score(self, x: torch.Tensor, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             z = self.enc(x)
@@ -154,4 +168,4 @@ class AnoGAN(ReconstructionModel):
             z = z.detach()
         with torch.no_grad():
             x_hat = self.generate(z)
-            return self._anomaly(x, x_hat), pixel_maps(x, x_hat, cfg, self.error_scale)
+            return self._tile_score(x, x_hat, cfg), pixel_maps(x, x_hat, cfg, self.error_scale)

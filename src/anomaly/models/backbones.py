@@ -291,6 +291,12 @@ class FeatureMemoryModel(MemoryModel):
             raise ParamsError(f"params.yaml: models.{self.name} needs image tiles, not table rows")
         self.extractor = FeatureExtractor(config.backbone, config.layers, config.input_size)
 
+    def prepare_fit(self, device: torch.device) -> None:
+        """Before a fit: the configured backbone weights (checked at load), on ``device``,
+        in eval mode (BatchNorm statistics are the backbone's, never the tiles')."""
+        self.extractor.load_weights(self.config.weights)
+        self.to(device).eval()
+
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):
         for name in self.fitted_buffers:
             stored = state_dict.get(name)

@@ -78,8 +78,7 @@ class PaDiM(FeatureMemoryModel):
         seed: int,
         cluster: Cluster = SINGLE,
     ) -> dict:
-        self.extractor.load_weights(self.config.weights)
-        self.to(device).eval()
+        self.prepare_fit(device)
         total = None
         count = 0
         for x in batches:

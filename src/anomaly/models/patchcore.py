@@ -175,8 +175,7 @@ class PatchCore(FeatureMemoryModel):
         cluster: Cluster = SINGLE,
     ) -> dict:
         """Build the coreset memory bank from good training tiles."""
-        self.extractor.load_weights(self.config.weights)
-        self.to(device).eval()
+        self.prepare_fit(device)
         chunks: list[torch.Tensor] = []
         for x in batches:
             feats = self.features(x.to(device))

@@ -29,33 +29,41 @@ from ..pixel_metrics import MapPairs, pixel_metrics
 log = logging.getLogger(__name__)
 
 
-def _map_pairs(params: Params, images: pd.DataFrame) -> MapPairs:
+def _map_pairs(params: Params, images: pd.DataFrame) -> tuple[MapPairs, int]:
     """Full-resolution test maps with their masks, one image at a time (defects without a
-    mask are left out); a function, since the pixel metrics read them twice."""
+    mask are left out; a function, since the pixel metrics read them twice), and how many
+    images it yields, known from the archive's member names without decoding a map."""
     manifest = read_manifest(paths.manifest(params.dataset.name)).set_index("image_id", drop=False)
     maps_file = paths.score_dir(params.model) / "test_maps.npz"
+
+    def selected(stored_keys: set[str]) -> Iterator[tuple[pd.Series, str]]:
+        for image_id in images["image_id"]:
+            row = manifest.loc[image_id]
+            if row["label"] == 1 and not row["mask_path"]:
+                continue  # a defect without a mask cannot be scored per pixel
+            key = f"img_{image_id}"
+            if key in stored_keys:
+                yield row, key
 
     def pairs() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         if not maps_file.is_file():
             return
         with np.load(maps_file) as stored:
-            for image_id in images["image_id"]:
-                row = manifest.loc[image_id]
-                if row["label"] == 1 and not row["mask_path"]:
-                    continue  # a defect without a mask cannot be scored per pixel
-                key = f"img_{image_id}"
-                if key not in stored:
-                    continue
+            for row, key in selected(set(stored.files)):
                 _, mask = load_image_and_mask(manifest, row)
                 score_map = stored[key]
                 if score_map.shape != mask.shape:
                     raise DataError(
-                        f"{maps_file}: map of image {image_id} is {score_map.shape}, "
+                        f"{maps_file}: map of image {row['image_id']} is {score_map.shape}, "
                         f"mask is {mask.shape}; rerun the score stage"
                     )
                 yield score_map, mask
 
-    return pairs
+    count = 0
+    if maps_file.is_file():
+        with np.load(maps_file) as stored:
+            count = sum(1 for _ in selected(set(stored.files)))
+    return pairs, count
 
 
 def run(params: Params) -> None:
@@ -90,11 +98,8 @@ def run(params: Params) -> None:
         patches["label"].to_numpy(), patches["score"].to_numpy(), threshold["patch_threshold"]
     ).items():
         flat[f"patch.{key}"] = value
-    pairs = _map_pairs(params, images)
-    probe = iter(pairs())
-    has_maps = next(probe, None) is not None
-    probe.close()
-    if has_maps:
+    pairs, n_maps = _map_pairs(params, images)
+    if n_maps:
         pixel_cut = threshold.get("pixel_threshold")
         pixel = pixel_metrics(pairs, params.seed, params.evaluate.aupro_max_fpr, pixel_cut)
         flat["pixel.auroc"] = pixel.auroc  # exact, every pixel
