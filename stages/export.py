@@ -2,6 +2,7 @@
 
 import sys
 
+import _checkout  # noqa: F401  (first: this checkout's src/, see _checkout.py)
 from anomaly.stages import export
 from anomaly.stages.common import entry
 

@@ -136,3 +136,42 @@ def test_every_dataset_family_is_registered_under_its_module_name():
             assert args[0] == "-S" and "=" in args[1]
             assert family.category_type(categories[0]) in ("texture", "object", "digit")
         assert isinstance(family.label({"dataset.name": name}), str)
+
+
+def test_stage_scripts_run_the_code_of_their_own_checkout(tmp_path):
+    """A queued DVC experiment runs in a copy of the repository (``.dvc/tmp/exps``) and
+    DVC hashes that copy's code; the editable install points at the main working copy.
+    The stage must import the copy's ``src/`` (and hand it to child processes, e.g.
+    distributed workers), or an edited working copy silently changes queued results."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "checkout"
+    shutil.copytree(REPO / "stages", copy / "stages")
+    shutil.copytree(
+        REPO / "src" / "anomaly",
+        copy / "src" / "anomaly",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    common = copy / "src" / "anomaly" / "stages" / "common.py"
+    common.write_text(
+        common.read_text()
+        + "\nimport os as _os\nprint('RAN', __file__, _os.environ['PYTHONPATH'].split(_os.pathsep)[0])\n"
+    )
+    project = tmp_path / "project"
+    project.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, str(copy / "stages" / "split.py")],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    ran = [line.split() for line in result.stdout.splitlines() if line.startswith("RAN ")]
+    assert ran, f"the stage imported another checkout's code:\n{result.stdout}{result.stderr}"
+    assert ran[0][1] == str(common.resolve())
+    assert ran[0][2] == str((copy / "src").resolve())

@@ -127,7 +127,9 @@ def stage_code_deps(stage: str, name: str | None = None) -> frozenset[str]:
     """Repo-relative code files of ``stage`` (with model / family ``name`` loaded by name)."""
     extra = (f"{PACKAGE}.{DYNAMIC[stage][0]}.{name}",) if name and stage in DYNAMIC else ()
     files = closure(REPO / "stages" / f"{stage}.py", extra)
-    return frozenset({f"stages/{stage}.py"} | {str(p.relative_to(REPO)) for p in files})
+    # stages/_checkout.py decides which src/ the stage imports: part of every stage's code
+    own = {f"stages/{stage}.py", "stages/_checkout.py"}
+    return frozenset(own | {str(p.relative_to(REPO)) for p in files})
 
 
 def own_file(stage: str, name: str) -> str:
