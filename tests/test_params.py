@@ -25,9 +25,6 @@ def test_repo_params_load_with_defaults():
     assert resolved.latent_channels == 16 and chosen["depth"] == 3
     _, digits = resolve_auto(get_model_class("cae"), model_block(params), "whole-image")
     assert digits == {"depth": 4, "latent_channels": 2, "denoise": 0.5}
-    vit = model_block(params, "vit_vae")
-    assert resolve_auto(get_model_class("vit_vae"), vit, "local")[1] == {"score": "recon"}
-    assert resolve_auto(get_model_class("vit_vae"), vit, "whole-image")[1] == {"score": "elbo"}
     grf = model_block(params, "vae_grf")
     assert resolve_auto(get_model_class("vae_grf"), grf, "local")[1] == {"depth": 3, "channels": 8}
     assert resolve_auto(get_model_class("vae_grf"), grf, "whole-image")[1] == {

@@ -10,12 +10,12 @@ rotated); as in the paper, every source tile first goes through
 autocontrast, equalisation, saturation for colour), so the pasted region
 differs from the fabric in brightness and contrast too, not only in weave
 orientation: the defects the segmenter must then find are the intensity
-changes real defects make. It is blended with a random opacity. A reconstructive subnetwork (an
-autoencoder) learns to restore the clean tile (L2 + SSIM loss) and a
-discriminative subnetwork (a small U-Net on the input and its reconstruction)
-learns to segment the pasted region (focal loss). The anomaly map is the
-segmentation probability, smoothed by an average filter; the tile score is
-its maximum.
+changes real defects make. It is blended with a random opacity. A
+reconstructive subnetwork (an autoencoder) learns to restore the clean tile
+(L2 + SSIM loss) and a discriminative subnetwork (a small U-Net on the input
+and its reconstruction) learns to segment the pasted region (focal loss). The
+anomaly map is the segmentation probability, smoothed by an average filter;
+the tile score is its maximum.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ class ViTVAEConfig(TrainOverrides):
     latent_dim: int = 128
     beta: float = 1.0
     likelihood_sigma: float = 0.1
-    score: Literal["recon", "elbo", "auto"] = "auto"  # auto: ViTVAE.kind_defaults
+    score: Literal["recon", "elbo"] = "recon"
 
 
 def _blocks(cfg: ViTVAEConfig) -> nn.TransformerEncoder:
@@ -53,11 +53,6 @@ def _blocks(cfg: ViTVAEConfig) -> nn.TransformerEncoder:
 @register("vit_vae")
 class ViTVAE(VariationalMixin, ReconstructionModel):
     config_cls = ViTVAEConfig
-    # Whole-image anomalies (digits): score by the negative ELBO, whose KL term flags a
-    # code far from the prior. By reconstruction alone a thin digit that the decoder
-    # redraws cheaply scored as more normal than the normal class itself (one-class
-    # MNIST digit 2: 0.351 by recon, 0.717 by ELBO). Local defects keep recon.
-    kind_defaults = {"local": {"score": "recon"}, "whole-image": {"score": "elbo"}}
 
     def __init__(
         self,
