@@ -345,20 +345,17 @@ def train_model(
         )
     rank, world = cluster.rank, cluster.world_size
     memory = isinstance(model, MemoryModel)
-    if memory:  # one pass over the tiles builds the memory
-        train_src = BatchSource(store, train_ids, cfg.batch_size, True, seed, rank, world, "block")
-    else:
-        train_src = BatchSource(
-            store,
-            train_ids,
-            cfg.batch_size,
-            True,
-            seed,
-            rank,
-            world,
-            "batch",
-            min_batches=cfg.min_steps_per_epoch,
-        )
+    train_src = BatchSource(  # a memory is built from one pass over the tiles: no repeats
+        store,
+        train_ids,
+        cfg.batch_size,
+        True,
+        seed,
+        rank,
+        world,
+        "block" if memory else "batch",
+        min_batches=0 if memory else cfg.min_steps_per_epoch,
+    )
     val_src = BatchSource(store, val_ids, cfg.batch_size, False, seed, rank, world, "block")
     placement = _place_tiles([train_src, val_src], device, cfg.resident_store)
     if cluster.active:  # the same weights everywhere, but each rank its own noise

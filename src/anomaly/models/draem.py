@@ -151,9 +151,6 @@ class DRAEM(AnomalyModel):
             texture = texture.flip(-1)
         return texture.rot90(int(torch.randint(4, ())), dims=(-2, -1))
 
-    def _augmented_source(self, x: torch.Tensor) -> torch.Tensor:
-        return augment_texture(self._source_images(x), self.config.source_augmentations)
-
     def simulate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Corrupted copies of ``x`` and their masks (B, 1, H, W)."""
         b, _, h, w = x.shape
@@ -167,7 +164,7 @@ class DRAEM(AnomalyModel):
             masks.append((noise > 0.5).float() * keep)
         mask = torch.stack(masks)[:, None].to(x)
         opacity = torch.empty(b, 1, 1, 1).uniform_(0.2, 1.0).to(x)
-        texture = self._augmented_source(x)
+        texture = augment_texture(self._source_images(x), self.config.source_augmentations)
         corrupted = x * (1 - mask) + (1 - opacity) * x * mask + opacity * texture * mask
         return corrupted.clamp(0, 1), mask
 
