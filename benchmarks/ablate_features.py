@@ -42,6 +42,9 @@ VARIANTS = {
     "padim lite0 random stage2+3+4": ("padim", {"weights": "none"}),
     "padim lite0 imagenet stage2+3": ("padim", {"layers": ["stage2", "stage3"]}),
     "padim lite0 imagenet stage1+2+3": ("padim", {"layers": ["stage1", "stage2", "stage3"]}),
+    "anogan vector code": ("anogan", {"latent": "vector"}),
+    "anogan spatial code": ("anogan", {"latent": "spatial"}),
+    "anogan spatial code 4ch": ("anogan", {"latent": "spatial", "latent_channels": 4}),
 }
 
 
@@ -53,7 +56,14 @@ def _set(data: dict, dotted: str, value) -> None:
     node[leaf] = value
 
 
-def run(dataset: str, variants: list[str], overrides: list[str], out: Path | None) -> list[dict]:
+def run(
+    dataset: str,
+    variants: list[str],
+    overrides: list[str],
+    out: Path | None,
+    label: str | None = None,
+) -> list[dict]:
+    """One row per variant; ``label`` names the data in the rows (default: ``dataset``)."""
     from anomaly.params import load_params
     from anomaly.pipeline import run_stage
 
@@ -84,7 +94,7 @@ def run(dataset: str, variants: list[str], overrides: list[str], out: Path | Non
             metrics = json.loads(Path("metrics/eval.json").read_text())
             row = {
                 "variant": name,
-                "dataset": dataset,
+                "dataset": label or dataset,
                 "overrides": " ".join(overrides),
                 "seconds": round(seconds, 1),
                 **{k: metrics.get(k) for k in KEYS},

@@ -71,10 +71,10 @@ class ListSource:
         return iter(self.data.split(self.batch))
 
 
-def train_tiny(name: str, epochs: int = 40, lr: float = 3e-3):
+def train_tiny(name: str, epochs: int = 40, lr: float = 3e-3, **overrides):
     seed_everything(0)
     rng = np.random.default_rng(0)
-    model = build_model(name, model_config(name, TINY[name]), 1, SIZE)
+    model = build_model(name, model_config(name, {**TINY[name], **overrides}), 1, SIZE)
     if not model.trainable:  # memory-based: one pass over good tiles
         model.fit_memory(ListSource(stripes(128, rng), 32), torch.device("cpu"), 128, 0)
         return model, rng
@@ -216,7 +216,10 @@ def test_anogan_latent_search_scores_and_logs_every_loss(tmp_path):
     rng = np.random.default_rng(0)
     model = build_model(
         "anogan",
-        model_config("anogan", {**TINY["anogan"], "search_steps": 3, "mode": "latent_search"}),
+        model_config(
+            "anogan",
+            {**TINY["anogan"], "search_steps": 3, "mode": "latent_search", "latent": "vector"},
+        ),
         1,
         SIZE,
     )
@@ -323,3 +326,26 @@ def test_draem_source_augmentation_changes_intensity_not_range():
     assert inside.any()
     assert (corrupted[inside] - flat[:64][inside]).abs().mean() > 0.05
     assert torch.equal(corrupted[~inside], flat[:64].clamp(0, 1)[~inside])
+
+
+def test_anogan_code_follows_the_anomaly_kind_and_both_codes_separate():
+    """Textures get a spatial code (G redraws the given tile), digits the paper's vector;
+    the parametrised test above trains the spatial one, this one the vector one."""
+    from anomaly.models.registry import get_model_class, resolve_auto
+
+    cls = get_model_class("anogan")
+    config = model_config("anogan", TINY["anogan"])
+    assert resolve_auto(cls, config, "local")[1] == {"latent": "spatial"}
+    assert resolve_auto(cls, config, "whole-image")[1] == {"latent": "vector"}
+
+    spatial = build_model("anogan", config, 1, SIZE, anomaly_kind="local")
+    assert spatial.code_shape == (16, SIZE // 4, SIZE // 4)
+    assert spatial.enc(stripes(2, np.random.default_rng(0))).shape == (2, 16, 4, 4)
+
+    model, rng = train_tiny("anogan", latent="vector")
+    assert model.code_shape == (8,)
+    cfg = ScoreConfig(smooth_sigma=1.0, patch_reduce="topk_mean")
+    s_norm, _ = model.score(stripes(40, rng), cfg)
+    s_anom, _ = model.score(with_blobs(stripes(40, rng)), cfg)
+    auroc = roc_auc_score(np.r_[np.zeros(40), np.ones(40)], np.r_[s_norm, s_anom])
+    assert auroc > 0.9, f"anogan vector code AUROC {auroc:.3f}"

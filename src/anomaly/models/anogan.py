@@ -2,11 +2,17 @@
 
 A DCGAN learns the distribution of good tiles: generator G(z) from a Gaussian
 code, discriminator D with spectral normalisation on every layer (which keeps
-the adversarial game stable without tuning). An encoder E is trained at the
-same time in the f-AnoGAN "izi_f" way: x -> E -> G -> x' with the residual
-||x - x'||^2 plus ``kappa`` times the distance of D's features of x and x'.
-All three train with one optimiser; each loss reaches only its own network
-(detached fakes for D, D's and G's weights detached for the others).
+the adversarial game stable without tuning). The code is the paper's vector
+(``latent: vector``, digits) or, on textures, a spatial grid of
+``latent_channels`` per position of G's first feature map (``latent: spatial``,
+as spatial GANs for texture synthesis): a vector code lets G draw plausible
+fabric but not *this* tile's layout, so the residual is high everywhere and
+hides the defect (image AUROC 0.691 on the default fabric; 0.973 spatial).
+An encoder E is trained at the same time in the f-AnoGAN "izi_f" way:
+x -> E -> G -> x' with the residual ||x - x'||^2 plus ``kappa`` times the
+distance of D's features of x and x'. All three train with one optimiser; each
+loss reaches only its own network (detached fakes for D, D's and G's weights
+detached for the others).
 
 Anomaly score, as in the original paper:
     A(x) = (1 - lambda) * R(x) + lambda * D(x),
@@ -39,7 +45,10 @@ from .registry import register
 
 @dataclass
 class AnoGANConfig(TrainOverrides):
-    latent_dim: int = 100
+    # auto: by the data's anomaly kind (AnoGAN.kind_defaults)
+    latent: Literal["auto", "vector", "spatial"] = "auto"
+    latent_dim: int = 100  # vector code: its length
+    latent_channels: int = 16  # spatial code: channels per position of G's first grid
     base_channels: int = 32
     depth: int = 3
     mode: Literal["encoder", "latent_search"] = "encoder"
@@ -73,6 +82,15 @@ class Discriminator(nn.Module):
 @register("anogan")
 class AnoGAN(ReconstructionModel):
     config_cls = AnoGANConfig
+    # Local defects on textures: a spatial code (``latent_channels`` per position of the
+    # generator's first grid, as in spatial GANs for texture synthesis), so G can redraw
+    # the given tile's layout and only the defect is left in the residual; a vector code
+    # draws plausible fabric, not this roll. Whole-image anomalies (digits): the paper's
+    # vector code, which keeps only the shape class. Chosen by validation (README, AnoGAN).
+    kind_defaults = {
+        "local": {"latent": "spatial"},
+        "whole-image": {"latent": "vector"},
+    }
 
     def __init__(
         self,
@@ -86,14 +104,23 @@ class AnoGAN(ReconstructionModel):
         self.grid = image_size // 2**config.depth
         width = config.base_channels * min(2 ** (config.depth - 1), 8)
         self.width = width
-        self.gen_in = nn.Sequential(
-            nn.Linear(config.latent_dim, width * self.grid**2), nn.LeakyReLU(0.2)
-        )
-        self.gen = conv_decoder(in_channels, config.base_channels, config.depth, width, 0)
+        self.spatial = config.latent == "spatial"
         enc, enc_width = conv_encoder(in_channels, config.base_channels, config.depth, 0)
-        self.enc = nn.Sequential(
-            enc, nn.Flatten(), nn.Linear(enc_width * self.grid**2, config.latent_dim)
-        )
+        if self.spatial:
+            self.code_shape: tuple[int, ...] = (config.latent_channels, self.grid, self.grid)
+            self.gen_in = nn.Sequential(
+                nn.Conv2d(config.latent_channels, width, 1), nn.LeakyReLU(0.2)
+            )
+            self.enc = nn.Sequential(enc, nn.Conv2d(enc_width, config.latent_channels, 1))
+        else:
+            self.code_shape = (config.latent_dim,)
+            self.gen_in = nn.Sequential(
+                nn.Linear(config.latent_dim, width * self.grid**2), nn.LeakyReLU(0.2)
+            )
+            self.enc = nn.Sequential(
+                enc, nn.Flatten(), nn.Linear(enc_width * self.grid**2, config.latent_dim)
+            )
+        self.gen = conv_decoder(in_channels, config.base_channels, config.depth, width, 0)
         self.disc = Discriminator(in_channels, config.base_channels, config.depth, image_size)
 
     def generate(self, z: torch.Tensor, params: dict | None = None) -> torch.Tensor:
@@ -125,7 +152,7 @@ class AnoGAN(ReconstructionModel):
         izi = F.mse_loss(x_hat, x) + self.config.kappa * F.mse_loss(f_hat, f_real.detach())
         if not self.training:
             return {"loss": izi, "izi_f": izi}
-        fake = self.generate(torch.randn(len(x), self.config.latent_dim, device=x.device))
+        fake = self.generate(torch.randn(len(x), *self.code_shape, device=x.device))
         real_logit, _ = self.disc(x)
         fake_logit, _ = self.disc(fake.detach())
         d_loss = F.binary_cross_entropy_with_logits(
