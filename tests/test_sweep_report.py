@@ -308,3 +308,22 @@ def test_sweep_params_are_checked(tmp_path):
     path = write_params(tmp_path / "params.yaml", tiny_params(sweep={"models": "some"}))
     with pytest.raises(ParamsError, match="sweep.models"):
         load_params(path)
+
+
+def test_pivot_keeps_a_category_where_no_run_has_the_metric():
+    """Found on a ten-digit MNIST sweep: one category had pixel metrics and the others
+    none, and pivot_table's dropped columns made `make report` fail with a KeyError."""
+    frame = pd.DataFrame(
+        {
+            "dataset": ["mnist"] * 4,
+            "model": ["cae", "cae", "padim", "padim"],
+            "category": ["digit 0", "digit 1"] * 2,
+            "created": ["2026-11-26"] * 4,
+            "run_id": ["a", "b", "c", "d"],
+            "pixel.auroc": [0.9, float("nan"), 0.8, float("nan")],
+        }
+    )
+    table = report.pivot(frame, "pixel.auroc")
+    assert list(table.columns) == ["digit 0", "digit 1", "mean"]
+    assert table.loc["cae", "mean"] == pytest.approx(0.9)
+    assert table["digit 1"].isna().all()

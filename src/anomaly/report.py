@@ -278,6 +278,9 @@ def pivot(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     cells = latest_per_cell(frame)
     table = cells.pivot_table(index="model", columns="category", values=metric, aggfunc="first")
     categories = sorted(per_category(cells)["category"].unique())
+    # pivot_table drops a category where no run has this metric (pixel AUROC of a
+    # category without masks): keep it as an empty column instead of failing.
+    table = table.reindex(columns=sorted(set(table.columns) | set(categories)))
     table["mean"] = table[categories].mean(axis=1)
     return table.sort_values("mean", ascending=False)
 
