@@ -104,9 +104,8 @@ class AnoGAN(ReconstructionModel):
         self.grid = image_size // 2**config.depth
         width = config.base_channels * min(2 ** (config.depth - 1), 8)
         self.width = width
-        self.spatial = config.latent == "spatial"
         enc, enc_width = conv_encoder(in_channels, config.base_channels, config.depth, 0)
-        if self.spatial:
+        if config.latent == "spatial":
             self.code_shape: tuple[int, ...] = (config.latent_channels, self.grid, self.grid)
             self.gen_in = nn.Sequential(
                 nn.Conv2d(config.latent_channels, width, 1), nn.LeakyReLU(0.2)
