@@ -328,6 +328,27 @@ def test_draem_source_augmentation_changes_intensity_not_range():
     assert torch.equal(corrupted[~inside], flat[:64].clamp(0, 1)[~inside])
 
 
+def test_draem_image_score_follows_the_anomaly_kind():
+    """Textures: the paper's maximum of the average-filtered segmentation map; whole-image
+    anomalies: its mean (a wrong digit is flagged weakly everywhere, not strongly in one
+    spot). Both from the same segmentation map, which the two kinds share."""
+    cfg = ScoreConfig(smooth_sigma=0.0, patch_reduce="mean")
+    x = stripes(8, np.random.default_rng(0))
+    scores = {}
+    for kind in ("local", "whole-image"):
+        torch.manual_seed(0)
+        model = build_model("draem", model_config("draem", TINY["draem"]), 1, SIZE, None, kind)
+        model.eval()
+        scores[kind], maps = model.score(x, cfg)
+        scores[kind + " map"] = maps
+    assert torch.equal(scores["local map"], scores["whole-image map"])
+    prob = scores["local map"][:, None]
+    smoothed_max = torch.nn.functional.avg_pool2d(prob, 3, stride=1, padding=1).amax((1, 2, 3))
+    assert torch.allclose(scores["local"], smoothed_max)
+    assert torch.allclose(scores["whole-image"], prob.mean((1, 2, 3)))
+    assert not torch.allclose(scores["local"], scores["whole-image"])
+
+
 def test_anogan_code_follows_the_anomaly_kind_and_both_codes_separate():
     """Textures get a spatial code (G redraws the given tile), digits the paper's vector;
     the parametrised test above trains the spatial one, this one the vector one."""

@@ -79,6 +79,24 @@ def test_collect_reads_commits_and_experiments_and_skips_unfinished():
     assert len(report.collect(_exp_show(), include_workspace=True)) == 4
 
 
+def test_run_whose_metrics_belong_to_other_params_is_left_out_and_named(tmp_path):
+    """Params committed without running the pipeline (here: the dataset switched to mnist
+    while eval.json still holds the fabric run) must not file fabric numbers under mnist."""
+    entries = _exp_show()
+    moved = _entry("f" * 40, "cae", None, 0.99, name="cae-mnist")
+    moved["data"]["params"]["params.yaml"]["data"]["dataset"]["name"] = "mnist"
+    moved["data"]["metrics"]["metrics/eval.json"]["data"]["dataset"] = "synthetic_fabric"
+    entries[1]["experiments"].append({"name": "cae-mnist", "revs": [moved]})
+    records = report.collect(entries)
+    assert "cae-mnist" not in [r["name"] for r in records]
+    assert report.stale(entries) == ["cae-mnist"]
+    report.write_report(records, tmp_path, "HEAD", [], report.stale(entries))
+    assert "cae-mnist" in (tmp_path / "summary.md").read_text()
+    # The same run with matching metrics is kept.
+    moved["data"]["metrics"]["metrics/eval.json"]["data"]["dataset"] = "mnist"
+    assert "cae-mnist" in [r["name"] for r in report.collect(entries)]
+
+
 def test_runs_table_keeps_only_differing_params():
     table = report.runs_table(report.collect(_exp_show()))
     assert "params.model" in table.columns and "params.dataset.category" in table.columns

@@ -110,6 +110,20 @@ def _evaluated(entry: dict) -> bool:
     return "data" in ((data.get("metrics") or {}).get("metrics/eval.json") or {})
 
 
+def _stale(entry: dict) -> bool:
+    """Whether a run's eval.json was written for another model or dataset than its params
+    name: params committed or changed without running the pipeline. Its metrics belong to
+    other settings, so the report leaves it out (and says so) instead of filing them
+    under the wrong model or dataset."""
+    data = entry.get("data") or {}
+    metrics = ((data.get("metrics") or {}).get("metrics/eval.json") or {}).get("data") or {}
+    params = _flatten((data.get("params") or {}).get("params.yaml", {}).get("data", {}))
+    return any(
+        key in metrics and params.get(name) is not None and metrics[key] != params.get(name)
+        for key, name in (("model", "model"), ("dataset", "dataset.name"))
+    )
+
+
 def _runs(entries: list[dict]) -> Iterator[tuple[str, str, dict]]:
     """(kind, baseline name, run entry) for every baseline and every experiment of it;
     an experiment's result is the first of its revs (named after the experiment when the
@@ -158,7 +172,16 @@ def collect(entries: list[dict], include_workspace: bool = False) -> list[dict[s
     return [
         _record(run, kind, baseline)
         for kind, baseline, run in _runs(entries)
-        if (kind != "workspace" or include_workspace) and _evaluated(run)
+        if (kind != "workspace" or include_workspace) and _evaluated(run) and not _stale(run)
+    ]
+
+
+def stale(entries: list[dict], include_workspace: bool = False) -> list[str]:
+    """Names of evaluated runs whose metrics were written for other params (``_stale``)."""
+    return [
+        str(run.get("name") or run["rev"])
+        for kind, _, run in _runs(entries)
+        if (kind != "workspace" or include_workspace) and _evaluated(run) and _stale(run)
     ]
 
 
@@ -410,7 +433,11 @@ def defect_recall_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_report(
-    records: list[dict], out: Path, sources: str, left_out: list[str] | None = None
+    records: list[dict],
+    out: Path,
+    sources: str,
+    left_out: list[str] | None = None,
+    stale_runs: list[str] | None = None,
 ) -> dict[str, Any]:
     """CSV, markdown and figures for ``records``; returns what was written."""
     out.mkdir(parents=True, exist_ok=True)
@@ -428,6 +455,12 @@ def write_report(
     if left_out:
         lines += [
             f"Left out, not evaluated (queued, running or failed): {', '.join(left_out)}.",
+            "",
+        ]
+    if stale_runs:
+        lines += [
+            "Left out, metrics written for another model or dataset than the run's params "
+            f"(params changed without running the pipeline): {', '.join(stale_runs)}.",
             "",
         ]
     if frame.empty:
@@ -553,7 +586,9 @@ def report(
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "runs.json", {"runs": records})
     sources = ", ".join(revs) if revs else "all branches" if all_branches else "HEAD"
-    written = write_report(records, out, sources, unfinished(entries))
+    written = write_report(
+        records, out, sources, unfinished(entries), stale(entries, include_workspace)
+    )
     new_ids = {r["run_id"] for r in new}
     kept = sum(r["run_id"] not in new_ids for r in records)
     written.update({"collected": len(new), "kept_from_before": kept})

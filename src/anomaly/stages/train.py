@@ -87,6 +87,8 @@ def _train(
             params.dataset.name,
             kind,
         )
+    if kind in model.weak_on:
+        log.warning("%s on %s data: %s", params.model, kind, model.weak_on[kind])
     if not cluster.is_main:  # the other ranks train and check, rank 0 writes
         train_model(model, store, train_ids, val_ids, train_cfg, None, device, params.seed, cluster)
         return
