@@ -171,8 +171,8 @@ def collect(entries: list[dict], include_workspace: bool = False) -> list[dict[s
     """Flat records of the evaluated baselines (commits, branches) and their experiments."""
     return [
         _record(run, kind, baseline)
-        for kind, baseline, run in _runs(entries)
-        if (kind != "workspace" or include_workspace) and _evaluated(run) and not _stale(run)
+        for kind, baseline, run in _evaluated_runs(entries, include_workspace)
+        if not _stale(run)
     ]
 
 
@@ -180,9 +180,18 @@ def stale(entries: list[dict], include_workspace: bool = False) -> list[str]:
     """Names of evaluated runs whose metrics were written for other params (``_stale``)."""
     return [
         str(run.get("name") or run["rev"])
-        for kind, _, run in _runs(entries)
-        if (kind != "workspace" or include_workspace) and _evaluated(run) and _stale(run)
+        for _, _, run in _evaluated_runs(entries, include_workspace)
+        if _stale(run)
     ]
+
+
+def _evaluated_runs(
+    entries: list[dict], include_workspace: bool
+) -> Iterator[tuple[str, str, dict]]:
+    """``_runs`` that have their evaluation, the workspace only when asked for."""
+    for kind, baseline, run in _runs(entries):
+        if (kind != "workspace" or include_workspace) and _evaluated(run):
+            yield kind, baseline, run
 
 
 def unfinished(entries: list[dict]) -> list[str]:
