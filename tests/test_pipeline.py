@@ -193,13 +193,7 @@ def test_mnist_with_nothing_but_the_dataset_name_scores_whole_digits(tmp_path, m
     write_params(tmp_path / "params.yaml", data)
     with caplog.at_level(logging.WARNING):
         pipeline.STAGES["train"](load_params(tmp_path / "params.yaml"))
+    assert "draem on whole-image data" in caplog.text
     assert "learns from simulated local defects" in caplog.text
-    assert "whole-image changes" in caplog.text
-    # A model measured to do poorly on this kind of data says so, with what to use.
-    data["model"] = "vit_vae"
-    data["models"]["vit_vae"].update(patch_size=4, dim=16, depth=1, heads=2, latent_dim=4)
-    write_params(tmp_path / "params.yaml", data)
-    caplog.clear()
-    with caplog.at_level(logging.WARNING):
-        pipeline.STAGES["train"](load_params(tmp_path / "params.yaml"))
-    assert "vit_vae on whole-image data" in caplog.text and "padim" in caplog.text
+    # ... and names the models that suit whole-image anomalies.
+    assert "padim" in caplog.text

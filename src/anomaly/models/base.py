@@ -60,12 +60,11 @@ class AnomalyModel(nn.Module):
     name: ClassVar[str] = "base"
     config_cls: ClassVar[type] = TrainOverrides
     trainable: ClassVar[bool] = True
-    # "local" for models that learn from simulated local defects (DRAEM): on data whose
-    # anomalies are whole-image changes (dataset.json's anomaly_kind) the train stage warns
-    learns_from: ClassVar[str] = "normal data"
-    # Measured weaknesses by anomaly kind ({kind: what was measured and what to use
-    # instead}): the train stage repeats them as a warning, so a user who picks a model
-    # for data it does poorly on learns it from the log, not from the results.
+    # Weaknesses by anomaly kind (dataset.json's anomaly_kind: "local" or "whole-image"),
+    # {kind: why, with the measured figure, and what to use instead}: the train stage
+    # repeats them as a warning, so a user who picks a model for data it does poorly on
+    # learns it from the log, not from the results. A model built for one kind (DRAEM:
+    # simulated local defects) says so for the other kind here too.
     weak_on: ClassVar[dict[str, str]] = {}
     # Config fields whose `auto` value depends on the data's anomaly kind ("local"
     # defects, "whole-image" changes; see Family.anomaly_kind): {kind: {field: value}};

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..config_schema import build, to_dict
-from ..errors import ParamsError
+from ..errors import DataError, ParamsError
 from ..plugins import ModuleRegistry
 
 # Modules of this package that hold shared code, not a model of their own.
@@ -174,6 +174,14 @@ def model_from_payload(payload: dict, device: str | torch.device, source: str) -
     model = build_model(
         name, config, payload["in_channels"], payload["image_size"], tuple(shape) if shape else None
     )
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:  # written by a version whose architecture differs
+        reason = str(exc).strip().splitlines()[0]
+        raise DataError(
+            f"{source}: its weights do not fit the {name} model this version builds from "
+            f"the stored config ({reason}); retrain it (dvc repro) or use the version that "
+            "wrote it"
+        ) from None
     model.to(device).eval()
     return model

@@ -79,14 +79,6 @@ def _train(
     _, resolved = resolve_auto(type(model), config, kind)
     if resolved:
         log.info("train %s: auto for %s data: %s", params.model, kind, resolved)
-    if model.learns_from == "simulated local defects" and kind != "local":
-        log.warning(
-            "%s learns from simulated local defects; the anomalies of %s are %s changes, "
-            "which it is not designed to find (its numbers still count)",
-            params.model,
-            params.dataset.name,
-            kind,
-        )
     if kind in model.weak_on:
         log.warning("%s on %s data: %s", params.model, kind, model.weak_on[kind])
     if not cluster.is_main:  # the other ranks train and check, rank 0 writes
