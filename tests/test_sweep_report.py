@@ -94,7 +94,15 @@ def test_run_whose_metrics_belong_to_other_params_is_left_out_and_named(tmp_path
     assert "cae-mnist" in (tmp_path / "summary.md").read_text()
     # The same run with matching metrics is kept.
     moved["data"]["metrics"]["metrics/eval.json"]["data"]["dataset"] = "mnist"
-    assert "cae-mnist" in [r["name"] for r in report.collect(entries)]
+    archived = report.collect(entries)
+    assert "cae-mnist" in [r["name"] for r in archived]
+    # An archive (runs.json) that holds the run from before it was found stale loses
+    # its row: found on a sweep clone whose table kept the fabric number under mnist.
+    moved["data"]["metrics"]["metrics/eval.json"]["data"]["dataset"] = "synthetic_fabric"
+    assert report.stale_ids(entries) == {"f" * 40}
+    merged = report.merge_runs(archived, report.collect(entries), report.stale_ids(entries))
+    assert "cae-mnist" not in [r["name"] for r in merged]
+    assert len(merged) == len(archived) - 1
 
 
 def test_runs_table_keeps_only_differing_params():

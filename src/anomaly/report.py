@@ -140,13 +140,18 @@ def _runs(entries: list[dict]) -> Iterator[tuple[str, str, dict]]:
                 yield "experiment", baseline, run
 
 
+def _run_id(entry: dict) -> str:
+    """The key of a run's row in ``runs.json``: its revision (or ``workspace``)."""
+    return entry.get("rev") if entry.get("rev") != "workspace" else "workspace"
+
+
 def _record(entry: dict, kind: str, baseline: str) -> dict[str, Any]:
     """One evaluated run's flat record."""
     data = entry["data"]
     metrics_files = data.get("metrics") or {}
     params = _flatten((data.get("params") or {}).get("params.yaml", {}).get("data", {}))
     record: dict[str, Any] = {
-        "run_id": entry.get("rev") if entry.get("rev") != "workspace" else "workspace",
+        "run_id": _run_id(entry),
         "name": entry.get("name") or str(entry.get("rev"))[:7],
         "kind": kind,
         "baseline": baseline,
@@ -178,11 +183,19 @@ def collect(entries: list[dict], include_workspace: bool = False) -> list[dict[s
 
 def stale(entries: list[dict], include_workspace: bool = False) -> list[str]:
     """Names of evaluated runs whose metrics were written for other params (``_stale``)."""
-    return [
-        str(run.get("name") or run["rev"])
-        for _, _, run in _evaluated_runs(entries, include_workspace)
-        if _stale(run)
-    ]
+    return [str(run.get("name") or run["rev"]) for run in _stale_runs(entries, include_workspace)]
+
+
+def stale_ids(entries: list[dict], include_workspace: bool = False) -> set[str]:
+    """``runs.json`` keys of the stale runs: an archive written before they were found
+    stale (or by a version without the check) must lose their rows too."""
+    return {_run_id(run) for run in _stale_runs(entries, include_workspace)}
+
+
+def _stale_runs(entries: list[dict], include_workspace: bool) -> Iterator[dict]:
+    for _, _, run in _evaluated_runs(entries, include_workspace):
+        if _stale(run):
+            yield run
 
 
 def _evaluated_runs(
@@ -204,9 +217,12 @@ def unfinished(entries: list[dict]) -> list[str]:
     ]
 
 
-def merge_runs(previous: list[dict], new: list[dict]) -> list[dict]:
-    """Previous rows kept, a rerun of the same revision replaces its row."""
-    merged = {row["run_id"]: row for row in previous}
+def merge_runs(
+    previous: list[dict], new: list[dict], dropped: set[str] | frozenset[str] = frozenset()
+) -> list[dict]:
+    """Previous rows kept, a rerun of the same revision replaces its row; rows whose
+    ``run_id`` is in ``dropped`` (runs now found stale) go."""
+    merged = {row["run_id"]: row for row in previous if row["run_id"] not in dropped}
     for row in new:
         merged[row["run_id"]] = row
     return sorted(merged.values(), key=lambda r: (str(r.get("created")), str(r["run_id"])))
@@ -591,7 +607,7 @@ def report(
     entries = exp_show(repo, revs or [], all_branches, all_commits, num)
     new = collect(entries, include_workspace)
     previous = load_previous(out)
-    records = merge_runs(previous, new)
+    records = merge_runs(previous, new, stale_ids(entries, include_workspace))
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "runs.json", {"runs": records})
     sources = ", ".join(revs) if revs else "all branches" if all_branches else "HEAD"
