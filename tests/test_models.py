@@ -283,6 +283,51 @@ def test_anogan_latent_search_scores_and_logs_every_loss(tmp_path):
     assert torch.isfinite(scores).all()
 
 
+def test_anogan_generator_recon_trains_the_generator_only():
+    """``generator_recon`` adds G(E(x)) ~ x to the generator's loss: its gradient must
+    reach G and nothing else (E has its own izi_f loss, D its adversarial one)."""
+    seed_everything(0)
+    x = stripes(8, np.random.default_rng(0))
+    for weight in (0.0, 1.0):
+        config = model_config("anogan", {**TINY["anogan"], "generator_recon": weight})
+        model = build_model("anogan", config, 1, SIZE, anomaly_kind="whole-image")
+        model.train()
+        terms = model.training_loss(x)
+        assert ("gen_recon" in terms) == (weight > 0)
+        if weight == 0:
+            continue
+        terms["gen_recon"].backward()
+        for part in ("gen_in", "gen"):
+            grads = [p.grad for p in getattr(model, part).parameters()]
+            assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+        for part in ("enc", "disc"):
+            assert all(p.grad is None for p in getattr(model, part).parameters()), part
+
+
+def test_anogan_izi_f_score_is_the_loss_its_encoder_learns():
+    """``anomaly_score: izi_f`` (f-AnoGAN) scores a tile by the loss its encoder is
+    trained on; with a tile mean and no smoothing, their batch means agree."""
+    seed_everything(0)
+    x = stripes(6, np.random.default_rng(1))
+    config = model_config("anogan", {**TINY["anogan"], "anomaly_score": "izi_f"})
+    model = build_model("anogan", config, 1, SIZE, anomaly_kind="whole-image").eval()
+    with torch.no_grad():
+        loss = model.training_loss(x)["izi_f"]
+    scores, _ = model.score(x, ScoreConfig(smooth_sigma=0.0, patch_reduce="mean"))
+    assert scores.mean().item() == pytest.approx(loss.item(), rel=1e-5)
+    paper = build_model(
+        "anogan",
+        model_config("anogan", {**TINY["anogan"], "anomaly_score": "anogan"}),
+        1,
+        SIZE,
+        anomaly_kind="whole-image",
+    ).eval()
+    paper.load_state_dict(model.state_dict())
+    assert not torch.allclose(
+        paper.score(x, ScoreConfig(smooth_sigma=0.0, patch_reduce="mean"))[0], scores
+    )
+
+
 def test_patchcore_bank_index_matches_brute_force(monkeypatch):
     from anomaly.models import patchcore
 
@@ -398,8 +443,10 @@ def test_anogan_code_follows_the_anomaly_kind_and_both_codes_separate():
 
     cls = get_model_class("anogan")
     config = model_config("anogan", TINY["anogan"])
-    assert resolve_auto(cls, config, "local")[1] == {"latent": "spatial"}
-    assert resolve_auto(cls, config, "whole-image")[1] == {"latent": "vector"}
+    local = {"latent": "spatial", "generator_recon": 0.0}
+    assert resolve_auto(cls, config, "local")[1] == local
+    whole = {"latent": "vector", "generator_recon": 1.0}
+    assert resolve_auto(cls, config, "whole-image")[1] == whole
 
     spatial = build_model("anogan", config, 1, SIZE, anomaly_kind="local")
     assert spatial.code_shape == (16, SIZE // 4, SIZE // 4)

@@ -14,16 +14,27 @@ distance of D's features of x and x'. All three train with one optimiser; each
 loss reaches only its own network (detached fakes for D, D's and G's weights
 detached for the others).
 
-Anomaly score, as in the original paper:
-    A(x) = (1 - lambda) * R(x) + lambda * D(x),
-R the mean absolute residual |x - G(z)| and D the mean absolute difference of
-discriminator features of x and G(z). The tile score reads R off the absolute
-residual map with ``score.patch_reduce`` like every reconstruction model (the
-paper's mean for whole-image anomalies; the top 1% of the smoothed map for
-local defects, which a tile mean dilutes). ``mode: latent_search`` finds z by
-``search_steps`` Adam steps on that same loss, starting from E(x) (the
-original AnoGAN search, slow); ``mode: encoder`` uses z = E(x) in one pass.
-The anomaly map is the pixel error map of x against G(z).
+On whole-image data the generator also learns to redraw G(E(x)) ~ x with
+weight ``generator_recon`` (the code detached, so this reaches G only): the
+paper's generator learns from D alone, which a few hundred steps on a couple
+of hundred digits do not get far with (one-class MNIST digit 2: 0.774 -> 0.817
+with the izi_f score). 0, the paper's, stays the default on local defects.
+
+Anomaly score (``anomaly_score``): ``izi_f``, f-AnoGAN's, is the loss the
+encoder is trained on, the squared residual (x - G(z))^2 plus ``kappa`` times
+the squared distance of D's features of x and G(z); ``anogan``, the 2017
+paper's, is (1 - lambda) |x - G(z)| + lambda |f(x) - f(G(z))|. izi_f is the
+default: its residual is on the scale of the squared-error map, and on the
+default fabric it gave image AUROC 0.985 against 0.973 and pixel AUROC 0.992
+against 0.745 (the stage normalises maps with the score's statistics per
+group, which fits only when the score is on the map's scale); digit 2, same
+trained model, 0.774 against 0.728. Either way the residual term is read off
+the smoothed residual map with ``score.patch_reduce`` like every
+reconstruction model (the mean for whole-image anomalies; the top 1% of the
+smoothed map for local defects, which a tile mean dilutes). ``mode:
+latent_search`` finds z by ``search_steps`` Adam steps on that same score,
+starting from E(x) (the original AnoGAN search, slow); ``mode: encoder`` uses
+z = E(x) in one pass. The anomaly map is the pixel error map of x against G(z).
 """
 
 from __future__ import annotations
@@ -52,8 +63,15 @@ class AnoGANConfig(TrainOverrides):
     base_channels: int = 32
     depth: int = 3
     mode: Literal["encoder", "latent_search"] = "encoder"
+    # izi_f: (x - G(z))^2 + kappa (f(x) - f(G(z)))^2, f-AnoGAN's (2019), the loss the
+    # encoder is trained on (f: the discriminator's features); anogan: the 2017 paper's
+    # (1 - lambda) |x - G(z)| + lambda |f(x) - f(G(z))|
+    anomaly_score: Literal["izi_f", "anogan"] = "izi_f"
     lambda_weight: float = 0.1
     kappa: float = 1.0
+    # weight of the reconstruction G(E(x)) ~ x in the generator's own loss; 0 is the
+    # paper's generator, which learns from the discriminator only (auto: by data kind)
+    generator_recon: float | Literal["auto"] = "auto"
     search_steps: int = 50
     search_lr: float = 0.05
 
@@ -86,10 +104,13 @@ class AnoGAN(ReconstructionModel):
     # generator's first grid, as in spatial GANs for texture synthesis), so G can redraw
     # the given tile's layout and only the defect is left in the residual; a vector code
     # draws plausible fabric, not this roll. Whole-image anomalies (digits): the paper's
-    # vector code, which keeps only the shape class. Chosen by validation (README, AnoGAN).
+    # vector code, which keeps only the shape class. On digits the generator also learns
+    # to redraw E(x) (``generator_recon``): 175 training digits and a few hundred steps do
+    # not teach an adversarial generator the class, so every digit, good or not, came
+    # back blurred. Chosen by validation (README, AnoGAN).
     kind_defaults = {
-        "local": {"latent": "spatial"},
-        "whole-image": {"latent": "vector"},
+        "local": {"latent": "spatial", "generator_recon": 0.0},
+        "whole-image": {"latent": "vector", "generator_recon": 1.0},
     }
 
     def __init__(
@@ -145,7 +166,8 @@ class AnoGAN(ReconstructionModel):
         frozen = self._frozen("gen_in", "gen")
         disc_frozen = {k: v.detach() for k, v in self.disc.named_parameters()}
         disc_frozen |= dict(self.disc.named_buffers())
-        x_hat = self.generate(self.enc(x), frozen)
+        z = self.enc(x)
+        x_hat = self.generate(z, frozen)
         _, f_real = functional_call(self.disc, disc_frozen, (x,))
         _, f_hat = functional_call(self.disc, disc_frozen, (x_hat,))
         izi = F.mse_loss(x_hat, x) + self.config.kappa * F.mse_loss(f_hat, f_real.detach())
@@ -159,26 +181,42 @@ class AnoGAN(ReconstructionModel):
         ) + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit))
         fooled, _ = functional_call(self.disc, disc_frozen, (fake,))
         g_loss = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
-        return {"loss": d_loss + g_loss + izi, "disc": d_loss, "gen": g_loss, "izi_f": izi}
+        terms = {"disc": d_loss, "gen": g_loss, "izi_f": izi}
+        loss = d_loss + g_loss + izi
+        if self.config.generator_recon > 0:
+            # the code detached: this term reaches G only (the encoder has izi_f)
+            redraw = F.mse_loss(self.generate(z.detach()), x)
+            loss = loss + self.config.generator_recon * redraw
+            terms["gen_recon"] = redraw
+        return {"loss": loss, **terms}
+
+    def _combine(
+        self, residual: torch.Tensor, x: torch.Tensor, x_hat: torch.Tensor
+    ) -> torch.Tensor:
+        """The score from the residual term and the discriminator-feature distance."""
+        _, f_x = self.disc(x)
+        _, f_hat = self.disc(x_hat)
+        if self.config.anomaly_score == "izi_f":
+            return residual + self.config.kappa * (f_x - f_hat).pow(2).mean(1)
+        lam = self.config.lambda_weight
+        return (1 - lam) * residual + lam * (f_x - f_hat).abs().mean(1)
+
+    def _error(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+        """Per-pixel residual, channel mean: absolute (AnoGAN) or squared (izi_f)."""
+        diff = x - x_hat
+        return (diff.pow(2) if self.config.anomaly_score == "izi_f" else diff.abs()).mean(1)
 
     def _anomaly(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-        _, f_x = self.disc(x)
-        _, f_hat = self.disc(x_hat)
-        residual = (x - x_hat).abs().flatten(1).mean(1)
-        feature = (f_x - f_hat).abs().mean(1)
-        lam = self.config.lambda_weight
-        return (1 - lam) * residual + lam * feature
+        return self._combine(self._error(x, x_hat).flatten(1).mean(1), x, x_hat)
 
     def _tile_score(self, x: torch.Tensor, x_hat: torch.Tensor, cfg: Any) -> torch.Tensor:
-        """A(x) with R read off the smoothed absolute residual map by ``score.patch_reduce``:
-        with ``mean`` (digits) R is the paper's mean residual; on local defects the mean
-        over a whole tile dilutes a small defect, and ``topk_mean`` keeps it."""
-        residual = gaussian_blur((x - x_hat).abs().mean(1, keepdim=True), cfg.smooth_sigma)
+        """The score with its residual term read off the smoothed residual map by
+        ``score.patch_reduce``: with ``mean`` (digits) it is the paper's mean residual; on
+        local defects the mean over a whole tile dilutes a small defect, and ``topk_mean``
+        keeps it."""
+        residual = gaussian_blur(self._error(x, x_hat).unsqueeze(1), cfg.smooth_sigma)
         r = reduce_maps(residual.squeeze(1), cfg.patch_reduce, cfg.patch_top_fraction)
-        _, f_x = self.disc(x)
-        _, f_hat = self.disc(x_hat)
-        lam = self.config.lambda_weight
-        return (1 - lam) * r + lam * (f_x - f_hat).abs().mean(1)
+        return self._combine(r, x, x_hat)
 
     def score(self, x: torch.Tensor, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
