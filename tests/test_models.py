@@ -328,6 +328,25 @@ def test_anogan_izi_f_score_is_the_loss_its_encoder_learns():
     )
 
 
+def test_anogan_checkpoint_without_anomaly_score_keeps_the_2017_score(tmp_path):
+    """A checkpoint from before ``anomaly_score`` existed was thresholded on the 2017
+    score: loading it must not switch it to izi_f, while params.yaml's default is izi_f."""
+    from anomaly.models.registry import model_from_payload
+    from anomaly.params import load_params
+
+    assert load_params("params.yaml").models["anogan"]["anomaly_score"] == "izi_f"
+    model = build_model("anogan", model_config("anogan", TINY["anogan"]), 1, SIZE)
+    stored = {k: v for k, v in vars(model.config).items() if k != "anomaly_score"}
+    payload = {
+        "model": "anogan",
+        "config": stored,
+        "in_channels": 1,
+        "image_size": SIZE,
+        "state_dict": model.state_dict(),
+    }
+    assert model_from_payload(payload, "cpu", "old.pt").config.anomaly_score == "anogan"
+
+
 def test_patchcore_bank_index_matches_brute_force(monkeypatch):
     from anomaly.models import patchcore
 

@@ -65,8 +65,10 @@ class AnoGANConfig(TrainOverrides):
     mode: Literal["encoder", "latent_search"] = "encoder"
     # izi_f: (x - G(z))^2 + kappa (f(x) - f(G(z)))^2, f-AnoGAN's (2019), the loss the
     # encoder is trained on (f: the discriminator's features); anogan: the 2017 paper's
-    # (1 - lambda) |x - G(z)| + lambda |f(x) - f(G(z))|
-    anomaly_score: Literal["izi_f", "anogan"] = "izi_f"
+    # (1 - lambda) |x - G(z)| + lambda |f(x) - f(G(z))|. params.yaml sets izi_f; the field's
+    # own default is the 2017 score because a checkpoint or bundle written before this
+    # field existed lacks it, and its thresholds were fitted on that score
+    anomaly_score: Literal["izi_f", "anogan"] = "anogan"
     lambda_weight: float = 0.1
     kappa: float = 1.0
     # weight of the reconstruction G(E(x)) ~ x in the generator's own loss; 0 is the
@@ -106,8 +108,8 @@ class AnoGAN(ReconstructionModel):
     # draws plausible fabric, not this roll. Whole-image anomalies (digits): the paper's
     # vector code, which keeps only the shape class. On digits the generator also learns
     # to redraw E(x) (``generator_recon``): 175 training digits and a few hundred steps do
-    # not teach an adversarial generator the class, so every digit, good or not, came
-    # back blurred. Chosen by validation (README, AnoGAN).
+    # not teach an adversarial-only generator the class (the encoder's validation loss
+    # on good digits halves with it). Chosen by validation (README, AnoGAN).
     kind_defaults = {
         "local": {"latent": "spatial", "generator_recon": 0.0},
         "whole-image": {"latent": "vector", "generator_recon": 1.0},
