@@ -23,8 +23,9 @@ with the izi_f score). 0, the paper's, stays the default on local defects.
 Anomaly score (``anomaly_score``): ``izi_f``, f-AnoGAN's, is the loss the
 encoder is trained on, the squared residual (x - G(z))^2 plus ``kappa`` times
 the squared distance of D's features of x and G(z); ``anogan``, the 2017
-paper's, is (1 - lambda) |x - G(z)| + lambda |f(x) - f(G(z))|. izi_f is the
-default: its residual is on the scale of the squared-error map, and on the
+paper's, is (1 - lambda) |x - G(z)| + lambda |f(x) - f(G(z))|. params.yaml
+sets izi_f (the field's own default stays the 2017 score, for checkpoints
+written before the field existed): its residual is on the scale of the squared-error map, and on the
 default fabric it gave image AUROC 0.985 against 0.973 and pixel AUROC 0.992
 against 0.745 (the stage normalises maps with the score's statistics per
 group, which fits only when the score is on the map's scale); digit 2, same
