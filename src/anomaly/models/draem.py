@@ -150,9 +150,18 @@ class DRAEM(AnomalyModel):
         self.decoder = conv_decoder(in_channels, config.base_channels, config.depth, width, 1)
         self.segment = SegmentationNet(2 * in_channels, config.seg_channels)
         self._source: torch.Tensor | None = None
+        # Two full-resolution networks make DRAEM the slowest model to train; oneDNN's
+        # convolutions run a quarter faster in channels-last layout on one CPU thread
+        # (64-px digit batch of 64: 5.1 s -> 3.8 s per step; 2.7 s -> 2.3 s on two),
+        # and tensor cores prefer it too. Same maths, other memory order.
+        self.to(memory_format=torch.channels_last)
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.bottleneck(self.encoder(x)))
+        return self.decoder(self.bottleneck(self.encoder(_nhwc(x))))
+
+    def _segment(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        """Two-class logits from the input and its reconstruction."""
+        return self.segment(_nhwc(torch.cat([x, recon], 1)))
 
     def _source_images(self, x: torch.Tensor) -> torch.Tensor:
         """Texture to paste: the configured folder, else the batch itself shuffled."""
@@ -193,7 +202,7 @@ class DRAEM(AnomalyModel):
         recon = self.reconstruct(corrupted)
         mse, ssim_err = error_components(x, recon, window=7)
         rec_loss = mse.mean() + 2 * ssim_err.mean()
-        logits = self.segment(torch.cat([corrupted, recon], 1))
+        logits = self._segment(corrupted, recon)
         prob = logits.softmax(1)
         target = mask[:, 0].long()
         pt = prob.gather(1, target[:, None])[:, 0].clamp(1e-6, 1)
@@ -203,13 +212,17 @@ class DRAEM(AnomalyModel):
     @torch.no_grad()
     def score(self, x: torch.Tensor, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
         recon = self.reconstruct(x)
-        prob = self.segment(torch.cat([x, recon], 1)).softmax(1)[:, 1:2]
+        prob = self._segment(x, recon).softmax(1)[:, 1:2]
         maps = gaussian_blur(prob, cfg.smooth_sigma).squeeze(1)
         if self.config.image_score == "mean":
             return prob.flatten(1).mean(dim=1), maps
         k = self.config.smooth_size
         smooth = F.avg_pool2d(prob, k, stride=1, padding=k // 2) if k > 1 else prob
         return smooth.flatten(1).max(dim=1).values, maps
+
+
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def _per_sample(b: int, lo: float, hi: float, x: torch.Tensor) -> torch.Tensor:
