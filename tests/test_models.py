@@ -282,6 +282,17 @@ def test_anogan_latent_search_scores_and_logs_every_loss(tmp_path):
     assert scores.shape == (4,) and maps.shape == (4, SIZE, SIZE)
     assert torch.isfinite(scores).all()
 
+    # The input's discriminator features are computed once per batch, not at every
+    # search step: one pass for x, one per step for G(z), one for the final G(z).
+    calls = []
+    hook = model.disc.register_forward_hook(lambda *_: calls.append(1))
+    again, _ = model.score(
+        stripes(4, np.random.default_rng(1)),
+        ScoreConfig(smooth_sigma=4.0, patch_reduce="topk_mean"),
+    )
+    hook.remove()
+    assert len(calls) == 1 + 3 + 1 and torch.isfinite(again).all()
+
 
 def test_anogan_generator_recon_trains_the_generator_only():
     """``generator_recon`` adds G(E(x)) ~ x to the generator's loss: its gradient must

@@ -194,10 +194,11 @@ class AnoGAN(ReconstructionModel):
         return {"loss": loss, **terms}
 
     def _combine(
-        self, residual: torch.Tensor, x: torch.Tensor, x_hat: torch.Tensor
+        self, residual: torch.Tensor, f_x: torch.Tensor, x_hat: torch.Tensor
     ) -> torch.Tensor:
-        """The score from the residual term and the discriminator-feature distance."""
-        _, f_x = self.disc(x)
+        """The score from the residual term and the distance between the input's
+        discriminator features ``f_x`` (computed once per batch: the latent search
+        changes only ``x_hat``) and the reconstruction's."""
         _, f_hat = self.disc(x_hat)
         if self.config.anomaly_score == "izi_f":
             return residual + self.config.kappa * (f_x - f_hat).pow(2).mean(1)
@@ -209,30 +210,33 @@ class AnoGAN(ReconstructionModel):
         diff = x - x_hat
         return (diff.pow(2) if self.config.anomaly_score == "izi_f" else diff.abs()).mean(1)
 
-    def _anomaly(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-        return self._combine(self._error(x, x_hat).flatten(1).mean(1), x, x_hat)
+    def _anomaly(self, x: torch.Tensor, f_x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+        return self._combine(self._error(x, x_hat).flatten(1).mean(1), f_x, x_hat)
 
-    def _tile_score(self, x: torch.Tensor, x_hat: torch.Tensor, cfg: Any) -> torch.Tensor:
+    def _tile_score(
+        self, x: torch.Tensor, f_x: torch.Tensor, x_hat: torch.Tensor, cfg: Any
+    ) -> torch.Tensor:
         """The score with its residual term read off the smoothed residual map by
         ``score.patch_reduce``: with ``mean`` (digits) it is the paper's mean residual; on
         local defects the mean over a whole tile dilutes a small defect, and ``topk_mean``
         keeps it."""
         residual = gaussian_blur(self._error(x, x_hat).unsqueeze(1), cfg.smooth_sigma)
         r = reduce_maps(residual.squeeze(1), cfg.patch_reduce, cfg.patch_top_fraction)
-        return self._combine(r, x, x_hat)
+        return self._combine(r, f_x, x_hat)
 
     def score(self, x: torch.Tensor, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             z = self.enc(x)
+            _, f_x = self.disc(x)
         if self.config.mode == "latent_search":
             z = z.clone().requires_grad_(True)
             opt = torch.optim.Adam([z], lr=self.config.search_lr)
             with torch.enable_grad():
                 for _ in range(self.config.search_steps):
                     opt.zero_grad()
-                    self._anomaly(x, self.generate(z)).sum().backward()
+                    self._anomaly(x, f_x, self.generate(z)).sum().backward()
                     opt.step()
             z = z.detach()
         with torch.no_grad():
             x_hat = self.generate(z)
-            return self._tile_score(x, x_hat, cfg), pixel_maps(x, x_hat, cfg, self.error_scale)
+            return self._tile_score(x, f_x, x_hat, cfg), pixel_maps(x, x_hat, cfg, self.error_scale)
