@@ -466,6 +466,26 @@ def test_draem_image_score_follows_the_anomaly_kind():
     assert not torch.allclose(scores["local"], scores["whole-image"])
 
 
+def test_draem_code_follows_the_anomaly_kind():
+    """params.yaml leaves DRAEM's code to the data: the paper's wide 8 x 8 x 64 code on
+    64-px texture tiles, a 4 x 4 x 2 one on digits, which cannot redraw a wrong digit (with
+    the wide one, one-class MNIST digits 1 and 2 scored 0.663 and 0.614)."""
+    from anomaly.models.registry import get_model_class, resolve_auto
+    from anomaly.params import load_params
+
+    shipped = load_params("params.yaml").models["draem"]
+    assert shipped["depth"] == "auto" and shipped["latent_channels"] == "auto"
+    config = model_config("draem", shipped)
+    x = torch.zeros(2, 1, 64, 64)
+    codes = {}
+    for kind in ("local", "whole-image"):
+        _, chosen = resolve_auto(get_model_class("draem"), config, kind)
+        model = build_model("draem", config, 1, 64, None, kind)
+        codes[kind] = tuple(model.bottleneck[0](model.encoder(x)).shape[1:])
+        assert model.config.image_score == chosen["image_score"]
+    assert codes == {"local": (64, 8, 8), "whole-image": (2, 4, 4)}
+
+
 def test_anogan_code_follows_the_anomaly_kind_and_both_codes_separate():
     """Textures get a spatial code (G redraws the given tile), digits the paper's vector;
     the parametrised test above trains the spatial one, this one the vector one."""
