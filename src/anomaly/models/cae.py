@@ -34,9 +34,10 @@ class CAEConfig(TrainOverrides):
 class ConvAutoencoder(ReconstructionModel):
     config_cls = CAEConfig
     # Local defects (fabric, MVTec): a wide 8 x 8 spatial code that redraws the texture,
-    # trained to remove simulated defects. Whole-image anomalies (digits): a 2 x 2 x 2
-    # code that keeps only the shape class, lighter denoising. Chosen on one-class MNIST
-    # digit 0 (README, One-class MNIST); the local values are the earlier defaults.
+    # trained to remove simulated defects. Whole-image anomalies (digits): a 4 x 4 x 2
+    # code on 64-px tiles that keeps only the shape class, lighter denoising. Chosen on
+    # one-class MNIST digit 0 (README, One-class MNIST); the local values are the
+    # earlier defaults.
     kind_defaults = {
         "local": {"depth": 3, "latent_channels": 16, "denoise": 0.8},
         "whole-image": {"depth": 4, "latent_channels": 2, "denoise": 0.5},
