@@ -446,24 +446,30 @@ def test_draem_source_augmentation_changes_intensity_not_range():
 
 
 def test_draem_image_score_follows_the_anomaly_kind():
-    """Textures: the paper's maximum of the average-filtered segmentation map; whole-image
-    anomalies: its mean (a wrong digit is flagged weakly everywhere, not strongly in one
-    spot). Both from the same segmentation map, which the two kinds share."""
+    """Textures: the paper's maximum of the average-filtered segmentation map. Whole-image
+    anomalies: the reconstructive subnet's error (its segmenter, trained on pasted patches,
+    overlooks a wrong digit). ``mean`` stays available: the segmentation map's mean."""
+    from anomaly.scoring import pixel_maps
+
     cfg = ScoreConfig(smooth_sigma=0.0, patch_reduce="mean")
     x = stripes(8, np.random.default_rng(0))
-    scores = {}
-    for kind in ("local", "whole-image"):
+    scores, maps = {}, {}
+    for kind, chosen in (("local", "auto"), ("whole-image", "auto"), ("local", "mean")):
         torch.manual_seed(0)
-        model = build_model("draem", model_config("draem", TINY["draem"]), 1, SIZE, None, kind)
+        config = model_config("draem", {**TINY["draem"], "image_score": chosen})
+        model = build_model("draem", config, 1, SIZE, None, kind)
         model.eval()
-        scores[kind], maps = model.score(x, cfg)
-        scores[kind + " map"] = maps
-    assert torch.equal(scores["local map"], scores["whole-image map"])
-    prob = scores["local map"][:, None]
+        scores[kind, chosen], maps[kind, chosen] = model.score(x, cfg)
+    prob = maps["local", "auto"][:, None]
     smoothed_max = torch.nn.functional.avg_pool2d(prob, 3, stride=1, padding=1).amax((1, 2, 3))
-    assert torch.allclose(scores["local"], smoothed_max)
-    assert torch.allclose(scores["whole-image"], prob.mean((1, 2, 3)))
-    assert not torch.allclose(scores["local"], scores["whole-image"])
+    assert torch.allclose(scores["local", "auto"], smoothed_max)
+    assert torch.equal(maps["local", "mean"], maps["local", "auto"])
+    assert torch.allclose(scores["local", "mean"], prob.mean((1, 2, 3)))
+    with torch.no_grad():
+        error = pixel_maps(x, model.reconstruct(x), cfg)
+    assert torch.allclose(maps["whole-image", "auto"], error)
+    assert torch.allclose(scores["whole-image", "auto"], error.mean((1, 2)))
+    assert not torch.allclose(scores["local", "auto"], scores["whole-image", "auto"])
 
 
 def test_draem_code_follows_the_anomaly_kind():
