@@ -165,7 +165,7 @@ class DRAEM(AnomalyModel):
         self._source: torch.Tensor | None = None
         # Two full-resolution networks make DRAEM the slowest model to train; oneDNN's
         # convolutions run a quarter faster in channels-last layout on one CPU thread
-        # (64-px digit batch of 64: 5.1 s -> 3.8 s per step; 2.7 s -> 2.3 s on two),
+        # (64-px digit batch of 64: 5.1 s -> 3.6 s per step; 2.7 s -> 2.3 s on two),
         # and tensor cores prefer it too. Same maths, other memory order.
         self.to(memory_format=torch.channels_last)
 
