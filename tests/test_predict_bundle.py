@@ -18,6 +18,16 @@ from anomaly.cli import main
 from anomaly.params import load_params
 from conftest import tiny_params, write_params
 
+# How closely predict reproduces the pipeline's scores. On the CPU the same float32
+# arithmetic gives the same bits; on CUDA, cuDNN picks its convolution algorithm by batch
+# shape, so predict's batches differ from the score stage's in the last bits (measured
+# on an H100: 3.5e-6 relative), which is not a different result.
+SCORE_RTOL = 1e-4 if torch.cuda.is_available() else 1e-6
+# Maps (stored as float16 on both sides) differ more there: cuDNN's convolutions run in
+# TF32 with an algorithm chosen by batch shape (measured on an H100: 17 of 16,384 pixels
+# off by up to 0.006 on values near 1.6, i.e. after dividing by the group's scale).
+MAP_ATOL, MAP_RTOL = (2e-2, 1e-2) if torch.cuda.is_available() else (2e-3, 0.0)
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -51,7 +61,7 @@ def test_predict_reproduces_the_pipeline_on_its_own_test_images(trained, tmp_pat
     predicted = pd.read_csv(out / "predictions.csv", dtype={"group": str})
     merged = test.merge(predicted, left_on="image_path", right_on="image", suffixes=("", "_new"))
     assert len(merged) == len(test)
-    np.testing.assert_allclose(merged["score_new"], merged["score"], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(merged["score_new"], merged["score"], rtol=SCORE_RTOL, atol=1e-9)
     threshold = json.loads((trained / "metrics/threshold.json").read_text())["image_threshold"]
     assert list(merged["defect"]) == list((merged["score"] >= threshold).astype(int))
     assert list(merged["group_new"]) == list(merged["group"])
@@ -59,7 +69,10 @@ def test_predict_reproduces_the_pipeline_on_its_own_test_images(trained, tmp_pat
         for row in merged.itertuples():
             mine = np.load(out / (row.image_path[: -len(".png")] + "_map.npy"))
             np.testing.assert_allclose(
-                mine.astype(np.float32), maps[f"img_{row.image_id}"].astype(np.float32), atol=2e-3
+                mine.astype(np.float32),
+                maps[f"img_{row.image_id}"].astype(np.float32),
+                atol=MAP_ATOL,
+                rtol=MAP_RTOL,
             )
     first = test["image_path"].iloc[0][: -len(".png")]
     assert (out / f"{first}_mask.png").is_file() and (out / f"{first}_overlay.png").is_file()
@@ -88,12 +101,14 @@ def test_bundle_loads_with_weights_only_and_works_without_project_files(
         for p in rows["image_path"]
     ]
     results = detector.predict(images[:1], group=rows["group"].iloc[0])
-    assert results[0].score == pytest.approx(rows["score"].iloc[0], rel=1e-6)
+    assert results[0].score == pytest.approx(rows["score"].iloc[0], rel=SCORE_RTOL)
     assert results[0].anomaly_map.shape == images[0].shape
     assert results[0].mask.dtype == bool and results[0].mask.shape == images[0].shape
     # Files keep their group in the name; arrays need it (several fabrics here).
     paths = [trained / "data/raw/synthetic_fabric" / p for p in rows["image_path"]]
-    assert [r.score for r in detector.predict(paths)] == pytest.approx(list(rows["score"]))
+    assert [r.score for r in detector.predict(paths)] == pytest.approx(
+        list(rows["score"]), rel=SCORE_RTOL
+    )
     from anomaly.errors import DataError
 
     with pytest.raises(DataError, match="pass a group"):

@@ -35,6 +35,24 @@ def test_ssim_is_one_for_identical_and_lower_for_noise():
     assert ssim_map(x, torch.rand_like(x)).mean() < 0.5
 
 
+def test_ssim_and_blur_keep_float32_inside_mixed_precision():
+    """Training runs under ``torch.autocast`` on CUDA (``train.amp``). SSIM there used to
+    run its blurs in bfloat16, where var = E[x^2] - E[x]^2 cancels to noise; DRAEM's SSIM
+    loss then trained nothing useful (one-class digit 0 on an H100: image AUROC 0.32,
+    0.93 with ``train.amp=false``). CPU autocast casts convolutions the same way."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 1, 28, 28, generator=g)
+    y = (x + 0.05 * torch.randn(4, 1, 28, 28, generator=g)).clamp(0, 1)
+    exact_ssim, exact_blur = ssim_map(x, y), gaussian_blur(x, 1.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed_ssim, mixed_blur = ssim_map(x, y), gaussian_blur(x, 1.5)
+        same = ssim_map(x, x)
+    assert mixed_ssim.dtype == torch.float32 and mixed_blur.dtype == torch.float32
+    torch.testing.assert_close(mixed_ssim, exact_ssim)
+    torch.testing.assert_close(mixed_blur, exact_blur)
+    assert torch.allclose(same, torch.ones_like(same), atol=1e-4)
+
+
 def test_reduce_maps():
     maps = torch.zeros(2, 10, 10)
     maps[1, :1, :] = 1.0

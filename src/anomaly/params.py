@@ -225,7 +225,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     patience: int = 8
     device: str = "auto"
-    amp: bool = True
+    # Mixed precision on CUDA, off by default: on an H100 with 64-px tiles in batches
+    # of 64 these small networks trained slower with it (fp32 with cuDNN's TF32 was
+    # 1.06 to 2.9 times faster for 7 of 8 models; benchmarks/results/bench_models_h100.jsonl).
+    amp: bool = False
     max_train_patches: int | None = None
     min_steps_per_epoch: int = 20
     distributed: bool = False
