@@ -183,13 +183,18 @@ def collect(entries: list[dict], include_workspace: bool = False) -> list[dict[s
 
 def stale(entries: list[dict], include_workspace: bool = False) -> list[str]:
     """Names of evaluated runs whose metrics were written for other params (``_stale``)."""
-    return [str(run.get("name") or run["rev"]) for run in _stale_runs(entries, include_workspace)]
+    return [_run_name(run) for run in _stale_runs(entries, include_workspace)]
 
 
 def stale_ids(entries: list[dict], include_workspace: bool = False) -> set[str]:
     """``runs.json`` keys of the stale runs: an archive written before they were found
     stale (or by a version without the check) must lose their rows too."""
     return {_run_id(run) for run in _stale_runs(entries, include_workspace)}
+
+
+def _run_name(run: dict) -> str:
+    """The experiment's name, or its revision when it has none (a commit)."""
+    return str(run.get("name") or run["rev"])
 
 
 def _stale_runs(entries: list[dict], include_workspace: bool) -> Iterator[dict]:
@@ -211,7 +216,7 @@ def unfinished(entries: list[dict]) -> list[str]:
     """Names of experiments with no evaluation yet (queued, running or failed): the report
     says they were left out rather than dropping them silently."""
     return [
-        str(run.get("name") or run["rev"])
+        _run_name(run)
         for kind, _, run in _runs(entries)
         if kind == "experiment" and not _evaluated(run)
     ]
@@ -606,14 +611,14 @@ def report(
         pull_experiments(repo, pull, revs or [], all_branches or all_commits)
     entries = exp_show(repo, revs or [], all_branches, all_commits, num)
     new = collect(entries, include_workspace)
+    stale_runs = list(_stale_runs(entries, include_workspace))  # walked once, used twice
     previous = load_previous(out)
-    records = merge_runs(previous, new, stale_ids(entries, include_workspace))
+    records = merge_runs(previous, new, {_run_id(run) for run in stale_runs})
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "runs.json", {"runs": records})
     sources = ", ".join(revs) if revs else "all branches" if all_branches else "HEAD"
-    written = write_report(
-        records, out, sources, unfinished(entries), stale(entries, include_workspace)
-    )
+    stale_names = [_run_name(run) for run in stale_runs]
+    written = write_report(records, out, sources, unfinished(entries), stale_names)
     new_ids = {r["run_id"] for r in new}
     kept = sum(r["run_id"] not in new_ids for r in records)
     written.update({"collected": len(new), "kept_from_before": kept})
