@@ -128,7 +128,7 @@ class DRAEM(AnomalyModel):
         "whole-image": "it learns from simulated local defects; whole-image changes (a "
         "wrong digit, a wrong object) are not what it is designed to find (its numbers "
         "still count: on digits it scores by its reconstruction error; one-class MNIST "
-        "ten-digit mean 0.912, README); padim (0.984), ae, vae or aae suit whole-image "
+        "ten-digit mean 0.914, README); padim (0.984), ae, vae or aae suit whole-image "
         "anomalies better and train far faster"
     }
     # Local defects: the paper's wide code (8 x 8 x 64 on 64-px tiles) redraws the texture
