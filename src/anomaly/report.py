@@ -611,14 +611,14 @@ def report(
         pull_experiments(repo, pull, revs or [], all_branches or all_commits)
     entries = exp_show(repo, revs or [], all_branches, all_commits, num)
     new = collect(entries, include_workspace)
-    stale_runs = list(_stale_runs(entries, include_workspace))  # walked once, used twice
     previous = load_previous(out)
-    records = merge_runs(previous, new, {_run_id(run) for run in stale_runs})
+    records = merge_runs(previous, new, stale_ids(entries, include_workspace))
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "runs.json", {"runs": records})
     sources = ", ".join(revs) if revs else "all branches" if all_branches else "HEAD"
-    stale_names = [_run_name(run) for run in stale_runs]
-    written = write_report(records, out, sources, unfinished(entries), stale_names)
+    written = write_report(
+        records, out, sources, unfinished(entries), stale(entries, include_workspace)
+    )
     new_ids = {r["run_id"] for r in new}
     kept = sum(r["run_id"] not in new_ids for r in records)
     written.update({"collected": len(new), "kept_from_before": kept})
