@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: setup repro test lint format bench sweep report plots-check clean-venv
+.PHONY: setup repro test lint format bench sweep select report plots-check clean-venv
 
 setup: $(STAMP)
 
@@ -39,6 +39,12 @@ format: setup
 # Several machines: `make sweep SHARD=1/3` on the first of three (README, Scaling out).
 sweep: repro
 	$(BIN)/python -m anomaly sweep --run $(if $(SHARD),--shard $(SHARD))
+
+# Choose the detector for the data params.yaml names (or ARGS="-S dataset.source=..."):
+# every select.candidates entry as an experiment, ranked by the label-free figure
+# (val_synthetic.* in metrics/eval.json), reports/selection.md, the winner applied.
+select: repro
+	$(BIN)/python -m anomaly select $(ARGS)
 
 # reports/: every experiment of HEAD (add REVS="--rev main --rev other" for branches);
 # with sweep.remote set, the experiments other machines pushed there are pulled first.

@@ -118,6 +118,10 @@ KEYS = (
     "pixel.auroc_ci_low",
     "pixel.auroc_ci_high",
     "pixel.aupro",
+    "val_synthetic.image.auroc",  # the label-free figure (simulated defects on validation)
+    "val_synthetic.image.auroc_ci_low",
+    "val_synthetic.image.auroc_ci_high",
+    "val_synthetic.pixel.auroc",
 )
 
 

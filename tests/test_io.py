@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from anomaly.errors import DataError
-from anomaly.io import atomic_dir, atomic_path, read_image, read_mask, save_png, write_json
+from anomaly.image_reader import read_image, read_mask
+from anomaly.io import atomic_dir, atomic_path, save_png, write_json
 
 
 def test_atomic_path_keeps_old_file_on_failure(tmp_path):

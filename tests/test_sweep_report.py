@@ -353,3 +353,23 @@ def test_pivot_keeps_a_category_where_no_run_has_the_metric():
     assert list(table.columns) == ["digit 0", "digit 1", "mean"]
     assert table.loc["cae", "mean"] == pytest.approx(0.9)
     assert table["digit 1"].isna().all()
+
+
+def test_results_table_shows_the_label_free_figure_with_its_interval():
+    frame = pd.DataFrame(
+        {
+            "name": ["a", "b"],
+            "model": ["padim", "cae"],
+            "dataset": ["folder", "folder"],
+            "category": ["all", "all"],
+            "image.auroc": [None, None],
+            "val_synthetic.image.auroc": [0.91, 0.8],
+            "val_synthetic.image.auroc_ci_low": [0.88, 0.75],
+            "val_synthetic.image.auroc_ci_high": [0.94, 0.85],
+        }
+    )
+    table = report.results_table(frame)
+    assert list(table["label-free AUROC [95% CI]"]) == [
+        "0.910 [0.880, 0.940]",
+        "0.800 [0.750, 0.850]",
+    ]

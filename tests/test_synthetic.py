@@ -2,7 +2,7 @@ import numpy as np
 
 from anomaly.data.aitex import read_aitex
 from anomaly.data.synthetic_fabric import generate, make_roll
-from anomaly.io import read_image
+from anomaly.image_reader import read_image
 from anomaly.params import DEFECT_KINDS, SyntheticFabricConfig
 
 

@@ -135,6 +135,29 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="extra param for every run, e.g. -S dataset.name=mvtec (repeatable)",
     )
+    sel = sub.add_parser(
+        "select",
+        help="run select.candidates as experiments, rank them by the label-free figure "
+        "(val_synthetic.*) and apply the winner",
+        parents=[common],
+    )
+    sel.add_argument(
+        "-S",
+        "--set-param",
+        action="append",
+        default=[],
+        help="param for every candidate, e.g. -S dataset.name=mvtec (repeatable)",
+    )
+    sel.add_argument(
+        "--candidates", nargs="+", default=None, help="model names (default: select.candidates)"
+    )
+    sel.add_argument("-j", "--jobs", type=int, default=None, help="workers (default: select.jobs)")
+    sel.add_argument("--no-apply", action="store_true", help="rank only; leave the workspace")
+    sel.add_argument("--dry-run", action="store_true", help="print the dvc commands only")
+    sel.add_argument(
+        "--copy-untracked", action="store_true", help="copy untracked files into each run"
+    )
+    sel.add_argument("--rerun", action="store_true", help="repeat runs made from this commit")
     args = parser.parse_args(argv)
     args.params = getattr(args, "params", "params.yaml")
     level = (
@@ -223,6 +246,20 @@ def _dispatch(args: argparse.Namespace) -> None:
             args.dry_run,
             args.set_param,
             args.shard,
+        )
+    elif args.command == "select":
+        from .selection import select
+
+        select(
+            ".",
+            _checked_params(args.params),
+            args.set_param,
+            args.candidates,
+            args.jobs,
+            not args.no_apply,
+            args.copy_untracked,
+            args.rerun,
+            args.dry_run,
         )
     else:
         run_stage(args.command, args.params)

@@ -28,7 +28,7 @@ from .bundle import load_bundle
 from .config_schema import build
 from .data.patching import IMAGE_MODES, cut_tiles
 from .errors import AnomalyError, DataError
-from .io import read_image
+from .image_reader import decode, read_image
 from .params import PatchConfig, ScoreConfig
 from .scoring import aggregate_images, normalise, stitch
 
@@ -122,18 +122,20 @@ class Detector:
     def read(self, image: ImageInput, index: int = 0) -> tuple[np.ndarray, str, str | None]:
         """(uint8 array in the model's channels, a name for messages, its path or None)."""
         mode = IMAGE_MODES[self.channels]
+        bounds = self.patch.intensity_range
         if isinstance(image, (str, Path)):
-            return read_image(image, mode), str(image), str(image)
+            return read_image(image, mode, bounds), str(image), str(image)
         name = f"image[{index}]"
         if isinstance(image, Image.Image):
-            return np.asarray(image.convert(mode), dtype=np.uint8), name, None
+            return decode(image, mode, name, bounds), name, None
         array = np.asarray(image)
-        if array.dtype != np.uint8 or array.ndim not in (2, 3):
+        deep = array.dtype == np.uint16 and array.ndim == 2  # a 16-bit camera frame
+        if not (array.dtype == np.uint8 or deep) or array.ndim not in (2, 3):
             raise DataError(
-                f"{name}: expected a uint8 array (H, W) or (H, W, C), got {array.dtype} "
-                f"{array.shape}"
+                f"{name}: expected a uint8 array (H, W) or (H, W, C), or uint16 (H, W), "
+                f"got {array.dtype} {array.shape}"
             )
-        return np.asarray(Image.fromarray(array).convert(mode), dtype=np.uint8), name, None
+        return decode(Image.fromarray(array), mode, name, bounds), name, None
 
     @torch.no_grad()
     def _tile_scores(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .errors import DataError
 
@@ -199,41 +199,6 @@ def save_png(path: str | Path, array: np.ndarray) -> None:
     """Save a uint8 HxW or HxWxC array as PNG, atomically."""
     with atomic_path(path) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
-
-
-def read_image(path: str | Path, mode: str = "L") -> np.ndarray:
-    """Read an image fully into a uint8 array, turning any decoding failure into a DataError.
-
-    ``mode`` is a Pillow mode: "L" for grayscale, "RGB" for colour. The image is
-    decoded completely (not lazily) so that a truncated file fails here, at the
-    line that names it, instead of deep inside a training loop.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: image not found")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            converted = img.convert(mode)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: corrupt or unreadable image ({exc})") from exc
-    return np.asarray(converted, dtype=np.uint8)
-
-
-def read_mask(path: str | Path, expected_shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Read a defect mask as a boolean array: pixels of 128 and more are defect.
-
-    Masks saved with anti-aliasing or JPEG artefacts have grey values; they are
-    binarised with a warning rather than silently, since it changes pixel labels.
-    """
-    gray = read_image(path, mode="L")
-    if np.any((gray != 0) & (gray != 255)):
-        log.warning("%s: mask is not binary (values other than 0 and 255); binarised at 128", path)
-    mask = gray > 127
-    if expected_shape is not None and mask.shape != tuple(expected_shape):
-        h, w = expected_shape
-        raise DataError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {w}x{h}")
-    return mask
 
 
 class NpyWriter:

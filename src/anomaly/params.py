@@ -157,8 +157,22 @@ class PatchConfig:
     image_size: int | None = None
     min_defect_pixels: int = 16
     blank_std: float = 1.0
+    # [low, high]: what deep (16/32-bit, float) pixel values mean, mapped to 0..255
+    # (a 12-bit camera in 16-bit files: [0, 4095]); null: the file's own bit depth
+    intensity_range: list[float] | None = None
 
     def validate(self, where: str, source: str) -> None:
+        require(
+            self.intensity_range is None
+            or (
+                len(self.intensity_range) == 2
+                and all(isinstance(v, (int, float)) for v in self.intensity_range)
+                and self.intensity_range[0] < self.intensity_range[1]
+            ),
+            source,
+            f"{where}.intensity_range",
+            "must be null or [low, high] with low < high",
+        )
         require(self.side >= 8, source, f"{where}.side", "must be >= 8")
         require(self.stride >= 1, source, f"{where}.stride", "must be >= 1")
         require(
@@ -266,8 +280,17 @@ class ScoreConfig:
     aggregate: Literal["max", "mean", "topk_mean"] = "max"
     aggregate_k: int = 3
     batch_size: int = 128
+    # the label-free figure (val_synthetic.* in metrics/eval.json): simulated defects per
+    # good validation image, drawn from `seed` (evaluation/synthetic.py)
+    synthetic_per_image: int = 6
 
     def validate(self, where: str, source: str) -> None:
+        require(
+            self.synthetic_per_image >= 1,
+            source,
+            f"{where}.synthetic_per_image",
+            "must be >= 1 (the label-free figure needs simulated defects)",
+        )
         require(
             self.ssim_window >= 3 and self.ssim_window % 2 == 1,
             source,
@@ -369,6 +392,19 @@ class SweepConfig:
 
 
 @dataclass
+class SelectConfig:
+    """What ``anomaly select`` runs as candidates and ranks by the label-free figure."""
+
+    # A model name, or {model: <name>, set: {<param key>: <value>, ...}, name: <label>}
+    candidates: list[Any] = field(default_factory=lambda: ["patchcore", "padim", "cae"])
+    jobs: int = 1  # parallel workers for the candidates' runs
+
+    def validate(self, where: str, source: str) -> None:
+        require(len(self.candidates) >= 2, source, f"{where}.candidates", "needs >= 2 entries")
+        require(self.jobs >= 1, source, f"{where}.jobs", "must be >= 1")
+
+
+@dataclass
 class Params:
     ZERO_OK: ClassVar[tuple[str, ...]] = ("seed",)
     seed: int = 0
@@ -384,6 +420,7 @@ class Params:
     plot: PlotConfig = field(default_factory=PlotConfig)
     explore: ExploreConfig = field(default_factory=ExploreConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
 
     # Model names and blocks are checked by models.registry.check_model_params (train,
     # score, the CLI), not here: every stage loads params, and a stage that does not use

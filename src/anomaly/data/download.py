@@ -15,14 +15,14 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
+from ..image_reader import check_decodes as decode_check
+from ..image_reader import is_single_channel, oriented_size
 from ..io import is_disk_full, write_csv, write_json
 from ..params import Params
 from .families.registry import get_family
 from .manifest import MANIFEST_NAME, write_manifest
 
 log = logging.getLogger(__name__)
-
-SINGLE_CHANNEL_MODES = ("1", "L", "I", "I;16", "F", "LA")
 
 
 def check_files(
@@ -44,10 +44,14 @@ def check_files(
             path = Path(relative) if Path(relative).is_absolute() else root / relative
             try:
                 with Image.open(path) as img:
-                    img.load()
+                    # the one reader's structural rules (one page, decodes fully); value
+                    # ranges are patchify's, which knows patch.intensity_range
+                    decode_check(img, str(path))
                     if kind == "image":
-                        sizes[row["image_path"]] = img.size
+                        sizes[row["image_path"]] = oriented_size(img)
                         first_mode = first_mode or img.mode
+            except DataError as exc:
+                problem = str(exc)
             except FileNotFoundError:
                 problem = f"{path}: {kind} not found"
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -100,7 +104,7 @@ def download(params: Params, raw_root: str | Path = "data/raw") -> Path:
         if frame.empty:
             raise DataError(f"dataset {params.dataset.name}: no readable images")
         if channels is None:
-            channels = 1 if first_mode in SINGLE_CHANNEL_MODES else 3
+            channels = 1 if is_single_channel(first_mode) else 3
         _warn_odd_sizes(sizes)
     if len(skipped):
         log.warning(

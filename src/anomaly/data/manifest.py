@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
-from ..io import read_csv, read_image, read_json, read_mask, write_csv
+from ..image_reader import read_image, read_mask
+from ..io import read_csv, read_json, write_csv
 
 COLUMNS = ["image_path", "mask_path", "label", "defect_type", "group", "source_split"]
 MANIFEST_NAME = "manifest.csv"
@@ -52,10 +53,14 @@ def resolve(frame: pd.DataFrame, relative: str) -> Path:
 
 
 def load_image_and_mask(
-    frame: pd.DataFrame, row: pd.Series, mode: str = "L"
+    frame: pd.DataFrame,
+    row: pd.Series,
+    mode: str = "L",
+    intensity_range: list[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The image (HxW or HxWxC uint8) and its boolean mask (all False for good images)."""
-    image = read_image(resolve(frame, row["image_path"]), mode=mode)
+    """The image (HxW or HxWxC uint8) and its boolean mask (all False for good images),
+    both through the one image reader (bit depth, EXIF orientation, modes)."""
+    image = read_image(resolve(frame, row["image_path"]), mode, intensity_range)
     shape = image.shape[:2]
     mask = np.zeros(shape, dtype=bool)
     if row["mask_path"]:

@@ -34,6 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import DataError
+from ..image_reader import image_size
 from ..io import NpyWriter, atomic_dir, check_free_space, write_csv, write_json
 from ..params import PatchConfig
 from .manifest import load_image_and_mask, resolve
@@ -147,11 +148,7 @@ def patchify(
         path = resolve(manifest, row["image_path"])
         if not path.is_file():
             raise DataError(f"{path}: image listed in the manifest is missing")
-        try:
-            with Image.open(path) as img:
-                sizes.append((img.height, img.width))
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise DataError(f"{path}: corrupt or unreadable image ({exc})") from exc
+        sizes.append(image_size(path))  # as displayed (EXIF orientation applied)
     plans = [_plan(h, w, cfg) for h, w in sizes]
     total = sum(len(tiles) for _, tiles in plans)
     out = cfg.out_size
@@ -169,7 +166,7 @@ def patchify(
             k = 0
             progress = tqdm(list(manifest.iterrows()), desc="patchify", unit="img", disable=None)
             for (_, row), (h, w) in zip(progress, sizes, strict=True):
-                image, mask = load_image_and_mask(manifest, row, mode=mode)
+                image, mask = load_image_and_mask(manifest, row, mode, cfg.intensity_range)
                 images.append({**row.to_dict(), "height": h, "width": w})
                 image_tiles, boxes, blank, work, windows = cut_tiles(image, cfg, out)
                 mask_w = _to_working(mask.astype(np.uint8) * 255, work, Image.BILINEAR) >= 128
@@ -214,6 +211,7 @@ def patchify(
                 "image_size": cfg.image_size,
                 "min_defect_pixels": cfg.min_defect_pixels,
                 "blank_std": cfg.blank_std,
+                "intensity_range": cfg.intensity_range,
             },
             "n_patches": total,
             "n_images": len(manifest),

@@ -315,7 +315,7 @@ def load_texture_folder(folder: str, channels: int, size: int) -> torch.Tensor:
     """Images of an anomaly-source folder (e.g. DTD textures) as (N, C, size, size) in [0, 1]."""
     from PIL import Image
 
-    from ..io import read_image
+    from ..image_reader import read_image
 
     paths = sorted(
         p

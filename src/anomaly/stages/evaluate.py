@@ -11,6 +11,7 @@ import pandas as pd
 from .. import paths
 from ..data.manifest import load_image_and_mask, read_manifest
 from ..errors import DataError
+from ..evaluation.label_free import label_free_metrics
 from ..io import read_csv, read_json, write_json
 from ..metrics import (
     bootstrap_auroc_ci,
@@ -110,6 +111,9 @@ def run(params: Params) -> None:
             for key, value in pixel.decisions.items():
                 flat[f"pixel.{key}"] = value
     flat.update(per_defect_metrics(images, cut))
+    flat.update(
+        label_free_metrics(base / "val_synthetic.npz", params.seed, params.evaluate.aupro_max_fpr)
+    )
     write_json(paths.EVAL, flat)
     both = len(set(y)) > 1
     write_json(paths.CURVES / "roc.json", {"roc": roc_points(y, s) if both else []})
@@ -136,7 +140,8 @@ def run(params: Params) -> None:
     )
     log.info(
         "%s on %s: image AUROC %s [%s, %s], pixel AUROC %s, F1 %s at threshold %.4g, "
-        "pixel F1 %s IoU %s",
+        "pixel F1 %s IoU %s; label-free (simulated defects on validation): image AUROC "
+        "%s [%s, %s], pixel AUROC %s",
         params.model,
         params.dataset.name,
         _fmt(flat["image.auroc"]),
@@ -147,6 +152,10 @@ def run(params: Params) -> None:
         cut,
         _fmt(flat.get("pixel.f1")),
         _fmt(flat.get("pixel.iou")),
+        _fmt(flat["val_synthetic.image.auroc"]),
+        _fmt(flat["val_synthetic.image.auroc_ci_low"]),
+        _fmt(flat["val_synthetic.image.auroc_ci_high"]),
+        _fmt(flat["val_synthetic.pixel.auroc"]),
     )
 
 

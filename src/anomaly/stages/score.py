@@ -14,6 +14,7 @@ from .. import paths
 from ..config_schema import to_dict
 from ..data.store import open_store
 from ..errors import DataError
+from ..evaluation.synthetic import kinds_for, make_variants, plan_variants
 from ..io import atomic_dir, atomic_path, read_csv, write_csv, write_json
 from ..models.registry import check_model_params, load_checkpoint
 from ..params import Params
@@ -118,6 +119,18 @@ def run(params: Params) -> None:
                 how="left",
             )
             write_csv(tmp / f"{split}_images.csv", per_image)
+            if split == "val":
+                _write_synthetic(
+                    tmp / "val_synthetic.npz",
+                    model,
+                    store,
+                    tiles,
+                    maps,
+                    (shift, scale),
+                    score_cfg,
+                    params,
+                    device,
+                )
             log.info(
                 "score %s: %d %s tiles of %d images (%d good, %d defective)",
                 params.model,
@@ -232,3 +245,102 @@ def _write_val_pixels(
             defect_values=defect_values,
             defect_counts=defect_counts,
         )
+
+
+def _write_synthetic(
+    target: Path,
+    model,
+    store,
+    tiles: pd.DataFrame,
+    maps: np.ndarray | None,
+    affine: tuple[np.ndarray, np.ndarray],
+    score_cfg,
+    params: Params,
+    device,
+) -> None:
+    """``val_synthetic.npz``: the label-free quality figure's raw material (see
+    ``evaluation/synthetic.py``). Good validation images keep their image scores; each
+    gets ``score.synthetic_per_image`` copies with one tile defective, scored by the
+    model and aggregated with the image's other tiles exactly as a test image would be.
+    Maps and masks of the defective tiles and of their clean originals feed the pixel
+    figure. Written even when empty, so the file is always a valid dep."""
+    shift, scale = affine
+    labelled = set(tiles.loc[tiles["label"] != 0, "image_id"])  # labelled validation defects
+    rows = tiles.reset_index(drop=True)
+    usable = rows[~rows["image_id"].isin(labelled)]
+    per_image = params.score.synthetic_per_image
+    kinds = kinds_for(store.channels, store.is_tabular)
+    plan = plan_variants(usable, per_image, kinds, params.seed)
+    if plan.empty:
+        log.warning(
+            "score: no good validation images, so no label-free figure (val_synthetic.*); "
+            "raise split.val_fraction"
+        )
+    position = {int(pid): i for i, pid in enumerate(rows["patch_id"])}
+    at = plan["patch_id"].map(position).to_numpy(dtype=np.int64)
+    clean = store.read(plan["patch_id"].to_numpy()).numpy() if len(plan) else None
+    donors = store.read(plan["donor_patch_id"].to_numpy()).numpy() if len(plan) else None
+    defect_scores, defect_maps = [], []
+    masks = None
+    if len(plan):
+        painted, masks = make_variants(plan, clean, donors, params.seed, store.is_tabular)
+        import torch
+
+        with torch.no_grad():
+            for start in range(0, len(painted), score_cfg.batch_size):
+                batch = torch.from_numpy(painted[start : start + score_cfg.batch_size])
+                s, m = model.score(batch.to(device), score_cfg)
+                defect_scores.append(s.float().cpu().numpy())
+                if m is not None and masks is not None:
+                    defect_maps.append(m.float().cpu().numpy())
+    raw = np.concatenate(defect_scores) if defect_scores else np.zeros(0)
+    if not np.isfinite(raw).all():
+        raise DataError(
+            f"{paths.model_dir(params.model)}: scores of simulated defects are NaN or "
+            "infinite; the model diverged (retrain with a lower lr, or check the input data)"
+        )
+    normalised = (raw - shift[at]) / scale[at]
+    # Each variant's image: its other tiles as scored, the painted tile replaced.
+    variant_tiles = []
+    for v, row in enumerate(plan.itertuples()):
+        own = rows[rows["image_id"] == row.image_id][["patch_id", "score"]].copy()
+        own.loc[own["patch_id"] == row.patch_id, "score"] = normalised[v]
+        variant_tiles.append(own.assign(image_id=v))
+    defect_images = (
+        aggregate_images(
+            pd.concat(variant_tiles), params.score.aggregate, params.score.aggregate_k
+        )["score"].to_numpy()
+        if variant_tiles
+        else np.zeros(0)
+    )
+    good_images_scores = (
+        aggregate_images(usable, params.score.aggregate, params.score.aggregate_k)[
+            "score"
+        ].to_numpy()
+        if len(usable)
+        else np.zeros(0)
+    )
+    arrays = {
+        "good_scores": good_images_scores.astype(np.float64),
+        "defect_scores": defect_images.astype(np.float64),
+        "kinds": plan["kind"].to_numpy(dtype=str) if len(plan) else np.zeros(0, dtype="<U1"),
+    }
+    if defect_maps and maps is not None:
+        side = maps.shape[-1]
+        norm_shift, norm_scale = shift[at, None, None], scale[at, None, None]
+        arrays["clean_maps"] = ((maps[at].astype(np.float32) - norm_shift) / norm_scale).astype(
+            np.float16
+        )
+        arrays["defect_maps"] = (
+            (np.concatenate(defect_maps).reshape(-1, side, side) - norm_shift) / norm_scale
+        ).astype(np.float16)
+        arrays["masks"] = masks
+    with atomic_path(target) as path, open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+    log.info(
+        "score %s: label-free figure from %d good validation images and %d simulated defects (%s)",
+        params.model,
+        len(good_images_scores),
+        len(defect_images),
+        ", ".join(kinds),
+    )

@@ -1,0 +1,1 @@
+"""Evaluation without labelled defects: simulated defects on held-out good data."""

@@ -1,0 +1,201 @@
+"""Simulated defects on held-out good tiles: a quality figure that needs no labelled defect.
+
+Why: a user's own folder has no labelled defects, so nothing says which model (or which
+setting) detects defects best on it. Held-out good validation tiles are known to be
+normal; painting a defect into a copy of one with an exact mask gives a labelled
+pair, and how well a model ranks the copies above the originals (image AUROC) and the
+painted pixels above the rest (pixel AUROC) is a figure every run can compute.
+
+Guard against the obvious bias: DRAEM trains on pasted textures in Perlin masks and the
+denoising ``cae`` on soft ellipses of shifted brightness, so a figure built from one kind
+would favour the model trained on it. The set mixes six kinds that inspection meets, at
+three sizes and two contrasts, in equal shares:
+
+- ``foreign``: another validation tile, rotated a quarter turn and inverted, pasted into
+  an ellipse (contamination, a foreign body);
+- ``stain``: a smooth brightening or darkening of low to medium contrast; the mask is
+  where the change is at least 30% of its peak;
+- ``scratch``: a thin straight line (1 or 2 px) brighter or darker than the surface;
+- ``smear``: the texture blurred away inside an ellipse;
+- ``hole``: an ellipse of nearly constant dark or bright value (a hole, a burn, a glint);
+- ``colour`` (RGB only): the chroma shifted inside an ellipse, luminance unchanged.
+
+Table rows (no pixels) get one kind, ``shift``: one to three features moved by 3 to 6
+standard deviations.
+
+Every variant draws from its own generator ``[seed, image_id, variant]``, so the set does
+not depend on batch sizes, devices or the order tiles are scored in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+GRAY_KINDS = ("foreign", "stain", "scratch", "smear", "hole")
+RGB_KINDS = (*GRAY_KINDS, "colour")
+TABLE_KINDS = ("shift",)
+
+SIZES = {"small": (0.04, 0.08), "medium": (0.08, 0.15), "large": (0.15, 0.25)}  # radius / side
+CONTRASTS = {"low": (0.08, 0.2), "high": (0.25, 0.5)}
+STAIN_MASK_LEVEL = 0.3  # a stain's mask: change >= 30% of its peak change
+_SEED_TAG = 23  # keeps these generators apart from every other use of `seed`
+
+
+def kinds_for(channels: int, tabular: bool) -> tuple[str, ...]:
+    """The defect kinds that make sense for this data."""
+    if tabular:
+        return TABLE_KINDS
+    return RGB_KINDS if channels == 3 else GRAY_KINDS
+
+
+def plan_variants(
+    tiles: pd.DataFrame, per_image: int, kinds: tuple[str, ...], seed: int
+) -> pd.DataFrame:
+    """Which tile of which image gets which defect: one row (``variant, image_id,
+    patch_id, donor_patch_id, kind``) per defective variant. ``per_image`` variants of every image in ``tiles`` (good validation tiles,
+    with ``image_id`` and ``patch_id``): each variant picks one tile of its image and a
+    donor tile of another image (the ``foreign`` kind's source). Kinds cycle over the
+    whole set so that every kind gets an equal share."""
+    rows = []
+    by_image = {int(i): g["patch_id"].to_numpy() for i, g in tiles.groupby("image_id", sort=True)}
+    all_ids = tiles["patch_id"].to_numpy()
+    all_images = tiles["image_id"].to_numpy()
+    counter = 0
+    for image_id, own in by_image.items():
+        for v in range(per_image):
+            rng = np.random.default_rng([seed, _SEED_TAG, image_id, v])
+            others = all_ids[all_images != image_id]
+            donor_pool = others if len(others) else own
+            rows.append(
+                {
+                    "variant": counter,
+                    "image_id": image_id,
+                    "patch_id": int(own[rng.integers(len(own))]),
+                    "donor_patch_id": int(donor_pool[rng.integers(len(donor_pool))]),
+                    "kind": kinds[counter % len(kinds)],
+                }
+            )
+            counter += 1
+    columns = ["variant", "image_id", "patch_id", "donor_patch_id", "kind"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _ellipse(rng: np.random.Generator, side: int, radius: float) -> np.ndarray:
+    """A filled ellipse (major radius ``radius``, minor 0.4-1.0 of it, any angle) inside
+    the tile; never empty."""
+    radius = max(radius, 1.5)
+    minor = radius * rng.uniform(0.4, 1.0)
+    cy, cx = rng.uniform(radius, side - radius, size=2)
+    angle = rng.uniform(0, np.pi)
+    yy, xx = np.mgrid[:side, :side].astype(np.float64) + 0.5
+    u = (yy - cy) * np.cos(angle) + (xx - cx) * np.sin(angle)
+    v = -(yy - cy) * np.sin(angle) + (xx - cx) * np.cos(angle)
+    mask = (u / radius) ** 2 + (v / minor) ** 2 <= 1.0
+    if not mask.any():
+        mask[int(cy), int(cx)] = True
+    return mask
+
+
+def _radius(rng: np.random.Generator, side: int) -> float:
+    low, high = SIZES[rng.choice(list(SIZES))]
+    return rng.uniform(low, high) * side
+
+
+def _contrast(rng: np.random.Generator) -> float:
+    low, high = CONTRASTS[rng.choice(list(CONTRASTS))]
+    return float(rng.uniform(low, high))
+
+
+def _away(tile: np.ndarray, mask: np.ndarray) -> float:
+    """+1 to brighten, -1 to darken: away from the region's mean, so the change is not
+    clipped away on a bright or dark surface."""
+    return -1.0 if tile[:, mask].mean() > 0.5 else 1.0
+
+
+def paint(
+    tile: np.ndarray, donor: np.ndarray, kind: str, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """(defective copy, boolean mask) of one tile (C, S, S, float in [0, 1]).
+
+    Pixels outside the mask are returned unchanged, bit for bit; the copy is quantised
+    to the 8-bit levels every stored tile has."""
+    channels, side = tile.shape[0], tile.shape[-1]
+    out = tile.astype(np.float64).copy()
+    if kind == "stain":
+        sigma = _radius(rng, side) / 2 + 1.0
+        blob = np.zeros((side, side))
+        cy, cx = rng.integers(0, side, size=2)
+        blob[cy, cx] = 1.0
+        blob = ndimage.gaussian_filter(blob, sigma, mode="constant")
+        blob /= blob.max()
+        mask = blob >= STAIN_MASK_LEVEL
+        out[:, mask] += _away(tile, mask) * _contrast(rng) * blob[mask]
+    elif kind == "scratch":
+        length = rng.uniform(0.3, 0.8) * side
+        angle = rng.uniform(0, np.pi)
+        half = length / 2
+        cy, cx = rng.uniform(0, side, size=2)
+        dy, dx = np.sin(angle), np.cos(angle)
+        yy, xx = np.mgrid[:side, :side].astype(np.float64) + 0.5
+        along = np.clip((yy - cy) * dy + (xx - cx) * dx, -half, half)
+        dist = np.hypot(yy - (cy + along * dy), xx - (cx + along * dx))
+        mask = dist <= rng.choice([0.5, 1.0])  # 1 or 2 px wide
+        if not mask.any():
+            mask[min(int(cy), side - 1), min(int(cx), side - 1)] = True
+        out[:, mask] += _away(tile, mask) * max(_contrast(rng), 0.2)
+    else:
+        mask = _ellipse(rng, side, _radius(rng, side))
+        if kind == "foreign":
+            pasted = 1.0 - np.rot90(donor.astype(np.float64), 1, axes=(1, 2))
+            out[:, mask] = pasted[:, mask]
+        elif kind == "smear":
+            sigma = rng.uniform(1.5, 4.0)
+            blurred = ndimage.gaussian_filter(out, (0, sigma, sigma), mode="reflect")
+            out[:, mask] = blurred[:, mask]
+        elif kind == "hole":
+            level = (
+                rng.uniform(0.02, 0.12) if tile[:, mask].mean() > 0.5 else rng.uniform(0.88, 0.98)
+            )
+            noise = rng.normal(0, 0.01, size=(channels, int(mask.sum())))
+            out[:, mask] = level + noise
+        elif kind == "colour":
+            if channels != 3:
+                raise ValueError("the colour defect needs RGB tiles")
+            direction = rng.normal(size=3)
+            direction -= direction.mean()  # equal shift up and down: luminance kept
+            direction /= np.abs(direction).max()
+            out[:, mask] += (direction * _contrast(rng))[:, None]
+        else:
+            raise ValueError(f"unknown synthetic defect kind {kind!r}")
+    out = np.round(np.clip(out, 0.0, 1.0) * 255.0) / 255.0
+    # Only masked pixels may differ (clipping and rounding could touch nothing else, but
+    # the contract is exact masks, so it is enforced, not assumed).
+    out[:, ~mask] = tile[:, ~mask]
+    return out.astype(np.float32), mask
+
+
+def shift_row(row: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A table row (standardised features, any shape) with 1-3 features moved by 3-6 sd."""
+    out = row.astype(np.float32).copy()
+    flat = out.reshape(-1)
+    picks = rng.choice(flat.size, size=min(flat.size, int(rng.integers(1, 4))), replace=False)
+    flat[picks] += rng.choice([-1.0, 1.0], size=len(picks)) * rng.uniform(3, 6, size=len(picks))
+    return out
+
+
+def make_variants(
+    plan: pd.DataFrame, tiles: np.ndarray, donors: np.ndarray, seed: int, tabular: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Defective copies (V, C, S, S float32) of ``tiles`` (the plan's tiles, model input)
+    and their masks (V, S, S bool; None for tables)."""
+    out = np.empty_like(tiles, dtype=np.float32)
+    masks = None if tabular else np.zeros((len(tiles), *tiles.shape[-2:]), dtype=bool)
+    for i, row in enumerate(plan.itertuples()):
+        rng = np.random.default_rng([seed, _SEED_TAG, int(row.image_id), int(row.variant), 1])
+        if tabular:
+            out[i] = shift_row(tiles[i], rng)
+        else:
+            out[i], masks[i] = paint(tiles[i], donors[i], row.kind, rng)
+    return out, masks

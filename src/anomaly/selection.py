@@ -1,0 +1,348 @@
+"""``anomaly select``: choose the detector for this data without labelled defects.
+
+Why experiments and not a stage: DVC cannot template a stage's deps on another stage's
+output, so a stage that "chose" a model would hide the choice from ``dvc.yaml``. Each
+candidate (``select.candidates``: a model name, or a model with param overrides) runs
+as an ordinary experiment of the current commit (``dvc exp run --queue -n
+select-<candidate>-<tag>``, with the same safety as ``anomaly sweep``: no untracked
+file silently missing, a git-ignored ``dataset.source`` copied in). Every run writes the
+label-free figure (``val_synthetic.*`` in ``metrics/eval.json``: simulated defects on
+held-out good images), the candidates are ranked by it, ``reports/selection.md`` shows
+the ranking with intervals (and the real test AUROC beside it where the data has
+labelled defects), and ``dvc exp apply`` makes the winner the workspace: its
+``params.yaml``, metrics, model folder and bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .dvc_cli import run_dvc
+from .errors import AnomalyError, ParamsError
+from .io import write_json, write_text
+from .params import Params
+from .sweep import SweepError, ignored_source, untracked_files, worker_threads
+
+log = logging.getLogger(__name__)
+
+RANK_KEY = "val_synthetic.image.auroc"
+TIE_KEY = "val_synthetic.pixel.auroc"
+PREFIX = "select-"
+
+
+class SelectError(AnomalyError):
+    """The selection cannot run or cannot decide (no candidate produced the figure)."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One model with its overrides (``-S`` settings), named for the experiment."""
+
+    model: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
+
+    @property
+    def name(self) -> str:
+        if self.label:
+            return self.label
+        if not self.overrides:
+            return self.model
+        parts = [f"{k.rsplit('.', 1)[-1]}{v}" for k, v in sorted(self.overrides.items())]
+        return "-".join([self.model, *parts]).replace("/", "_").replace(" ", "")
+
+    def set_params(self) -> list[str]:
+        args = ["-S", f"model={self.model}"]
+        for key, value in sorted(self.overrides.items()):
+            args += ["-S", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+        return args
+
+
+def parse_candidates(entries: list[Any], where: str = "select.candidates") -> list[Candidate]:
+    """``select.candidates`` entries: ``"padim"``, or ``{model: patchcore, set:
+    {models.patchcore.input_size: 256}, name: patchcore-256}`` (name optional)."""
+    from .models.registry import available_models
+
+    known = set(available_models())
+    out = []
+    for i, entry in enumerate(entries):
+        if isinstance(entry, str):
+            entry = {"model": entry}
+        if not isinstance(entry, dict) or "model" not in entry:
+            raise ParamsError(
+                f"params.yaml: {where}[{i}] must be a model name or a mapping with 'model' "
+                "(and optional 'set' and 'name')"
+            )
+        unknown = set(entry) - {"model", "set", "name"}
+        if unknown:
+            raise ParamsError(f"params.yaml: {where}[{i}] has unknown keys {sorted(unknown)}")
+        if entry["model"] not in known:
+            raise ParamsError(
+                f"params.yaml: {where}[{i}].model is {entry['model']!r}, not a known model "
+                f"(known: {', '.join(sorted(known))})"
+            )
+        overrides = entry.get("set") or {}
+        if not isinstance(overrides, dict):
+            raise ParamsError(f"params.yaml: {where}[{i}].set must map param keys to values")
+        out.append(Candidate(entry["model"], dict(overrides), entry.get("name")))
+    names = [c.name for c in out]
+    if len(set(names)) != len(names):
+        raise ParamsError(f"params.yaml: {where} names a candidate twice ({', '.join(names)})")
+    if len(out) < 2:
+        raise ParamsError(f"params.yaml: {where} needs at least two candidates to choose from")
+    return out
+
+
+def tag(extra: list[str]) -> str:
+    """Six hex digits of the user's ``-S`` settings: runs of one commit on other data
+    (another category, folder) get other names, and reruns of the same find theirs."""
+    return hashlib.sha256("\n".join(sorted(extra)).encode()).hexdigest()[:6]
+
+
+def experiment_name(candidate: Candidate, extra: list[str]) -> str:
+    return f"{PREFIX}{candidate.name}-{tag(extra)}"
+
+
+def plan(
+    repo: Path,
+    params: Params,
+    candidates: list[Candidate],
+    extra: list[str],
+    copy_untracked: bool = False,
+    rerun: bool = False,
+) -> list[list[str]]:
+    """The ``dvc exp run --queue`` argument lists for the candidates not yet run."""
+    untracked = [f for f in untracked_files(repo) if not _is_output(f, _outputs(repo))]
+    if untracked and not copy_untracked:
+        shown = ", ".join(untracked[:5]) + (
+            f" and {len(untracked) - 5} more" if len(untracked) > 5 else ""
+        )
+        raise SweepError(
+            f"{repo}: untracked files would be missing from the candidates' runs: {shown}; "
+            "`git add` them (or ignore them), or pass --copy-untracked"
+        )
+    copies = list(untracked)
+    source = ignored_source(repo, params)
+    if source:
+        copies.append(source)
+    done = set() if rerun else _existing(repo)
+    commands = []
+    for candidate in candidates:
+        name = experiment_name(candidate, extra)
+        if name in done:
+            log.info("select: %s already ran from this commit; reused", name)
+            continue
+        args = ["exp", "run", "--queue", "-n", name, *candidate.set_params()]
+        for setting in extra:
+            args += ["-S", setting]
+        for path in copies:
+            args += ["-C", path]
+        if rerun:
+            args.append("-f")
+        commands.append(args)
+    return commands
+
+
+def _outputs(repo: Path) -> list[str]:
+    """What the pipeline writes: ``dvc.lock``, the stage outputs it records and the
+    top-level metrics of ``dvc.yaml``. A queued run rebuilds or restores those, so an
+    untracked one (an applied experiment's results, in a repo whose lock or DVC-written
+    ``.gitignore`` files were never committed) is not an input the run would lose."""
+    import yaml
+
+    written = ["dvc.lock"]
+    lock, pipeline = repo / "dvc.lock", repo / "dvc.yaml"
+    if lock.is_file():
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages") or {}
+        written += [
+            str(out["path"]).rstrip("/")
+            for stage in stages.values()
+            for out in stage.get("outs") or []
+            if isinstance(out, dict) and "path" in out
+        ]
+    if pipeline.is_file():
+        for entry in (yaml.safe_load(pipeline.read_text()) or {}).get("metrics") or []:
+            written.append(str(entry if isinstance(entry, str) else next(iter(entry))))
+    return written
+
+
+def _is_output(path: str, outputs: list[str]) -> bool:
+    return any(path == out or path.startswith(out + "/") for out in outputs)
+
+
+def _existing(repo: Path) -> set[str]:
+    out = run_dvc(repo, "exp", "list", "--name-only")
+    return {line.strip() for line in out.splitlines() if line.strip()}
+
+
+def rank(records: list[dict]) -> list[dict]:
+    """Candidates best first by the label-free image AUROC (ties: its pixel AUROC, then
+    the name). Runs without the figure (failed, or a version before it) come last."""
+
+    def key(record: dict) -> tuple:
+        main, tie = record.get(RANK_KEY), record.get(TIE_KEY)
+        return (
+            main is None,
+            -(main if main is not None else 0.0),
+            -(tie if tie is not None else 0.0),
+            str(record["candidate"]),
+        )
+
+    return sorted(records, key=key)
+
+
+def _fmt(value: Any, low: Any = None, high: Any = None) -> str:
+    if value is None:
+        return "n/a"
+    text = f"{value:.3f}"
+    if low is not None and high is not None:
+        text += f" [{low:.3f}, {high:.3f}]"
+    return text
+
+
+def report_markdown(ranked: list[dict], extra: list[str], applied: str | None) -> str:
+    """``reports/selection.md``: the ranking, with intervals and train seconds; the real
+    test AUROC beside the label-free one where the data has labelled test defects."""
+    labelled = any(r.get("image.auroc") is not None for r in ranked)
+    header = "| rank | candidate | label-free image AUROC | label-free pixel AUROC |"
+    rule = "|---|---|---|---|"
+    if labelled:
+        header += " test image AUROC (labelled defects) |"
+        rule += "---|"
+    header += " train s | experiment |"
+    rule += "---|---|"
+    lines = [
+        "# Model selection",
+        "",
+        "Ranked by the label-free figure: each candidate's image AUROC of held-out good "
+        "validation images against copies with a simulated defect (foreign texture, stain, "
+        "scratch, smear, hole, colour shift; `val_synthetic.*`), 95% bootstrap intervals.",
+        "",
+        f"Settings: {' '.join(extra) if extra else '(params.yaml as committed)'}",
+        "",
+        header,
+        rule,
+    ]
+    for i, r in enumerate(ranked, start=1):
+        row = (
+            f"| {i} | {r['candidate']} | "
+            f"{_fmt(r.get(RANK_KEY), r.get(RANK_KEY + '_ci_low'), r.get(RANK_KEY + '_ci_high'))} | "
+            f"{_fmt(r.get(TIE_KEY), r.get(TIE_KEY + '_ci_low'), r.get(TIE_KEY + '_ci_high'))} |"
+        )
+        if labelled:
+            row += f" {_fmt(r.get('image.auroc'), r.get('image.auroc_ci_low'), r.get('image.auroc_ci_high'))} |"
+        seconds = r.get("seconds")
+        row += f" {seconds:.0f} |" if isinstance(seconds, (int, float)) else " n/a |"
+        row += f" {r['experiment']} |"
+        lines.append(row)
+    lines.append("")
+    if applied:
+        lines.append(f"Applied to the workspace: **{applied}** (`dvc exp apply`).")
+    else:
+        lines.append("Not applied (--no-apply): `dvc exp apply <experiment>` applies one.")
+    if labelled:
+        lines += [
+            "",
+            "The test AUROC needs labelled defects and played no part in the choice; it is "
+            "shown to check the label-free ranking where labels exist.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def collect(repo: Path, names: dict[str, str]) -> list[dict]:
+    """The candidates' flat metrics from ``dvc exp show --json`` (experiments of HEAD),
+    keyed by experiment name -> candidate name in ``names``."""
+    out = run_dvc(repo, "exp", "show", "--json", "-n", "1")
+    try:
+        entries = json.loads(out or "[]")
+    except json.JSONDecodeError as exc:
+        raise SelectError(f"{repo}: `dvc exp show --json` printed no JSON ({exc})") from exc
+    found: dict[str, dict] = {}
+    for entry in entries:
+        for experiment in entry.get("experiments") or []:
+            name = experiment.get("name")
+            revs = experiment.get("revs") or []
+            if name not in names or not revs:
+                continue
+            data = revs[0].get("data") or {}
+            metrics = data.get("metrics") or {}
+            flat = dict((metrics.get("metrics/eval.json") or {}).get("data") or {})
+            timing = (metrics.get("metrics/train_time.json") or {}).get("data") or {}
+            found[name] = {
+                **flat,
+                "seconds": timing.get("seconds"),
+                "candidate": names[name],
+                "experiment": name,
+            }
+    missing = sorted(set(names) - set(found))
+    if missing:
+        raise SelectError(
+            f"{repo}: no results for {', '.join(missing)}: the experiment failed or was "
+            "removed (see `dvc exp show`; `dvc queue logs <name>` for a failed run)"
+        )
+    return list(found.values())
+
+
+def select(
+    repo: str | Path,
+    params: Params,
+    extra: list[str] | None = None,
+    candidates: list[str] | None = None,
+    jobs: int | None = None,
+    apply: bool = True,
+    copy_untracked: bool = False,
+    rerun: bool = False,
+    dry_run: bool = False,
+    out_dir: str | Path = "reports",
+) -> list[dict]:
+    """Run every candidate as an experiment, rank by the label-free figure, write
+    ``reports/selection.{md,json}`` and (``apply``) ``dvc exp apply`` the winner."""
+    repo = Path(repo)
+    extra = list(extra or [])
+    chosen = parse_candidates(candidates if candidates else params.select.candidates)
+    commands = plan(repo, params, chosen, extra, copy_untracked, rerun)
+    for args in commands:
+        print("dvc " + " ".join(args))
+        if not dry_run:
+            run_dvc(repo, *args)
+    if dry_run:
+        return []
+    if commands:
+        workers = jobs or params.select.jobs
+        env = None
+        if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+            env = {**os.environ, "OMP_NUM_THREADS": str(worker_threads(workers))}
+        log.info("select: running %d candidate(s), %d worker(s)", len(commands), workers)
+        run_dvc(repo, "exp", "run", "--run-all", "-j", str(workers), capture=False, env=env)
+    names = {experiment_name(c, extra): c.name for c in chosen}
+    ranked = rank(collect(repo, names))
+    winner = ranked[0]
+    if winner.get(RANK_KEY) is None:
+        raise SelectError(
+            "select: no candidate wrote the label-free figure (val_synthetic.image.auroc); "
+            "is the validation split empty?"
+        )
+    out = repo / out_dir
+    applied = None
+    if apply:
+        run_dvc(repo, "exp", "apply", winner["experiment"], capture=False)
+        applied = winner["candidate"]
+    write_text(out / "selection.md", report_markdown(ranked, extra, applied))
+    write_json(out / "selection.json", {"settings": extra, "applied": applied, "ranking": ranked})
+    log.info(
+        "select: %s wins (label-free image AUROC %s)%s; reports/selection.md",
+        winner["candidate"],
+        _fmt(
+            winner.get(RANK_KEY),
+            winner.get(RANK_KEY + "_ci_low"),
+            winner.get(RANK_KEY + "_ci_high"),
+        ),
+        ", applied to the workspace" if applied else "",
+    )
+    return ranked

@@ -1,0 +1,195 @@
+"""Camera image formats through the one image reader (issue 28, scope 2).
+
+The reported fault: a 16-bit PNG was read as an all-white image (Pillow clips 16-bit
+values at 255 when converting to 8 bits), so a 16-bit copy of a good roll scored 2329
+and "defective", silently. And a JPEG's EXIF orientation was ignored, so its mask,
+drawn on the displayed picture, no longer lined up.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from anomaly import pipeline
+from anomaly.cli import main
+from anomaly.data.download import download
+from anomaly.detector import load_detector
+from anomaly.errors import DataError
+from anomaly.image_reader import image_size, read_image, read_mask
+from anomaly.params import load_params
+from conftest import tiny_params, write_params
+
+
+def _gradient(h: int = 40, w: int = 60) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (h, w), dtype=np.uint8)
+
+
+def test_16_bit_png_reads_like_its_8_bit_twin(tmp_path):
+    gray = _gradient()
+    Image.fromarray(gray).save(tmp_path / "8.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "16.png")
+    assert Image.open(tmp_path / "16.png").mode == "I;16"
+    # the fault: Pillow's own conversion is all white
+    assert (np.asarray(Image.open(tmp_path / "16.png").convert("L")) == 255).mean() > 0.9
+    np.testing.assert_array_equal(read_image(tmp_path / "16.png"), gray)
+    np.testing.assert_array_equal(read_image(tmp_path / "16.png", "RGB")[..., 1], gray)
+    # 16-bit TIFF too (big- and little-endian files decode to the same values)
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "16.tif")
+    np.testing.assert_array_equal(read_image(tmp_path / "16.tif"), gray)
+
+
+def test_intensity_range_for_12_bit_data_in_16_bit_files(tmp_path):
+    gray = _gradient()
+    twelve = np.round(gray.astype(np.float64) * 4095 / 255).astype(np.uint16)
+    Image.fromarray(twelve).save(tmp_path / "12.png")
+    dark = read_image(tmp_path / "12.png")  # by the file's depth: 1/16 of the range
+    assert dark.max() <= 16
+    np.testing.assert_array_equal(read_image(tmp_path / "12.png", "L", [0, 4095]), gray)
+
+
+def test_48_bit_rgb_png_reads_as_8_bit_rgb(tmp_path):
+    """16 bits per channel RGB, written by hand (Pillow cannot write it)."""
+    rgb = np.stack([_gradient(), _gradient()[::-1], 255 - _gradient()], axis=2)
+    deep = rgb.astype(">u2") * 257
+    h, w = rgb.shape[:2]
+    raw = b"".join(b"\x00" + deep[y].tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    (tmp_path / "48.png").write_bytes(png)
+    np.testing.assert_array_equal(read_image(tmp_path / "48.png", "RGB"), rgb)
+
+
+def test_float_tiff_rule(tmp_path):
+    gray = _gradient()
+    Image.fromarray(gray.astype(np.float32) / 255).save(tmp_path / "f.tif")
+    np.testing.assert_array_equal(read_image(tmp_path / "f.tif"), gray)
+    Image.fromarray(gray.astype(np.float32)).save(tmp_path / "f255.tif")
+    with pytest.raises(DataError, match=r"f255.tif: floating-point .*patch.intensity_range"):
+        read_image(tmp_path / "f255.tif")
+    np.testing.assert_array_equal(read_image(tmp_path / "f255.tif", "L", [0, 255]), gray)
+    nan = gray.astype(np.float32) / 255
+    nan[3, 4] = np.nan
+    Image.fromarray(nan).save(tmp_path / "nan.tif")
+    with pytest.raises(DataError, match="nan.tif: image has NaN"):
+        read_image(tmp_path / "nan.tif")
+
+
+def test_32_bit_integer_images(tmp_path):
+    gray = _gradient()
+    full = gray.astype(np.int64) * (2**31 - 1) // 255  # Pillow's int32: top 2^31 - 1
+    Image.fromarray(full.astype(np.int32)).save(tmp_path / "32.tif")
+    assert np.abs(read_image(tmp_path / "32.tif").astype(int) - gray).max() <= 1
+    # 16-bit data saved as 32-bit: by the declared depth it would be black; refused
+    Image.fromarray(gray.astype(np.int32) * 257).save(tmp_path / "16in32.tif")
+    with pytest.raises(DataError, match=r"16in32.tif: 32-bit .*patch.intensity_range"):
+        read_image(tmp_path / "16in32.tif")
+    np.testing.assert_array_equal(read_image(tmp_path / "16in32.tif", "L", [0, 65535]), gray)
+
+
+def test_exif_orientation_applies_to_image_mask_and_size(tmp_path):
+    shown = np.zeros((100, 60), np.uint8)  # what a viewer shows: portrait, mark at top
+    shown[5:15, 20:40] = 255
+    stored = np.rot90(shown, 1)  # the camera stored it landscape; EXIF 6 turns it back
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "phone.jpg", exif=exif, quality=100)
+    Image.fromarray(stored).save(tmp_path / "phone_mask.png", exif=exif)
+    assert Image.open(tmp_path / "phone.jpg").size == (100, 60)  # unrotated, as stored
+    image = read_image(tmp_path / "phone.jpg")
+    assert image.shape == (100, 60) == image_size(tmp_path / "phone.jpg")
+    assert image[5:15, 20:40].mean() > 200 and image[50:].mean() < 20
+    mask = read_mask(tmp_path / "phone_mask.png", expected_shape=image.shape)
+    np.testing.assert_array_equal(mask, shown > 127)
+
+
+def test_multi_page_tiff_is_refused_in_one_line(tmp_path):
+    pages = [Image.fromarray(_gradient()), Image.fromarray(255 - _gradient())]
+    pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
+    with pytest.raises(DataError, match=r"stack.tif: has 2 pages or frames; one image per file"):
+        read_image(tmp_path / "stack.tif")
+
+
+def test_modes_convert_as_documented(tmp_path):
+    rgb = np.stack([_gradient(), _gradient()[::-1], 255 - _gradient()], axis=2)
+    luma = np.asarray(Image.fromarray(rgb).convert("L"))
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "p.png")
+    palette = np.asarray(Image.open(tmp_path / "p.png").convert("RGB"))
+    np.testing.assert_array_equal(read_image(tmp_path / "p.png", "RGB"), palette)
+    rgba = np.concatenate([rgb, np.full((*rgb.shape[:2], 1), 7, np.uint8)], axis=2)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png", "RGB"), rgb)  # alpha dropped
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png", "L"), luma)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "c.tif")
+    cmyk = read_image(tmp_path / "c.tif", "RGB")
+    assert cmyk.shape == rgb.shape and np.abs(cmyk.astype(int) - rgb).mean() < 2
+    assert read_image(tmp_path / "c.tif", "L").shape == luma.shape
+    gray = _gradient()
+    np.testing.assert_array_equal(
+        read_image(_save(Image.fromarray(gray), tmp_path / "g.png"), "RGB"),
+        np.repeat(gray[..., None], 3, axis=2),
+    )
+
+
+def _save(img: Image.Image, path):
+    img.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fabric_bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    write_params(root / "params.yaml", tiny_params())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.setenv("TQDM_DISABLE", "1")
+        params = load_params(root / "params.yaml")
+        for name in ("download", "patchify", "split", "train", "score", "threshold", "export"):
+            pipeline.STAGES[name](params)
+    return root
+
+
+def test_a_16_bit_copy_scores_like_its_8_bit_original(fabric_bundle, tmp_path, monkeypatch):
+    """The reported fault, end to end: predict (CLI and load_detector) on a 16-bit copy."""
+    monkeypatch.chdir(fabric_bundle)
+    raw = fabric_bundle / "data/raw/synthetic_fabric"
+    manifest = pd.read_csv(raw / "manifest.csv")
+    original = raw / manifest.loc[manifest["label"] == 0, "image_path"].iloc[0]
+    gray = np.asarray(Image.open(original))
+    deep = tmp_path / "in16" / original.name
+    deep.parent.mkdir()
+    Image.fromarray(gray.astype(np.uint16) * 257).save(deep)
+    detector = load_detector(fabric_bundle / "models/cae.bundle")
+    want, got = detector.predict_one(original), detector.predict_one(deep)
+    assert got.score == pytest.approx(want.score, rel=1e-6)
+    assert got.defect == want.defect and not got.blank
+    same = detector.predict_one(gray.astype(np.uint16) * 257, group=want.group)  # an array too
+    assert same.score == pytest.approx(want.score, rel=1e-6)
+    assert main(["predict", str(deep.parent), "--out", str(tmp_path / "out")]) == 0
+    predicted = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    assert predicted["score"].iloc[0] == pytest.approx(want.score, rel=1e-6)
+
+
+def test_download_check_names_a_multi_page_file(tmp_path, monkeypatch):
+    folder = tmp_path / "mine"
+    (folder / "good").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(_gradient()).save(folder / "good" / f"{i}.png")
+    pages = [Image.fromarray(_gradient())] * 2
+    pages[0].save(folder / "good" / "stack.tif", save_all=True, append_images=pages[1:])
+    monkeypatch.chdir(tmp_path)
+    params = tiny_params(dataset={"name": "folder", "source": str(folder)})
+    write_params(tmp_path / "params.yaml", params)
+    with pytest.raises(DataError, match=r"stack.tif: has 2 pages.*dataset.on_bad_file"):
+        download(load_params(tmp_path / "params.yaml"), tmp_path / "raw")

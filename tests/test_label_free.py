@@ -1,0 +1,157 @@
+"""The label-free quality figure: simulated defects on good validation tiles."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly import pipeline
+from anomaly.evaluation.label_free import label_free_metrics
+from anomaly.evaluation.synthetic import (
+    GRAY_KINDS,
+    RGB_KINDS,
+    make_variants,
+    paint,
+    plan_variants,
+)
+from anomaly.params import load_params
+from conftest import tiny_params, write_params
+
+
+def _texture(channels: int, side: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = 0.5 + 0.15 * np.sin(np.arange(side) / 2.0)[None, :] * np.ones((side, 1))
+    tile = base[None] + rng.normal(0, 0.03, (channels, side, side))
+    return (np.round(np.clip(tile, 0, 1) * 255) / 255).astype(np.float32)
+
+
+@pytest.mark.parametrize("channels,kinds", [(1, GRAY_KINDS), (3, RGB_KINDS)])
+def test_every_kind_changes_only_its_exact_mask(channels, kinds):
+    tile, donor = _texture(channels, 64, 0), _texture(channels, 64, 1)
+    for seed in range(20):
+        for kind in kinds:
+            out, mask = paint(tile, donor, kind, np.random.default_rng([seed, len(kind)]))
+            assert out.shape == tile.shape and out.dtype == np.float32 and mask.any(), kind
+            # exact masks: nothing outside changes, bit for bit
+            np.testing.assert_array_equal(out[:, ~mask], tile[:, ~mask])
+            # the defect is really there (a smear on this texture still moves pixels)
+            assert np.abs(out[:, mask] - tile[:, mask]).max() > 0.02, kind
+            # stored tiles are 8-bit: so are the painted copies
+            np.testing.assert_allclose(out * 255, np.round(out * 255), atol=1e-4)
+
+
+def test_colour_defect_keeps_luminance_and_needs_rgb():
+    tile = _texture(3, 64, 0)
+    out, mask = paint(tile, tile, "colour", np.random.default_rng(3))
+    shift = (out - tile)[:, mask]
+    assert np.abs(shift).max() > 0.05
+    assert abs(shift.mean()) < 0.01  # chroma, not brightness
+    with pytest.raises(ValueError, match="RGB"):
+        paint(_texture(1, 64, 0), _texture(1, 64, 0), "colour", np.random.default_rng(0))
+
+
+def _val_tiles(n_images: int, tiles_per_image: int) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "patch_id": np.arange(n_images * tiles_per_image) + 100,
+            "image_id": np.repeat(np.arange(n_images) * 3, tiles_per_image),
+        }
+    )
+
+
+def test_plan_and_variants_are_deterministic_and_seeded():
+    tiles = _val_tiles(5, 4)
+    plan = plan_variants(tiles, 6, GRAY_KINDS, seed=0)
+    assert len(plan) == 30 and (plan.groupby("image_id").size() == 6).all()
+    # kinds in equal shares; the donor always comes from another image
+    assert plan["kind"].value_counts().nunique() == 1
+    own = dict(zip(tiles["patch_id"], tiles["image_id"], strict=True))
+    assert all(own[d] != i for d, i in zip(plan["donor_patch_id"], plan["image_id"], strict=True))
+    pd.testing.assert_frame_equal(plan, plan_variants(tiles, 6, GRAY_KINDS, seed=0))
+    assert not plan.equals(plan_variants(tiles, 6, GRAY_KINDS, seed=1))
+
+    clean = np.stack([_texture(1, 32, i) for i in range(len(plan))])
+    a, masks_a = make_variants(plan, clean, clean[::-1], 0, tabular=False)
+    b, masks_b = make_variants(plan, clean, clean[::-1], 0, tabular=False)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(masks_a, masks_b)
+    c, _ = make_variants(plan, clean, clean[::-1], 1, tabular=False)
+    assert not np.array_equal(a, c)
+    # a variant does not depend on which others are made with it (batching, order)
+    one, mask_one = make_variants(plan.iloc[7:8], clean[7:8], clean[::-1][7:8], 0, False)
+    np.testing.assert_array_equal(one[0], a[7])
+    np.testing.assert_array_equal(mask_one[0], masks_a[7])
+
+
+def test_table_rows_get_feature_shifts():
+    tiles = _val_tiles(4, 1)
+    plan = plan_variants(tiles, 3, ("shift",), seed=0)
+    rows = np.zeros((len(plan), 1, 1, 10), dtype=np.float32)
+    shifted, masks = make_variants(plan, rows, rows, 0, tabular=True)
+    assert masks is None
+    moved = np.abs(shifted).reshape(len(plan), -1)
+    assert ((moved >= 3).sum(1) >= 1).all() and ((moved > 0).sum(1) <= 3).all()
+
+
+def _write_npz(path, good, bad, kinds, maps=None):
+    arrays = {"good_scores": good, "defect_scores": bad, "kinds": np.array(kinds)}
+    if maps is not None:
+        arrays.update(maps)
+    np.savez(path, **arrays)
+
+
+def test_metrics_from_scores_and_maps(tmp_path):
+    rng = np.random.default_rng(0)
+    good, bad = rng.normal(0, 1, 40), rng.normal(3, 1, 60)
+    masks = np.zeros((60, 16, 16), bool)
+    masks[:, 4:8, 4:8] = True
+    clean = rng.normal(0, 1, (60, 16, 16)).astype(np.float16)
+    painted = clean + 4 * masks
+    kinds = ["stain", "scratch"] * 30
+    path = tmp_path / "v.npz"
+    _write_npz(
+        path, good, bad, kinds, {"clean_maps": clean, "defect_maps": painted, "masks": masks}
+    )
+    flat = label_free_metrics(path, seed=0, aupro_max_fpr=0.3)
+    assert flat["val_synthetic.image.auroc"] > 0.95
+    assert (
+        flat["val_synthetic.image.auroc_ci_low"]
+        <= flat["val_synthetic.image.auroc"]
+        <= flat["val_synthetic.image.auroc_ci_high"]
+    )
+    assert flat["val_synthetic.pixel.auroc"] > 0.95
+    assert flat["val_synthetic.pixel.auroc_ci_low"] is not None
+    assert set(k for k in flat if "by_kind" in k) == {
+        "val_synthetic.by_kind.scratch.auroc",
+        "val_synthetic.by_kind.stain.auroc",
+    }
+    assert flat["val_synthetic.n_good"] == 40 and flat["val_synthetic.n_defect"] == 60
+    # constant scores: chance, not a figure that looks real
+    _write_npz(path, np.zeros(40), np.zeros(60), kinds)
+    flat = label_free_metrics(path, seed=0, aupro_max_fpr=0.3)
+    assert flat["val_synthetic.image.auroc"] == 0.5 and flat["val_synthetic.pixel.auroc"] is None
+    # nothing to compare: None, never NaN
+    _write_npz(path, np.zeros(0), np.zeros(0), np.zeros(0, dtype="<U1"))
+    flat = label_free_metrics(path, seed=0, aupro_max_fpr=0.3)
+    assert flat["val_synthetic.image.auroc"] is None
+    json.dumps(flat, allow_nan=False)
+
+
+def test_every_run_writes_the_label_free_figure(project):
+    write_params(project / "params.yaml", tiny_params(model="padim"))
+    params = load_params(project / "params.yaml")
+    for name in ("download", "patchify", "split", "train", "score", "threshold", "evaluate"):
+        pipeline.STAGES[name](params)
+    metrics = json.loads((project / "metrics/eval.json").read_text())
+    val = pd.read_csv(project / "data/splits/val.csv")
+    assert metrics["val_synthetic.n_good"] == val["image_id"].nunique()
+    assert metrics["val_synthetic.n_defect"] == 6 * val["image_id"].nunique()
+    for key in ("image.auroc", "image.auroc_ci_low", "image.auroc_ci_high", "pixel.auroc"):
+        assert metrics[f"val_synthetic.{key}"] is not None, key
+    # pretrained features find painted defects on fabric far above chance
+    assert metrics["val_synthetic.pixel.auroc"] > 0.8
+    assert metrics["val_synthetic.image.auroc"] > 0.7
+    first = (project / "scores/padim/val_synthetic.npz").read_bytes()
+    pipeline.STAGES["score"](params)
+    assert (project / "scores/padim/val_synthetic.npz").read_bytes() == first

@@ -1,0 +1,154 @@
+"""`anomaly select`: candidates as experiments, ranked by the label-free figure, applied."""
+
+import json
+import subprocess
+
+import pytest
+import yaml
+
+from anomaly import selection
+from anomaly.cli import main
+from anomaly.errors import ParamsError
+from anomaly.params import load_params
+from conftest import copy_project, tiny_params, write_params
+from test_dvc_e2e import DVC, sh
+
+
+def test_candidates_parse_name_and_check():
+    parsed = selection.parse_candidates(
+        ["padim", {"model": "patchcore", "set": {"models.patchcore.input_size": 256}}]
+    )
+    assert [c.name for c in parsed] == ["padim", "patchcore-input_size256"]
+    assert parsed[1].set_params() == [
+        "-S",
+        "model=patchcore",
+        "-S",
+        "models.patchcore.input_size=256",
+    ]
+    named = selection.parse_candidates(["cae", {"model": "cae", "name": "cae-b", "set": {}}])
+    assert [c.name for c in named] == ["cae", "cae-b"]
+    for bad, message in [
+        (["padim"], "at least two"),
+        (["padim", "padim"], "twice"),
+        (["padim", "nope"], r"\[1\]\.model is 'nope'"),
+        (["padim", {"model": "cae", "sett": {}}], "unknown keys"),
+        (["padim", 3], r"\[1\] must be a model name"),
+    ]:
+        with pytest.raises(ParamsError, match=message):
+            selection.parse_candidates(bad)
+
+
+@pytest.fixture
+def git_project(tmp_path, monkeypatch):
+    write_params(tmp_path / "params.yaml", tiny_params())
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"]):
+        subprocess.run(cmd, cwd=tmp_path, check=True)
+    monkeypatch.setattr(selection, "_existing", lambda repo: set())
+    return tmp_path
+
+
+def test_plan_names_runs_by_candidate_and_settings(git_project, monkeypatch):
+    params = load_params(git_project / "params.yaml")
+    candidates = selection.parse_candidates(["padim", "cae"])
+    extra = ["dataset.name=mvtec", "dataset.category=carpet"]
+    commands = selection.plan(git_project, params, candidates, extra)
+    names = [c[c.index("-n") + 1] for c in commands]
+    tag = selection.tag(extra)
+    assert names == [f"select-padim-{tag}", f"select-cae-{tag}"]
+    assert selection.tag(list(reversed(extra))) == tag  # order of -S does not matter
+    assert selection.tag(["dataset.category=grid"]) != tag  # other data, other runs
+    assert all(c[-4:] == ["-S", extra[0], "-S", extra[1]] for c in commands)
+    # a candidate that already ran from this commit is reused, not rerun
+    monkeypatch.setattr(selection, "_existing", lambda repo: {f"select-padim-{tag}"})
+    assert len(selection.plan(git_project, params, candidates, extra)) == 1
+    (git_project / "new.py").write_text("x = 1\n")
+    with pytest.raises(selection.SweepError, match=r"untracked files .*new\.py"):
+        selection.plan(git_project, params, candidates, extra)
+
+
+def _record(name, label_free, pixel=None, test=None):
+    return {
+        "candidate": name,
+        "experiment": f"select-{name}-abcdef",
+        "val_synthetic.image.auroc": label_free,
+        "val_synthetic.image.auroc_ci_low": None if label_free is None else label_free - 0.05,
+        "val_synthetic.image.auroc_ci_high": None if label_free is None else label_free + 0.02,
+        "val_synthetic.pixel.auroc": pixel,
+        "image.auroc": test,
+        "seconds": 12.3,
+    }
+
+
+def test_rank_by_the_label_free_figure_then_pixels_failed_runs_last():
+    ranked = selection.rank(
+        [
+            _record("a", 0.80, 0.9),
+            _record("broken", None),
+            _record("b", 0.91, 0.7),
+            _record("c", 0.91, 0.8),
+        ]
+    )
+    assert [r["candidate"] for r in ranked] == ["c", "b", "a", "broken"]
+    text = selection.report_markdown(ranked, ["dataset.name=folder"], "c")
+    assert "| 1 | c | 0.910 [0.860, 0.930] | 0.800 |" in text
+    assert "test image AUROC" not in text  # no labelled defects, no such column
+    assert "Applied to the workspace: **c**" in text
+    labelled = selection.report_markdown(
+        selection.rank([_record("a", 0.8, test=0.95), _record("b", 0.7, test=0.6)]), [], None
+    )
+    assert "test image AUROC (labelled defects)" in labelled and "| 0.950 |" in labelled
+
+
+def test_select_params_are_checked(tmp_path):
+    write_params(tmp_path / "params.yaml", tiny_params(select={"candidates": ["padim"]}))
+    assert main(["select", "--params", str(tmp_path / "params.yaml"), "--dry-run"]) == 2
+
+
+@pytest.mark.e2e
+@pytest.mark.xdist_group("dvc")
+def test_select_runs_ranks_and_applies_the_clearly_better_model(tmp_path):
+    """Two candidates on a tiny fabric set: PaDiM (pretrained features) and an MLP
+    autoencoder trained for two epochs. Select must pick PaDiM by the label-free figure
+    alone, and leave a consistent workspace: its params, metrics, model and bundle."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    copy_project(repo)
+    write_params(repo / "params.yaml", tiny_params(select={"candidates": ["ae", "padim"]}))
+    sh("git", "init", "-q", cwd=repo)
+    sh(DVC, "init", "-q", cwd=repo)
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-qm", "init", cwd=repo)
+    out = sh("python", "-m", "anomaly", "select", "-S", "dataset.synthetic.n_good=10", cwd=repo)
+    assert "padim wins" in out, out
+    ranking = json.loads((repo / "reports/selection.json").read_text())["ranking"]
+    assert [r["candidate"] for r in ranking] == ["padim", "ae"]
+    best, other = ranking
+    assert best["val_synthetic.image.auroc"] > other["val_synthetic.image.auroc"] + 0.1
+    assert best["image.auroc"] >= other["image.auroc"]  # the real defects do not disagree
+    # the workspace is the winner's
+    assert yaml.safe_load((repo / "params.yaml").read_text())["model"] == "padim"
+    metrics = json.loads((repo / "metrics/eval.json").read_text())
+    assert metrics["model"] == "padim"
+    assert metrics["val_synthetic.image.auroc"] == best["val_synthetic.image.auroc"]
+    assert (repo / "models/padim.bundle").is_file() and (repo / "models/padim").is_dir()
+    assert "test image AUROC" in (repo / "reports/selection.md").read_text()
+    status = sh(DVC, "status", cwd=repo)
+    assert "up to date" in status, status
+    # a second select reuses both runs and changes nothing
+    again = sh("python", "-m", "anomaly", "select", "-S", "dataset.synthetic.n_good=10", cwd=repo)
+    assert "already ran from this commit" in again and "padim wins" in again
+
+
+def test_untracked_stage_outputs_are_not_lost_inputs(git_project):
+    """An applied experiment leaves its outputs in the workspace; where DVC's own
+    .gitignore files were never committed git calls them untracked, but a queued run
+    restores them from the cache, so they must not stop the next select."""
+    (git_project / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  train:\n    cmd: x\n    outs:\n    - path: models/padim\n"
+    )
+    (git_project / "models/padim").mkdir(parents=True)
+    (git_project / "models/padim/model.pt").write_bytes(b"x")
+    subprocess.run(["git", "add", "dvc.lock"], cwd=git_project, check=True)
+    params = load_params(git_project / "params.yaml")
+    candidates = selection.parse_candidates(["padim", "cae"])
+    assert len(selection.plan(git_project, params, candidates, [])) == 2
