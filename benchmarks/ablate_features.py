@@ -148,7 +148,8 @@ def main() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
     if args.dataset == "mnist" and args.digits:
         for digit in args.digits:
-            run("mnist", args.variants, [*args.set, f"dataset.normal_class={digit}"], out)
+            overrides = [*args.set, f"dataset.normal_class={digit}"]
+            run("mnist", args.variants, overrides, out, label=f"mnist digit {digit}")
     else:
         run(args.dataset, args.variants, args.set, out)
 

