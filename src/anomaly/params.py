@@ -396,7 +396,18 @@ class SelectConfig:
     """What ``anomaly select`` runs as candidates and ranks by the label-free figure."""
 
     # A model name, or {model: <name>, set: {<param key>: <value>, ...}, name: <label>}
-    candidates: list[Any] = field(default_factory=lambda: ["patchcore", "padim", "cae"])
+    candidates: list[Any] = field(
+        default_factory=lambda: [
+            "patchcore",
+            "padim",
+            "cae",
+            {
+                "model": "patchcore",
+                "name": "patchcore-whole256",
+                "set": {"patch.image_size": 256, "patch.side": 256, "patch.stride": 256},
+            },
+        ]
+    )
     jobs: int = 1  # parallel workers for the candidates' runs
 
     def validate(self, where: str, source: str) -> None:
