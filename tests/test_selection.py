@@ -1,6 +1,7 @@
 """`anomaly select`: candidates as experiments, ranked by the label-free figure, applied."""
 
 import json
+import shutil
 import subprocess
 
 import pytest
@@ -43,7 +44,7 @@ def git_project(tmp_path, monkeypatch):
     write_params(tmp_path / "params.yaml", tiny_params())
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"]):
         subprocess.run(cmd, cwd=tmp_path, check=True)
-    monkeypatch.setattr(selection, "_existing", lambda repo: set())
+    monkeypatch.setattr(selection, "_existing", lambda repo: {})
     return tmp_path
 
 
@@ -59,8 +60,12 @@ def test_plan_names_runs_by_candidate_and_settings(git_project, monkeypatch):
     assert selection.tag(["dataset.category=grid"]) != tag  # other data, other runs
     assert all(c[-4:] == ["-S", extra[0], "-S", extra[1]] for c in commands)
     # a candidate that already ran from this commit is reused, not rerun
-    monkeypatch.setattr(selection, "_existing", lambda repo: {f"select-padim-{tag}"})
+    monkeypatch.setattr(selection, "_existing", lambda repo: {f"select-padim-{tag}": False})
     assert len(selection.plan(git_project, params, candidates, extra)) == 1
+    # a failed one is tried again under its name (-f: DVC refuses a taken name)
+    monkeypatch.setattr(selection, "_existing", lambda repo: {f"select-padim-{tag}": True})
+    again = selection.plan(git_project, params, candidates, extra)
+    assert len(again) == 2 and again[0][-1] == "-f" and again[1][-1] != "-f"
     (git_project / "new.py").write_text("x = 1\n")
     with pytest.raises(selection.SweepError, match=r"untracked files .*new\.py"):
         selection.plan(git_project, params, candidates, extra)
@@ -118,8 +123,16 @@ def test_select_runs_ranks_and_applies_the_clearly_better_model(tmp_path):
     sh(DVC, "init", "-q", cwd=repo)
     sh("git", "add", "-A", cwd=repo)
     sh("git", "commit", "-qm", "init", cwd=repo)
+    # as this repository ships: the pipeline's lock, metrics and plots committed ...
+    sh(DVC, "repro", cwd=repo)
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-qm", "repro", cwd=repo)
+    # ... and, as in a fresh clone, no outputs and an empty cache: queued runs could not
+    # restore the stages they share with the commit (select runs `dvc repro` first)
+    sh("git", "clean", "-fdqX", "-e", "!.dvc", cwd=repo)
+    shutil.rmtree(repo / ".dvc" / "cache", ignore_errors=True)
     out = sh("python", "-m", "anomaly", "select", "-S", "dataset.synthetic.n_good=10", cwd=repo)
-    assert "padim wins" in out, out
+    assert "padim wins" in out and "`dvc repro` first" in out, out
     ranking = json.loads((repo / "reports/selection.json").read_text())["ranking"]
     assert [r["candidate"] for r in ranking] == ["padim", "ae"]
     best, other = ranking
@@ -152,3 +165,27 @@ def test_untracked_stage_outputs_are_not_lost_inputs(git_project):
     params = load_params(git_project / "params.yaml")
     candidates = selection.parse_candidates(["padim", "cae"])
     assert len(selection.plan(git_project, params, candidates, [])) == 2
+
+
+def test_failed_runs_and_baseline_metrics_are_never_ranked(monkeypatch, tmp_path):
+    """DVC lists a failed experiment with its baseline's metrics (seen on a fresh clone:
+    two failed candidates showed the committed cae run's figures); neither may rank."""
+    good = {"model": "padim", "val_synthetic.image.auroc": 0.9}
+    baseline = {"model": "cae", "val_synthetic.image.auroc": 0.95}
+    monkeypatch.setattr(
+        selection,
+        "_experiments",
+        lambda repo: {
+            "select-padim-t": {"failed": False, "eval": good, "seconds": 3},
+            "select-cae-t": {"failed": True, "eval": baseline, "seconds": 9},
+            "select-ae-t": {"failed": False, "eval": baseline, "seconds": 9},
+        },
+    )
+    candidates = {
+        f"select-{c.name}-t": c for c in selection.parse_candidates(["padim", "cae", "ae", "vae"])
+    }
+    records, failed = selection.collect(tmp_path, candidates)
+    assert [r["candidate"] for r in records] == ["padim"]
+    assert failed == ["cae", "ae", "vae"]  # failed, someone else's metrics, never ran
+    text = selection.report_markdown(selection.rank(records), [], "padim", failed)
+    assert "Failed, not ranked: cae, ae, vae." in text

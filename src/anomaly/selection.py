@@ -131,11 +131,11 @@ def plan(
     source = ignored_source(repo, params)
     if source:
         copies.append(source)
-    done = set() if rerun else _existing(repo)
+    existing = _existing(repo)
     commands = []
     for candidate in candidates:
         name = experiment_name(candidate, extra)
-        if name in done:
+        if name in existing and not existing[name] and not rerun:
             log.info("select: %s already ran from this commit; reused", name)
             continue
         args = ["exp", "run", "--queue", "-n", name, *candidate.set_params()]
@@ -143,7 +143,7 @@ def plan(
             args += ["-S", setting]
         for path in copies:
             args += ["-C", path]
-        if rerun:
+        if name in existing:  # a rerun, or a failed run tried again under its name
             args.append("-f")
         commands.append(args)
     return commands
@@ -176,9 +176,38 @@ def _is_output(path: str, outputs: list[str]) -> bool:
     return any(path == out or path.startswith(out + "/") for out in outputs)
 
 
-def _existing(repo: Path) -> set[str]:
-    out = run_dvc(repo, "exp", "list", "--name-only")
-    return {line.strip() for line in out.splitlines() if line.strip()}
+def _experiments(repo: Path) -> dict[str, dict]:
+    """This commit's experiments by name: ``{"failed": bool, "metrics": {...}}`` from
+    ``dvc exp show --json`` (a failed run is listed with the error DVC recorded)."""
+    out = run_dvc(repo, "exp", "show", "--json", "-n", "1")
+    try:
+        entries = json.loads(out or "[]")
+    except json.JSONDecodeError as exc:
+        raise SelectError(f"{repo}: `dvc exp show --json` printed no JSON ({exc})") from exc
+    found: dict[str, dict] = {}
+    for entry in entries:
+        for experiment in entry.get("experiments") or []:
+            revs = experiment.get("revs") or []
+            name = experiment.get("name")
+            if not name or not revs:
+                continue
+            rev = revs[0]
+            data = rev.get("data") or {}
+            metrics = data.get("metrics") or {}
+            found[name] = {
+                "rev": rev.get("rev"),
+                "failed": bool(rev.get("error")),
+                "eval": dict((metrics.get("metrics/eval.json") or {}).get("data") or {}),
+                "seconds": ((metrics.get("metrics/train_time.json") or {}).get("data") or {}).get(
+                    "seconds"
+                ),
+            }
+    return found
+
+
+def _existing(repo: Path) -> dict[str, bool]:
+    """Names of this commit's experiments -> whether they failed."""
+    return {name: info["failed"] for name, info in _experiments(repo).items()}
 
 
 def rank(records: list[dict]) -> list[dict]:
@@ -206,7 +235,9 @@ def _fmt(value: Any, low: Any = None, high: Any = None) -> str:
     return text
 
 
-def report_markdown(ranked: list[dict], extra: list[str], applied: str | None) -> str:
+def report_markdown(
+    ranked: list[dict], extra: list[str], applied: str | None, failed: list[str] | None = None
+) -> str:
     """``reports/selection.md``: the ranking, with intervals and train seconds; the real
     test AUROC beside the label-free one where the data has labelled test defects."""
     labelled = any(r.get("image.auroc") is not None for r in ranked)
@@ -242,6 +273,8 @@ def report_markdown(ranked: list[dict], extra: list[str], applied: str | None) -
         row += f" {r['experiment']} |"
         lines.append(row)
     lines.append("")
+    if failed:
+        lines += [f"Failed, not ranked: {', '.join(failed)}.", ""]
     if applied:
         lines.append(f"Applied to the workspace: **{applied}** (`dvc exp apply`).")
     else:
@@ -255,38 +288,73 @@ def report_markdown(ranked: list[dict], extra: list[str], applied: str | None) -
     return "\n".join(lines) + "\n"
 
 
-def collect(repo: Path, names: dict[str, str]) -> list[dict]:
-    """The candidates' flat metrics from ``dvc exp show --json`` (experiments of HEAD),
-    keyed by experiment name -> candidate name in ``names``."""
-    out = run_dvc(repo, "exp", "show", "--json", "-n", "1")
-    try:
-        entries = json.loads(out or "[]")
-    except json.JSONDecodeError as exc:
-        raise SelectError(f"{repo}: `dvc exp show --json` printed no JSON ({exc})") from exc
-    found: dict[str, dict] = {}
-    for entry in entries:
-        for experiment in entry.get("experiments") or []:
-            name = experiment.get("name")
-            revs = experiment.get("revs") or []
-            if name not in names or not revs:
-                continue
-            data = revs[0].get("data") or {}
-            metrics = data.get("metrics") or {}
-            flat = dict((metrics.get("metrics/eval.json") or {}).get("data") or {})
-            timing = (metrics.get("metrics/train_time.json") or {}).get("data") or {}
-            found[name] = {
-                **flat,
-                "seconds": timing.get("seconds"),
-                "candidate": names[name],
+def collect(repo: Path, candidates: dict[str, Candidate]) -> tuple[list[dict], list[str]]:
+    """The finished candidates' flat metrics (experiment name -> candidate in
+    ``candidates``), and the names of those that failed. A run counts as finished only
+    when its ``metrics/eval.json`` is its own (the candidate's model): DVC lists a failed
+    run with the metrics of its baseline, which must never be ranked."""
+    found = _experiments(repo)
+    records, failed = [], []
+    for name, candidate in candidates.items():
+        info = found.get(name)
+        if info is None or info["failed"] or info["eval"].get("model") != candidate.model:
+            failed.append(candidate.name)
+            continue
+        records.append(
+            {
+                **info["eval"],
+                "rev": info.get("rev"),
+                "seconds": info["seconds"],
+                "candidate": candidate.name,
                 "experiment": name,
             }
-    missing = sorted(set(names) - set(found))
-    if missing:
-        raise SelectError(
-            f"{repo}: no results for {', '.join(missing)}: the experiment failed or was "
-            "removed (see `dvc exp show`; `dvc queue logs <name>` for a failed run)"
         )
-    return list(found.values())
+    return records, failed
+
+
+def ensure_cached(repo: Path) -> None:
+    """Queued runs start from the commit and restore the stages they share with it from
+    the DVC cache; in a fresh clone the cache is empty and those runs fail ("failed to
+    load directory"). ``dvc repro`` first fills it (a no-op when up to date), as
+    ``make sweep`` does."""
+    out = run_dvc(repo, "status", "--json")
+    try:
+        changed = json.loads(out or "{}")
+    except json.JSONDecodeError:
+        changed = True
+    if changed:
+        log.info(
+            "select: the pipeline's outputs are not all in the DVC cache (a fresh clone?); "
+            "`dvc repro` first so the candidates' runs can restore the stages they share"
+        )
+        run_dvc(repo, "repro", capture=False)
+
+
+def apply_experiment(repo: Path, name: str, rev: str | None) -> None:
+    """``dvc exp apply`` the winner, then delete the git-tracked files its commit
+    deleted. Why: DVC 3.67's apply restores changed and added files but leaves files the
+    experiment removed (measured: a PaDiM run applied over a CAE workspace kept the CAE's
+    per-epoch loss files in ``metrics/train/plots``, so ``dvc status`` reported the train
+    and plot stages modified)."""
+    run_dvc(repo, "exp", "apply", name, capture=False)
+    if not rev:
+        return
+    import subprocess
+
+    proc = subprocess.run(
+        ["git", "diff", "--name-only", "--diff-filter=D", "HEAD", rev],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SelectError(f"{repo}: git diff HEAD {rev} failed: {proc.stderr.strip()}")
+    for relative in proc.stdout.splitlines():
+        target = repo / relative
+        if target.is_file():
+            target.unlink()
+            log.info("select: removed %s (the applied run deleted it)", relative)
 
 
 def select(
@@ -307,6 +375,8 @@ def select(
     extra = list(extra or [])
     chosen = parse_candidates(candidates if candidates else params.select.candidates)
     commands = plan(repo, params, chosen, extra, copy_untracked, rerun)
+    if commands and not dry_run:
+        ensure_cached(repo)
     for args in commands:
         print("dvc " + " ".join(args))
         if not dry_run:
@@ -320,21 +390,30 @@ def select(
             env = {**os.environ, "OMP_NUM_THREADS": str(worker_threads(workers))}
         log.info("select: running %d candidate(s), %d worker(s)", len(commands), workers)
         run_dvc(repo, "exp", "run", "--run-all", "-j", str(workers), capture=False, env=env)
-    names = {experiment_name(c, extra): c.name for c in chosen}
-    ranked = rank(collect(repo, names))
-    winner = ranked[0]
-    if winner.get(RANK_KEY) is None:
-        raise SelectError(
-            "select: no candidate wrote the label-free figure (val_synthetic.image.auroc); "
-            "is the validation split empty?"
+    records, failed = collect(repo, {experiment_name(c, extra): c for c in chosen})
+    for name in failed:
+        log.warning(
+            "select: candidate %s failed (see `dvc exp show`, `dvc queue logs <name>`); "
+            "ranked without it",
+            name,
         )
+    ranked = rank(records)
+    if not ranked or ranked[0].get(RANK_KEY) is None:
+        raise SelectError(
+            "select: no candidate finished with the label-free figure "
+            f"(val_synthetic.image.auroc){'; failed: ' + ', '.join(failed) if failed else ''}"
+        )
+    winner = ranked[0]
     out = repo / out_dir
     applied = None
     if apply:
-        run_dvc(repo, "exp", "apply", winner["experiment"], capture=False)
+        apply_experiment(repo, winner["experiment"], winner.get("rev"))
         applied = winner["candidate"]
-    write_text(out / "selection.md", report_markdown(ranked, extra, applied))
-    write_json(out / "selection.json", {"settings": extra, "applied": applied, "ranking": ranked})
+    write_text(out / "selection.md", report_markdown(ranked, extra, applied, failed))
+    write_json(
+        out / "selection.json",
+        {"settings": extra, "applied": applied, "ranking": ranked, "failed": failed},
+    )
     log.info(
         "select: %s wins (label-free image AUROC %s)%s; reports/selection.md",
         winner["candidate"],
