@@ -27,7 +27,7 @@ from .dvc_cli import run_dvc
 from .errors import AnomalyError, ParamsError
 from .io import write_json, write_text
 from .params import Params
-from .sweep import SweepError, ignored_source, untracked_files, worker_threads
+from .sweep import run_copies, untracked_files, worker_threads
 
 log = logging.getLogger(__name__)
 
@@ -118,19 +118,9 @@ def plan(
     rerun: bool = False,
 ) -> list[list[str]]:
     """The ``dvc exp run --queue`` argument lists for the candidates not yet run."""
-    untracked = [f for f in untracked_files(repo) if not _is_output(f, _outputs(repo))]
-    if untracked and not copy_untracked:
-        shown = ", ".join(untracked[:5]) + (
-            f" and {len(untracked) - 5} more" if len(untracked) > 5 else ""
-        )
-        raise SweepError(
-            f"{repo}: untracked files would be missing from the candidates' runs: {shown}; "
-            "`git add` them (or ignore them), or pass --copy-untracked"
-        )
-    copies = list(untracked)
-    source = ignored_source(repo, params)
-    if source:
-        copies.append(source)
+    outputs = _outputs(repo)
+    untracked = [f for f in untracked_files(repo) if not _is_output(f, outputs)]
+    copies = run_copies(repo, params, untracked, copy_untracked, "the candidates' runs")
     existing = _existing(repo)
     commands = []
     for candidate in candidates:

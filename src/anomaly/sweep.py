@@ -81,6 +81,28 @@ def ignored_source(repo: Path, params: Params) -> str | None:
     return str(relative) if proc.returncode == 0 and resolved.exists() else None
 
 
+def run_copies(
+    repo: Path, params: Params, untracked: list[str], copy_untracked: bool, runs: str
+) -> list[str]:
+    """What every queued run must get with ``-C``: the untracked files (refused unless
+    ``copy_untracked``: a queued run is built from git and would silently lose them)
+    and a git-ignored local ``dataset.source``."""
+    if untracked and not copy_untracked:
+        shown = ", ".join(untracked[:5]) + (
+            f" and {len(untracked) - 5} more" if len(untracked) > 5 else ""
+        )
+        raise SweepError(
+            f"{repo}: untracked files would be missing from {runs}: {shown}; "
+            "`git add` them (or ignore them), or pass --copy-untracked"
+        )
+    copies = list(untracked)
+    source = ignored_source(repo, params)
+    if source:
+        log.info("copying the git-ignored dataset.source %s into every run", source)
+        copies.append(source)
+    return copies
+
+
 def known_categories(params: Params) -> list[str]:
     """Every category of the configured dataset, for ``sweep.categories: all``."""
     from .data.families.registry import get_family
@@ -147,21 +169,7 @@ def plan(
 ) -> list[list[str]]:
     """The ``dvc exp run --queue`` argument lists to run, after the safety checks;
     with ``shard`` (i, n) only every n-th experiment, starting at the i-th."""
-    untracked = untracked_files(repo)
-    copies: list[str] = []
-    if untracked and not copy_untracked:
-        shown = ", ".join(untracked[:5]) + (
-            f" and {len(untracked) - 5} more" if len(untracked) > 5 else ""
-        )
-        raise SweepError(
-            f"{repo}: untracked files would be missing from queued runs: {shown}; "
-            "`git add` them (or ignore them), or pass --copy-untracked"
-        )
-    copies += untracked
-    source = ignored_source(repo, params)
-    if source:
-        log.info("sweep: copying the git-ignored dataset.source %s into every run", source)
-        copies.append(source)
+    copies = run_copies(repo, params, untracked_files(repo), copy_untracked, "queued runs")
     done = set() if rerun else existing_names(repo)
     commands = []
     for position, combo in enumerate(combinations(params)):
