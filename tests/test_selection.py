@@ -11,6 +11,7 @@ from anomaly import selection
 from anomaly.cli import main
 from anomaly.errors import ParamsError
 from anomaly.params import load_params
+from anomaly.sweep import SweepError
 from conftest import copy_project, tiny_params, write_params
 from test_dvc_e2e import DVC, sh
 
@@ -67,7 +68,7 @@ def test_plan_names_runs_by_candidate_and_settings(git_project, monkeypatch):
     again = selection.plan(git_project, params, candidates, extra)
     assert len(again) == 2 and again[0][-1] == "-f" and again[1][-1] != "-f"
     (git_project / "new.py").write_text("x = 1\n")
-    with pytest.raises(selection.SweepError, match=r"untracked files .*new\.py"):
+    with pytest.raises(SweepError, match=r"untracked files .*new\.py"):
         selection.plan(git_project, params, candidates, extra)
 
 
