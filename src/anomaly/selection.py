@@ -169,13 +169,10 @@ def _is_output(path: str, outputs: list[str]) -> bool:
 def _experiments(repo: Path) -> dict[str, dict]:
     """This commit's experiments by name: ``{"failed": bool, "metrics": {...}}`` from
     ``dvc exp show --json`` (a failed run is listed with the error DVC recorded)."""
-    out = run_dvc(repo, "exp", "show", "--json", "-n", "1")
-    try:
-        entries = json.loads(out or "[]")
-    except json.JSONDecodeError as exc:
-        raise SelectError(f"{repo}: `dvc exp show --json` printed no JSON ({exc})") from exc
+    from .report import exp_show  # the report's reader of `dvc exp show --json`
+
     found: dict[str, dict] = {}
-    for entry in entries:
+    for entry in exp_show(repo, [], False, False, 1):
         for experiment in entry.get("experiments") or []:
             revs = experiment.get("revs") or []
             name = experiment.get("name")

@@ -125,6 +125,7 @@ def run(params: Params) -> None:
                     model,
                     store,
                     tiles,
+                    per_image,
                     maps,
                     (shift, scale),
                     score_cfg,
@@ -252,6 +253,7 @@ def _write_synthetic(
     model,
     store,
     tiles: pd.DataFrame,
+    per_image: pd.DataFrame,
     maps: np.ndarray | None,
     affine: tuple[np.ndarray, np.ndarray],
     score_cfg,
@@ -259,7 +261,8 @@ def _write_synthetic(
     device,
 ) -> None:
     """``val_synthetic.npz``: the label-free quality figure's raw material (see
-    ``evaluation/synthetic.py``). Good validation images keep their image scores; each
+    ``evaluation/synthetic.py``). Good validation images keep their image scores
+    (``per_image``, the split's aggregated scores); each
     gets ``score.synthetic_per_image`` copies with one tile defective, scored by the
     model and aggregated with the image's other tiles exactly as a test image would be.
     Maps and masks of the defective tiles and of their clean originals feed the pixel
@@ -268,9 +271,8 @@ def _write_synthetic(
     labelled = set(tiles.loc[tiles["label"] != 0, "image_id"])  # labelled validation defects
     rows = tiles.reset_index(drop=True)
     usable = rows[~rows["image_id"].isin(labelled)]
-    per_image = params.score.synthetic_per_image
     kinds = kinds_for(store.channels, store.is_tabular)
-    plan = plan_variants(usable, per_image, kinds, params.seed)
+    plan = plan_variants(usable, params.score.synthetic_per_image, kinds, params.seed)
     if plan.empty:
         log.warning(
             "score: no good validation images, so no label-free figure (val_synthetic.*); "
@@ -313,13 +315,8 @@ def _write_synthetic(
         if variant_tiles
         else np.zeros(0)
     )
-    good_images_scores = (
-        aggregate_images(usable, params.score.aggregate, params.score.aggregate_k)[
-            "score"
-        ].to_numpy()
-        if len(usable)
-        else np.zeros(0)
-    )
+    # the good images' own scores, as the val split aggregated them (sorted by image id)
+    good_images_scores = per_image.loc[~per_image["image_id"].isin(labelled), "score"].to_numpy()
     arrays = {
         "good_scores": good_images_scores.astype(np.float64),
         "defect_scores": defect_images.astype(np.float64),
