@@ -9,13 +9,13 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: setup repro test lint format bench sweep select report plots-check clean-venv
+.PHONY: setup repro test lint format bench sweep select report plots-check serve serve-check clean-venv
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,serve]'
 	@touch $(STAMP)
 
 repro: setup
@@ -55,13 +55,26 @@ report: setup
 plots-check: setup
 	$(BIN)/python scripts/check_plots_browser.py $(REVS)
 
+# Serve the active model's bundle (after `make repro`): http://127.0.0.1:8000/
+serve: setup
+	$(BIN)/python -m anomaly serve $(ARGS)
+
+# Drive the service's page in headless Chromium (playwright with the system's Chromium):
+# drop two images, check each verdict and overlay appear, save a screenshot.
+serve-check: setup
+	$(BIN)/python -m pip install --quiet -e '.[browser]'
+	$(BIN)/python scripts/check_serve_page.py $(ARGS)
+
 # Not part of `make test`: per-model throughput and memory, then every stage's wall time
-# and peak RSS and the 4x data memory check (tests/test_tooling.py smoke-tests both).
+# and peak RSS and the 4x data memory check (tests/test_tooling.py smoke-tests both),
+# predict on 1-36 megapixel images, and the service under 32 clients (after make repro).
 bench: setup
 	mkdir -p benchmarks/results
 	rm -f benchmarks/results/bench_models.jsonl
 	$(BIN)/python benchmarks/bench_models.py --out benchmarks/results/bench_models.jsonl
 	$(BIN)/python benchmarks/bench_stages.py --out benchmarks/results/bench_stages.json
+	$(BIN)/python benchmarks/bench_huge.py --out benchmarks/results/bench_huge.json
+	$(BIN)/python benchmarks/bench_serve.py --out benchmarks/results/bench_serve.json
 
 clean-venv:
 	rm -rf $(VENV)

@@ -68,6 +68,26 @@ def write_params(path: Path, data: dict) -> Path:
     return path
 
 
+def run_tiny_pipeline(root: Path, stages: tuple[str, ...] | None = None) -> Path:
+    """The tiny pipeline's stages (all by default) run in-process in ``root``: what the
+    module-scoped project fixtures of the inference and fault tests build on."""
+    from anomaly import pipeline
+    from anomaly.params import load_params
+
+    write_params(root / "params.yaml", tiny_params())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.setenv("TQDM_DISABLE", "1")
+        params = load_params(root / "params.yaml")
+        for name in stages or tuple(pipeline.STAGES):
+            pipeline.STAGES[name](params)
+    return root
+
+
+# Up to the bundle: what predict, serve and the image-format faults need.
+TO_BUNDLE = ("download", "patchify", "split", "train", "score", "threshold", "export")
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     """A temporary project root with a tiny params.yaml, as the current directory."""

@@ -195,6 +195,13 @@ def test_exact_boundaries_remote_round_trip_and_fresh_clone(tmp_path):
     sh(DVC, "remote", "add", "-d", "local", str(remote), cwd=repo)
     sh("git", "commit", "-qam", "remote", cwd=repo)
     sh(DVC, "push", cwd=repo)
+    # The bundle in DVC's model registry: a version tag (GTO's convention) is all
+    # `dvc artifacts get` needs to fetch it from the remote.
+    sh("git", "tag", "-a", "detector@v0.1.0", "-m", "tiny cae", cwd=repo)
+    fetched = tmp_path / "fetched"
+    fetched.mkdir()
+    sh(DVC, "artifacts", "get", str(repo), "detector", "-o", "got.bundle", cwd=fetched)
+    assert (fetched / "got.bundle").read_bytes() == (repo / "models/cae.bundle").read_bytes()
     bare = tmp_path / "origin.git"
     sh("git", "clone", "-q", "--bare", str(repo), str(bare), cwd=tmp_path)
 

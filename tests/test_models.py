@@ -370,6 +370,53 @@ def test_patchcore_bank_index_matches_brute_force(monkeypatch):
     monkeypatch.setattr(patchcore, "_faiss", lambda: None)  # the torch fallback
     dist_t, idx_t = patchcore.BankIndex(bank).search(queries, 3)
     assert torch.equal(idx_t, idx) and torch.allclose(dist_t, dist, atol=1e-4)
+    # The graph form ONNX export traces: matrix products and top-k, same neighbours.
+    dist_g, idx_g = patchcore.graph_search(queries, bank, 3)
+    assert torch.equal(idx_g, idx) and torch.allclose(dist_g, dist, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_every_model_exports_to_onnx_equal_to_eager(name, tmp_path):
+    """Every registered model leaves PyTorch: the export's own equality check (random
+    tiles, another batch size) passes, and onnxruntime scores real normal and anomalous
+    tiles as the eager model does (PatchCore's memory bank as a constant, its search as
+    matrix products + top-k)."""
+    pytest.importorskip("onnxruntime")
+    import onnxruntime
+
+    from anomaly.config_schema import to_dict
+    from anomaly.export import export_onnx
+    from anomaly.params import PatchConfig
+
+    model, rng = train_tiny(name, epochs=1)
+    cfg = ScoreConfig(smooth_sigma=1.0, patch_reduce="topk_mean")
+    bundle = {
+        "model": name,
+        "config": to_dict(model.config),
+        "in_channels": 1,
+        "image_size": SIZE,
+        "input_shape": None,
+        "state_dict": model.state_dict(),
+        "preprocessing": {
+            "channels": 1,
+            "tile_size": SIZE,
+            "patch": to_dict(PatchConfig()),
+            "scale": "uint8 / 255",
+        },
+        "score": to_dict(cfg),
+        "normalisation": {"method": "none"},
+        "image_threshold": 1.0,
+        "pixel_threshold": None,
+    }
+    out = export_onnx(bundle, tmp_path / f"{name}.onnx")
+    tiles = torch.cat([stripes(6, rng), with_blobs(stripes(6, rng))])
+    with torch.no_grad():
+        scores, maps = model.eval().score(tiles, cfg)
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got_scores, got_maps = session.run(None, {"tiles": tiles.numpy()})
+    np.testing.assert_allclose(got_scores, scores.numpy(), rtol=1e-4, atol=1e-5)
+    if maps is not None:
+        np.testing.assert_allclose(got_maps, maps.numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_offline_pretrained_backbone_is_verified_and_not_degenerate(tmp_path):

@@ -13,10 +13,8 @@ import pandas as pd
 import pytest
 import torch
 
-from anomaly import pipeline
 from anomaly.cli import main
-from anomaly.params import load_params
-from conftest import tiny_params, write_params
+from conftest import run_tiny_pipeline
 
 # How closely predict reproduces the pipeline's scores. On the CPU the same float32
 # arithmetic gives the same bits; on CUDA, cuDNN picks its convolution algorithm by batch
@@ -32,15 +30,7 @@ MAP_ATOL, MAP_RTOL = (2e-2, 1e-2) if torch.cuda.is_available() else (2e-3, 0.0)
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A project after the whole pipeline (cae, tiny fabric set)."""
-    root = tmp_path_factory.mktemp("project")
-    write_params(root / "params.yaml", tiny_params())
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.setenv("TQDM_DISABLE", "1")
-        params = load_params(root / "params.yaml")
-        for name in pipeline.STAGES:
-            pipeline.STAGES[name](params)
-    return root
+    return run_tiny_pipeline(tmp_path_factory.mktemp("project"))
 
 
 def _test_images(root) -> pd.DataFrame:

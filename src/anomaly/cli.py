@@ -92,6 +92,41 @@ def main(argv: list[str] | None = None) -> int:
     )
     predict.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
     predict.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    srv = sub.add_parser(
+        "serve",
+        help="serve a bundle over HTTP: /predict, /model, /health, /metrics and a page at /",
+        description="Serve a trained model's bundle over HTTP (FastAPI + uvicorn): POST "
+        "images to /predict as multipart field 'files'; open / in a browser to drop images.",
+        parents=[common],
+    )
+    srv.add_argument(
+        "--model",
+        default=None,
+        help="a bundle (.bundle); default: models/<model>.bundle of the active pipeline model",
+    )
+    srv.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    srv.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    srv.add_argument(
+        "--max-bytes", type=int, default=64 * 2**20, help="largest upload per file (bytes)"
+    )
+    srv.add_argument("--max-files", type=int, default=64, help="most files per request")
+    srv.add_argument(
+        "--max-pending",
+        type=int,
+        default=64,
+        help="requests admitted at once (scoring + queued); more are answered 503",
+    )
+    srv.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds a request may wait and run (504)"
+    )
+    srv.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes, each with a copy of the model and cores/workers threads "
+        "(default: 1; 2 on a 2-core CPU measured 1.2x the throughput of predict in process)",
+    )
     rep = sub.add_parser(
         "report",
         help="collect experiments and branches into reports/ (CSV, markdown, figures)",
@@ -211,6 +246,15 @@ def _dispatch(args: argparse.Namespace) -> None:
         detector = load_detector(_bundle_arg(args), args.device)
         frame = predict_images(detector, args.images, args.out, args.group, not args.no_overlays)
         print(frame.to_string(index=False))
+    elif args.command == "serve":
+        from .errors import ParamsError
+        from .serve import ServeSettings, serve
+
+        for flag in ("max_bytes", "max_files", "max_pending", "timeout", "workers"):
+            if getattr(args, flag) <= 0:
+                raise ParamsError(f"--{flag.replace('_', '-')}: must be positive")
+        settings = ServeSettings(args.max_bytes, args.max_files, args.max_pending, args.timeout)
+        serve(_bundle_arg(args), args.host, args.port, args.device, settings, args.workers)
     elif args.command == "export" and (args.out or args.format != "bundle" or args.model):
         from .export import export
 

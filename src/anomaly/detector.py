@@ -28,9 +28,9 @@ from .bundle import load_bundle
 from .config_schema import build
 from .data.patching import IMAGE_MODES, cut_tiles
 from .errors import AnomalyError, DataError
-from .image_reader import decode, read_image
+from .image_reader import decode, read_image, read_image_bytes
 from .params import PatchConfig, ScoreConfig
-from .scoring import aggregate_images, normalise, stitch
+from .scoring import MapStitcher, aggregate_images, normalise
 
 log = logging.getLogger(__name__)
 
@@ -137,22 +137,21 @@ class Detector:
             )
         return decode(Image.fromarray(array), mode, name, bounds), name, None
 
-    @torch.no_grad()
-    def _tile_scores(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        scores, maps = [], []
-        for start in range(0, len(tiles), self.score_cfg.batch_size):
-            x = torch.from_numpy(tiles[start : start + self.score_cfg.batch_size])
-            s, m = self.model.score(x.float().div(255).to(self.device), self.score_cfg)
-            scores.append(s.float().cpu().numpy())
-            if m is not None:
-                # float16, as the score stage stores the maps the pixel metrics read
-                maps.append(m.float().cpu().numpy().astype(np.float16).astype(np.float32))
-        return np.concatenate(scores), (np.concatenate(maps) if maps else None)
+    def decode_bytes(self, data: bytes, name: str) -> np.ndarray:
+        """An encoded image held in memory (an upload) as the uint8 array ``read`` gives."""
+        return read_image_bytes(data, name, IMAGE_MODES[self.channels], self.patch.intensity_range)
 
+    @torch.no_grad()
     def predict_one(
         self, image: ImageInput, group: str | None = None, index: int = 0, name: str = ""
     ) -> Prediction:
-        """One image; ``name`` labels an already-read array in messages and results."""
+        """One image; ``name`` labels an already-read array in messages and results.
+
+        Memory stays bounded on huge images (a line-scan frame of tens of megapixels):
+        tiles are scored a batch at a time and each batch's maps are added into the
+        image's map at once (:class:`anomaly.scoring.MapStitcher`), so what grows with
+        the image is the image, its tiles (uint8) and the map, never a float copy of
+        every tile's map."""
         array, read_name, path = self.read(image, index)
         name = name or read_name
         group = self.group_for(path, group)
@@ -160,26 +159,42 @@ class Detector:
         all_blank = bool(blank.all())
         if all_blank:
             log.warning("%s: every tile is flat (patch.blank_std); scored anyway", name)
-        else:
-            tiles, boxes = (
-                tiles[~blank],
-                [b for b, flat in zip(boxes, blank, strict=True) if not flat],
-            )
-        raw, maps = self._tile_scores(tiles)
+        keep = np.arange(len(tiles)) if all_blank else np.flatnonzero(~blank)
+        boxes = [boxes[i] for i in keep]
+        # One group per image: its shift and scale, float64 as in the score stage.
+        _, shift, scale = normalise(np.zeros(1), pd.Series([group]), self.normalisation)
+        shift, scale = shift.reshape(1, 1, 1), scale.reshape(1, 1, 1)
+        stitcher = None
+        raw = []
+        step = self.score_cfg.batch_size
+        for start in range(0, len(keep), step):
+            x = torch.from_numpy(tiles[keep[start : start + step]])
+            s, m = self.model.score(x.float().div(255).to(self.device), self.score_cfg)
+            raw.append(s.float().cpu().numpy())
+            if m is None:
+                continue
+            # float16, as the score stage stores the maps the pixel metrics read
+            maps = m.float().cpu().numpy().astype(np.float16).astype(np.float32)
+            stitcher = stitcher or MapStitcher(array.shape[0], array.shape[1])
+            batch_boxes = boxes[start : start + step]
+            for tile_map, box in zip((maps - shift) / scale, batch_boxes, strict=True):
+                stitcher.add(tile_map, *box)
+        del tiles
+        raw = np.concatenate(raw)
         if not np.isfinite(raw).all():
             raise DataError(f"{name}: the model gave NaN or infinite scores")
         frame = pd.DataFrame(boxes, columns=["x", "y", "w", "h"]).assign(image_id=0)
-        scores, shift, scale = normalise(raw, pd.Series([group] * len(raw)), self.normalisation)
+        scores, _, _ = normalise(raw, pd.Series([group] * len(raw)), self.normalisation)
         image_score = float(
             aggregate_images(
                 frame.assign(score=scores), self.score_cfg.aggregate, self.score_cfg.aggregate_k
             )["score"].iloc[0]
         )
         full = mask = None
-        if maps is not None:
-            normalised = (maps - shift[:, None, None]) / scale[:, None, None]
-            full = stitch(normalised, frame, array.shape[0], array.shape[1])
-            full = full.astype(np.float16).astype(np.float32)  # as the score stage stores it
+        if stitcher is not None:
+            full = stitcher.result()
+            for top in range(0, full.shape[0], 512):  # as the score stage stores it: float16
+                full[top : top + 512] = full[top : top + 512].astype(np.float16)
             if self.pixel_threshold is not None:
                 mask = full >= self.pixel_threshold
         return Prediction(

@@ -34,6 +34,7 @@ names it, not deep inside a training loop.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -144,11 +145,27 @@ def read_image(
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: image not found")
+    return _open_and_decode(path, mode, str(path), intensity_range)
+
+
+def read_image_bytes(
+    data: bytes, name: str, mode: str = "L", intensity_range: IntensityRange = None
+) -> np.ndarray:
+    """An encoded image held in memory (an upload to ``anomaly serve``), by the same rules
+    as a file; ``name`` (the upload's file name) is what errors call it."""
+    if not data:
+        raise DataError(f"{name}: empty file, not an image")
+    return _open_and_decode(io.BytesIO(data), mode, name, intensity_range)
+
+
+def _open_and_decode(
+    source: Path | io.BytesIO, mode: str, name: str, intensity_range: IntensityRange
+) -> np.ndarray:
     try:
-        with Image.open(path) as img:
-            return decode(img, mode, str(path), intensity_range)
+        with Image.open(source) as img:
+            return decode(img, mode, name, intensity_range)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: corrupt or unreadable image ({exc})") from exc
+        raise DataError(f"{name}: corrupt or unreadable image ({exc})") from exc
 
 
 def read_mask(path: str | Path, expected_shape: tuple[int, int] | None = None) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import matplotlib
@@ -12,7 +13,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import ndimage  # noqa: E402
-from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from .data.manifest import load_image_and_mask  # noqa: E402
 from .io import atomic_path  # noqa: E402
@@ -60,13 +60,21 @@ def map_panel(
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    ax.imshow(image, cmap="gray", vmin=0, vmax=255)
     norm = Normalize(0.0, max(float(vmax), 1e-6))
+    # One uint8 RGB picture, the heat blended in here (alpha 0.75 x level) rather than a
+    # float RGBA layer over the image: a fraction of the memory on large images.
+    picture = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
     if score_map is not None:
-        level = np.clip(norm(score_map.astype(np.float32)), 0, 1)
-        heat = plt.get_cmap(MAP_CMAP)(level)
-        heat[..., 3] = 0.75 * level
-        ax.imshow(heat)
+        blended = np.empty(picture.shape, dtype=np.uint8)
+        cmap = plt.get_cmap(MAP_CMAP)
+        for top in range(0, picture.shape[0], 256):  # row blocks: small float temporaries
+            rows = slice(top, top + 256)
+            level = np.clip(np.asarray(norm(score_map[rows].astype(np.float32)), np.float32), 0, 1)
+            alpha = (0.75 * level)[..., None]
+            heat = cmap(level, bytes=True)[..., :3]
+            blended[rows] = np.round(heat * alpha + picture[rows] * (1 - alpha))
+        picture = blended
+    ax.imshow(picture)
     for mask, colour, style in (
         (true_mask, TRUE_COLOUR, "solid"),
         (predicted_mask, PREDICTED_COLOUR, "dashed"),
@@ -84,24 +92,77 @@ def _figure_width(image_width: int, dpi: int) -> float:
     return float(np.clip(image_width / dpi * 1.3, 6.0, 22.0))
 
 
-def overlay_figure(image: np.ndarray, result, name: str, path: Path, dpi: int = 110) -> None:
-    """predict's per-image figure, drawn like the gallery: map, colour bar, predicted mask,
-    score against the threshold in the title."""
+# The overlay is at most 22 inches at 110 dpi (2420 px): a larger image is reduced
+# before drawing, or a 36-megapixel frame's RGBA heat map alone would take 1.1 GB.
+DISPLAY_SIDE = 1536
+
+
+def display_size(
+    image: np.ndarray, score_map: np.ndarray | None, mask: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Image, map and mask reduced by one integer factor so the long side is at most
+    ``DISPLAY_SIDE``: the image by striding, the map by block maximum and the mask by
+    block "any", so a defect of a few pixels stays visible in the reduced overlay."""
+    factor = -(-max(image.shape[:2]) // DISPLAY_SIDE)
+    if factor <= 1:
+        return image, score_map, mask
+
+    def block(values: np.ndarray, reduce) -> np.ndarray:
+        h, w = values.shape[0] // factor * factor, values.shape[1] // factor * factor
+        tiles = values[:h, :w].reshape(h // factor, factor, w // factor, factor)
+        return reduce(tiles, axis=(1, 3))
+
+    shown = image[
+        : image.shape[0] // factor * factor : factor, : image.shape[1] // factor * factor : factor
+    ]
+    return (
+        shown,
+        None if score_map is None else block(score_map, np.max),
+        None if mask is None else block(mask, np.any),
+    )
+
+
+def overlay_figure(
+    image: np.ndarray,
+    result,
+    name: str,
+    path: Path,
+    dpi: int = 110,
+    mask_pixels: int | None = None,
+) -> None:
+    """predict's per-image figure (see :func:`overlay_png`), written atomically."""
+    png = overlay_png(image, result, name, dpi, mask_pixels)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(png)
+
+
+def overlay_png(
+    image: np.ndarray, result, name: str, dpi: int = 110, mask_pixels: int | None = None
+) -> bytes:
+    """The per-image figure of predict and serve as PNG bytes, drawn like the gallery: map,
+    colour bar, predicted mask, score against the threshold in the title. ``mask_pixels``:
+    the full-size mask's count when ``result`` was already reduced (:func:`display_size`)."""
     h, w = image.shape[:2]
     width = _figure_width(w, dpi)
     fig, ax = plt.subplots(
         figsize=(width, max(2.2, width * h / w * 0.87 + 0.6)), layout="constrained"
     )
     vmax = 2 * max(result.threshold, 1e-6)
-    mappable = map_panel(ax, image, result.anomaly_map, vmax, None, result.mask)
+    if mask_pixels is None and result.mask is not None:
+        mask_pixels = int(result.mask.sum())
+    shown, score_map, mask = display_size(image, result.anomaly_map, result.mask)
+    mappable = map_panel(ax, shown, score_map, vmax, None, mask)
     verdict = "defect" if result.defect else "good"
     ax.set_title(
         f"{name}: {verdict}, score {result.score:.4g} vs threshold {result.threshold:.4g}"
-        + ("" if result.mask is None else f"; predicted mask (cyan) {int(result.mask.sum())} px"),
+        + ("" if mask is None else f"; predicted mask (cyan) {mask_pixels} px"),
         fontsize=10,
     )
     fig.colorbar(mappable, ax=ax, fraction=0.03, pad=0.01, label="anomaly score")
-    _save(fig, path, dpi)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 def _title(metrics: dict) -> str:
@@ -111,6 +172,8 @@ def _title(metrics: dict) -> str:
 def roc_figure(images: pd.DataFrame, metrics: dict, path: Path, dpi: int) -> None:
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     if images["label"].nunique() == 2:
+        from sklearn.metrics import roc_curve  # here: predict and serve draw no curves
+
         fpr, tpr, _ = roc_curve(images["label"], images["score"])
         ax.plot(fpr, tpr, lw=2, label=f"image AUROC {metrics.get('image.auroc', 0):.3f}")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
@@ -124,6 +187,8 @@ def roc_figure(images: pd.DataFrame, metrics: dict, path: Path, dpi: int) -> Non
 def pr_figure(images: pd.DataFrame, metrics: dict, path: Path, dpi: int) -> None:
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     if images["label"].nunique() == 2:
+        from sklearn.metrics import precision_recall_curve
+
         precision, recall, _ = precision_recall_curve(images["label"], images["score"])
         ax.plot(recall, precision, lw=2, label=f"AUPR {metrics.get('image.aupr', 0):.3f}")
         ax.axhline(images["label"].mean(), ls="--", c="grey", lw=1, label="chance")

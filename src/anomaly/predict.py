@@ -15,6 +15,7 @@ given (so ``good/000.png`` and ``broken/000.png`` never overwrite each other):
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,7 @@ def predict_images(
     overlays: bool = True,
 ) -> pd.DataFrame:
     """Score every image, write maps, masks, overlays and ``predictions.csv``."""
-    from .plots import overlay_figure
+    from .plots import display_size, overlay_figure
 
     files = find_images(inputs)
     out = Path(out_dir)
@@ -92,8 +93,15 @@ def predict_images(
         if result.mask is not None:
             save_png(Path(f"{stem}_mask.png"), result.mask.astype(np.uint8) * 255)
         if overlays:
-            overlay_figure(image, result, rel.as_posix(), Path(f"{stem}_overlay.png"))
-        log.debug("%s: score %.4g", rel, result.score)
+            # Reduced to what the figure can show, and the full-size arrays dropped first:
+            # on a huge image, drawing then adds to the image alone, not to image + map.
+            pixels = rows[-1]["mask_pixels"]
+            shown, small_map, small_mask = display_size(image, result.anomaly_map, result.mask)
+            small = replace(result, anomaly_map=small_map, mask=small_mask)
+            shown = np.ascontiguousarray(shown)
+            image = result = None
+            overlay_figure(shown, small, rel.as_posix(), Path(f"{stem}_overlay.png"), 110, pixels)
+        log.debug("%s: score %.4g", rel, rows[-1]["score"])
     frame = pd.DataFrame(rows)
     write_csv(out / "predictions.csv", frame)
     flagged = int(frame["defect"].sum())

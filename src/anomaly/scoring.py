@@ -154,29 +154,58 @@ def aggregate_images(patches: pd.DataFrame, how: str, k: int = 3) -> pd.DataFram
     return scores.rename("score").reset_index()
 
 
+class MapStitcher:
+    """One image's full-resolution map, built tile by tile: a sum and a count per pixel,
+    divided at the end (overlaps averaged). Tiles can be added as they are scored, so a
+    huge image's tile maps never have to be held all at once: memory is the map itself
+    (float32 sum, uint16 count), whatever the number of tiles."""
+
+    def __init__(self, height: int, width: int) -> None:
+        self.height, self.width = height, width
+        self.total = np.zeros((height, width), dtype=np.float32)
+        self.count = np.zeros((height, width), dtype=np.uint16)
+
+    def add(self, tile_map: np.ndarray, x: int, y: int, w: int, h: int) -> None:
+        """One tile's map for the box ``x, y, w, h`` (image pixels); a map computed at
+        another resolution is resized to the box bilinearly."""
+        h, w = min(int(h), self.height - y), min(int(w), self.width - x)
+        m = torch.as_tensor(np.asarray(tile_map, dtype=np.float32))
+        if m.shape != (h, w):
+            m = F.interpolate(m[None, None], size=(h, w), mode="bilinear", align_corners=False)[
+                0, 0
+            ]
+        self.total[y : y + h, x : x + w] += m.numpy()
+        self.count[y : y + h, x : x + w] += 1
+
+    def result(self, rows: int = 512) -> np.ndarray:
+        """The averaged map (float32, the sum's buffer reused), pixels no tile covered set
+        to the lowest covered value; in row blocks, so no full-size temporaries."""
+        lowest = np.inf
+        for top in range(0, self.height, rows):
+            total, count = self.total[top : top + rows], self.count[top : top + rows]
+            covered = count > 0
+            np.divide(total, count.astype(np.float32), out=total, where=covered)
+            if covered.any():
+                lowest = min(lowest, float(total[covered].min()))
+        fill = 0.0 if lowest == np.inf else lowest
+        for top in range(0, self.height, rows):
+            block = self.total[top : top + rows]
+            block[self.count[top : top + rows] == 0] = fill
+        self.count = np.zeros((0, 0), dtype=np.uint16)
+        return self.total
+
+
 def stitch(tile_maps: np.ndarray, tiles: pd.DataFrame, height: int, width: int) -> np.ndarray:
     """Full-resolution map of one image from its tiles' maps, averaging overlaps.
 
     ``tiles`` gives each tile's box ``x``, ``y``, ``w``, ``h`` in image pixels;
     maps computed at another resolution are resized to the box bilinearly.
     """
-    total = np.zeros((height, width), dtype=np.float32)
-    weight = np.zeros((height, width), dtype=np.float32)
-    for tile_map, (_, tile) in zip(tile_maps, tiles.iterrows(), strict=True):
-        y, x = int(tile["y"]), int(tile["x"])
-        h, w = min(int(tile["h"]), height - y), min(int(tile["w"]), width - x)
-        m = torch.as_tensor(np.asarray(tile_map, dtype=np.float32))
-        if m.shape != (h, w):
-            m = F.interpolate(m[None, None], size=(h, w), mode="bilinear", align_corners=False)[
-                0, 0
-            ]
-        total[y : y + h, x : x + w] += m.numpy()
-        weight[y : y + h, x : x + w] += 1
-    covered = weight > 0
-    total[covered] /= weight[covered]
-    if not covered.all():
-        total[~covered] = total[covered].min() if covered.any() else 0
-    return total
+    stitcher = MapStitcher(height, width)
+    boxes = tiles[["x", "y", "w", "h"]].to_numpy(dtype=np.int64)
+    for tile_map, (x, y, w, h) in zip(tile_maps, boxes, strict=True):
+        stitcher.add(tile_map, int(x), int(y), int(w), int(h))
+    return stitcher.result()
 
 
 def fit_group_normalizer(tiles: pd.DataFrame) -> dict:

@@ -16,14 +16,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from anomaly import pipeline
 from anomaly.cli import main
 from anomaly.data.download import download
 from anomaly.detector import load_detector
 from anomaly.errors import DataError
 from anomaly.image_reader import image_size, read_image, read_mask
 from anomaly.params import load_params
-from conftest import tiny_params, write_params
+from conftest import TO_BUNDLE, run_tiny_pipeline, tiny_params, write_params
 
 
 def _gradient(h: int = 40, w: int = 60) -> np.ndarray:
@@ -149,15 +148,7 @@ def _save(img: Image.Image, path):
 
 @pytest.fixture(scope="module")
 def fabric_bundle(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
-    write_params(root / "params.yaml", tiny_params())
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.setenv("TQDM_DISABLE", "1")
-        params = load_params(root / "params.yaml")
-        for name in ("download", "patchify", "split", "train", "score", "threshold", "export"):
-            pipeline.STAGES[name](params)
-    return root
+    return run_tiny_pipeline(tmp_path_factory.mktemp("project"), TO_BUNDLE)
 
 
 def test_a_16_bit_copy_scores_like_its_8_bit_original(fabric_bundle, tmp_path, monkeypatch):

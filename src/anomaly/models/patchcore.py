@@ -97,6 +97,20 @@ def _faiss():
     return faiss
 
 
+def graph_search(
+    queries: torch.Tensor, bank: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact k-nearest bank rows as matrix products and top-k, what an ONNX graph can
+    hold: squared distances |q|^2 - 2 q.b + |b|^2 (the expansion faiss's exact L2 search
+    uses for batches too), clamped at 0 against rounding, then the square root.
+    Memory: one (queries x bank) float matrix, so an ONNX caller sizes its batches."""
+    bank = bank.float()
+    queries = queries.float()
+    squared = (queries * queries).sum(1, keepdim=True) - 2 * queries @ bank.T + (bank * bank).sum(1)
+    value, index = squared.clamp_min(0).topk(k, dim=1, largest=False)
+    return value.sqrt(), index
+
+
 class BankIndex:
     """Nearest-neighbour search over a fixed memory bank, built once and reused per batch.
 
@@ -157,6 +171,13 @@ class PatchCore(FeatureMemoryModel):
             self._indexes = {key: BankIndex(bank)}
         return self._indexes[key]
 
+    def _search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest memory entries: the cached index, or under ONNX export (where a graph
+        cannot call faiss and the bank is a traced constant) matrix products + top-k."""
+        if torch.compiler.is_exporting():
+            return graph_search(queries, self.memory_bank, min(k, self.memory_bank.shape[0]))
+        return self._index(self.memory_bank).search(queries, k)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Patch features (B, h, w, feature_dim) on the grid of the first chosen level."""
         feats = local_patch_features(self.extractor(x), self.extractor.layers)
@@ -206,14 +227,14 @@ class PatchCore(FeatureMemoryModel):
         feats = self.features(x)
         b, gh, gw, d = feats.shape
         flat = feats.reshape(-1, d)
-        dist, idx = self._index(self.memory_bank).search(flat, 1)
+        dist, idx = self._search(flat, 1)
         patch = dist[:, 0].reshape(b, gh * gw)
         best = patch.argmax(dim=1)
         s_star = patch[torch.arange(b), best]
         m_test = feats.reshape(b, gh * gw, d)[torch.arange(b), best].cpu()
         m_star = self.memory_bank[idx[:, 0].reshape(b, gh * gw)[torch.arange(b), best]].cpu()
         bank = self.memory_bank.cpu()
-        _, neigh = self._index(self.memory_bank).search(m_star, self.config.num_neighbours)
+        _, neigh = self._search(m_star, self.config.num_neighbours)
         d_neigh = torch.linalg.norm(m_test[:, None, :] - bank[neigh], dim=-1).double()
         weight = 1 - 1 / torch.exp(d_neigh - s_star[:, None].double()).sum(1)
         scores = (weight * s_star.double()).float()
