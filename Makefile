@@ -9,13 +9,13 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: setup repro test lint format bench sweep select report plots-check serve serve-check clean-venv
+.PHONY: setup repro test lint format docs bench sweep select report plots-check serve serve-check clean-venv
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[dev,serve]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,serve,docs]'
 	@touch $(STAMP)
 
 repro: setup
@@ -32,6 +32,11 @@ lint: setup
 format: setup
 	$(BIN)/ruff format src stages tests benchmarks scripts
 	$(BIN)/ruff check --fix src stages tests benchmarks scripts
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link or
+# anchor fails the build (tests/test_docs.py builds it in `make test` as well).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 # The standard benchmark (params.yaml: sweep.models x sweep.categories), queued and run.
 # `repro` first: queued runs restore unchanged stages from the cache, which a fresh clone
