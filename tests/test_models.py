@@ -60,6 +60,7 @@ TINY = {
     "anogan": {"latent_dim": 8, "base_channels": 8, "depth": 2},
     "patchcore": {"feature_dim": 32, "coreset_ratio": 0.5, "layers": ["stage2", "stage3"]},
     "padim": {"feature_dim": 20, "layers": ["stage2", "stage3"]},
+    "fastflow": {"layers": ["stage2", "stage3"], "flow_steps": 2, "epochs": 15},
 }
 
 
