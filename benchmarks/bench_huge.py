@@ -29,7 +29,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_serve import commit, machine  # noqa: E402
+from bench_serve import commit  # noqa: E402
+from bench_stages import machine  # noqa: E402
 
 
 def good_rolls(group: str | None) -> list[np.ndarray]:

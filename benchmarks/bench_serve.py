@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import socket
 import subprocess
 import sys
@@ -28,18 +27,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    import os
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_stages import machine  # noqa: E402  (one description of the machine)
 
 
 def commit() -> str:
@@ -208,14 +197,9 @@ def main() -> None:
         ],
     )
     try:
-        import httpx
+        from anomaly.serve import wait_healthy
 
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_healthy(url, server)
         counts, latencies, samples, elapsed = load(
             url, images, expected, args.clients, args.seconds, server.pid
         )

@@ -19,8 +19,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -54,20 +52,6 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_healthy(url: str, process: subprocess.Popen, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            fail(f"anomaly serve exited with {process.returncode}: {process.stderr.read()[-400:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    fail(f"{url}/health: no answer within {seconds:.0f} s")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="bundle (default: the active model's)")
@@ -95,7 +79,13 @@ def main() -> None:
     command += ["--model", args.model] if args.model else []
     server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
-        wait_healthy(url, server)
+        from anomaly.errors import DataError
+        from anomaly.serve import wait_healthy
+
+        try:
+            wait_healthy(url, server)
+        except DataError as exc:
+            fail(str(exc))
         with sync_playwright() as driver:
             browser = driver.chromium.launch(executable_path=chromium, headless=True)
             page = browser.new_page(viewport={"width": 1100, "height": 900})

@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from anomaly.cli import main  # noqa: E402
 from anomaly.detector import load_detector  # noqa: E402
-from anomaly.serve import ServeSettings, create_app  # noqa: E402
+from anomaly.serve import ServeSettings, create_app, wait_healthy  # noqa: E402
 from conftest import TO_BUNDLE, run_tiny_pipeline  # noqa: E402
 
 
@@ -117,7 +117,12 @@ def test_group_form_field_overrides_the_file_name(client, project, detector):
 @pytest.mark.parametrize(
     ("files", "data", "status", "says"),
     [
-        ([("files", ("notes.png", b"plain text, not pixels", "image/png"))], {}, 415, "notes.png"),
+        (
+            [("files", ("notes.png", b"plain text, not pixels", "image/png"))],
+            {},
+            415,
+            "notes.png: corrupt or unreadable image (not a format Pillow can read)",
+        ),
         ([("files", ("empty.png", b"", "image/png"))], {}, 415, "empty.png: empty file"),
         ("roll", {"group": "99"}, 400, "group 99 is not one"),
         ("frame", {}, 400, "does not say which"),
@@ -290,13 +295,7 @@ def test_workers_answer_like_predict_and_metrics_sum_over_workers(project, detec
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                assert server.poll() is None, server.stderr.read()
-                time.sleep(0.1)
+        wait_healthy(url, server)
         paths = _files(project, 1, 2) + _files(project, 0, 2)
         for path in paths:  # one request each, so both workers get some
             item = httpx.post(f"{url}/predict", files=_upload([path]), timeout=60).json()[0]
@@ -307,3 +306,47 @@ def test_workers_answer_like_predict_and_metrics_sum_over_workers(project, detec
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_service_and_huge_image_benchmarks_run(project, tmp_path, monkeypatch):
+    """`make bench`'s service and huge-image parts, in seconds on the tiny project: every
+    answer matches predict, and both write their results with machine and commit."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    monkeypatch.chdir(project)
+    serve_out, huge_out = tmp_path / "serve.json", tmp_path / "huge.json"
+    for command in (
+        [
+            str(REPO / "benchmarks/bench_serve.py"),
+            "--seconds",
+            "3",
+            "--clients",
+            "2",
+            "--images",
+            "4",
+            "--workers",
+            "1",
+            "--out",
+            str(serve_out),
+        ],
+        [
+            str(REPO / "benchmarks/bench_huge.py"),
+            "--megapixels",
+            "0.02",
+            "0.08",
+            "--no-overlays",
+            "--out",
+            str(huge_out),
+        ],
+    ):
+        proc = subprocess.run([sys.executable, *command], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-1500:]
+    served = json.loads(serve_out.read_text())
+    assert served["answers"]["ok"] > 0 and served["answers"]["mismatch"] == 0
+    assert served["machine"]["cores"] >= 1 and served["in_process_images_per_s"] > 0
+    huge = json.loads(huge_out.read_text())
+    assert [row["megapixels"] for row in huge["rows"]] == [0.02, 0.08]
+    assert all(row["peak_rss_mib"] > 0 for row in huge["rows"])

@@ -164,7 +164,11 @@ def _open_and_decode(
     try:
         with Image.open(source) as img:
             return decode(img, mode, name, intensity_range)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:  # its message names a BytesIO object for uploads
+        raise DataError(
+            f"{name}: corrupt or unreadable image (not a format Pillow can read)"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{name}: corrupt or unreadable image ({exc})") from exc
 
 

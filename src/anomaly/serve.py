@@ -48,6 +48,8 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,15 @@ class RequestError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+@contextmanager
+def answering(status: int) -> Iterator[None]:
+    """A user error inside becomes the client's answer: ``status`` and its one line."""
+    try:
+        yield
+    except AnomalyError as exc:
+        raise RequestError(status, str(exc)) from None
 
 
 def _missing_extra(exc: ImportError) -> DataError:
@@ -270,15 +281,6 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Any
             )
         return name, data
 
-    def decode_all(uploads: list[tuple[str, bytes]]) -> list[np.ndarray]:
-        decoded = []
-        for name, data in uploads:
-            try:
-                decoded.append(detector.decode_bytes(data, name))
-            except DataError as exc:
-                raise RequestError(415, str(exc)) from None
-        return decoded
-
     def predict_all(
         uploads: list[tuple[str, bytes]], group: str | None, overlay: bool, deadline: float
     ) -> list[dict]:
@@ -287,19 +289,14 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Any
         with model_lock:
             if time.monotonic() > deadline:
                 raise RequestError(504, "timed out waiting for the model")
-            arrays = decode_all(uploads)
-            groups = []
-            for name, _ in uploads:
-                try:
-                    groups.append(detector.group_for(name, group))
-                except DataError as exc:
-                    raise RequestError(400, str(exc)) from None
+            with answering(415):  # not an image
+                arrays = [detector.decode_bytes(data, name) for name, data in uploads]
+            with answering(400):  # no or unknown group
+                groups = [detector.group_for(name, group) for name, _ in uploads]
             out = []
             for (name, _), array, chosen in zip(uploads, arrays, groups, strict=True):
-                try:
+                with answering(422):  # e.g. the model gave non-finite scores
                     result = detector.predict_one(array, chosen, name=name)
-                except AnomalyError as exc:
-                    raise RequestError(422, str(exc)) from None
                 out.append(answer(result, name, array if overlay else None))
         return out
 
@@ -436,3 +433,23 @@ def check_can_listen(host: str, port: int) -> None:
             raise DataError(
                 f"--port {port}: cannot listen on {host}:{port} ({exc.strerror})"
             ) from None
+
+
+def wait_healthy(url: str, process: Any = None, seconds: float = 120.0) -> None:
+    """Until ``url``/health answers 200 (a service started in another process: the
+    benchmark, the page check, the tests); a DataError if ``process`` (a Popen) exits
+    first or ``seconds`` pass."""
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            said = process.stderr.read()[-400:] if process.stderr else ""
+            raise DataError(f"anomaly serve exited with {process.returncode}: {said}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise DataError(f"{url}/health: no answer within {seconds:.0f} s")
