@@ -80,3 +80,14 @@ def test_docs_site_builds_strictly(tmp_path):
         assert (tmp_path / "site" / page).is_file()
     # the hook brought the pipeline's own figures in
     assert (tmp_path / "site/pipeline/plots/figures/gallery.png").is_file()
+
+
+def test_generated_results_page_is_what_the_results_files_say():
+    """docs/measured.md is written by benchmarks/results_pages.py alone: regenerating it
+    from benchmarks/results/ gives the committed page, byte for byte."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/results_pages.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
