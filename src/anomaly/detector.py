@@ -161,9 +161,9 @@ class Detector:
             log.warning("%s: every tile is flat (patch.blank_std); scored anyway", name)
         keep = np.arange(len(tiles)) if all_blank else np.flatnonzero(~blank)
         boxes = [boxes[i] for i in keep]
-        # One group per image: its shift and scale, float64 as in the score stage.
+        # One group per image: its shift and scale (float64, as in the score stage), applied
+        # to the maps batch by batch and to the tile scores at the end.
         _, shift, scale = normalise(np.zeros(1), pd.Series([group]), self.normalisation)
-        shift, scale = shift.reshape(1, 1, 1), scale.reshape(1, 1, 1)
         stitcher = None
         raw = []
         step = self.score_cfg.batch_size
@@ -177,14 +177,15 @@ class Detector:
             maps = m.float().cpu().numpy().astype(np.float16).astype(np.float32)
             stitcher = stitcher or MapStitcher(array.shape[0], array.shape[1])
             batch_boxes = boxes[start : start + step]
-            for tile_map, box in zip((maps - shift) / scale, batch_boxes, strict=True):
+            normalised = (maps - shift[:, None, None]) / scale[:, None, None]
+            for tile_map, box in zip(normalised, batch_boxes, strict=True):
                 stitcher.add(tile_map, *box)
         del tiles
         raw = np.concatenate(raw)
         if not np.isfinite(raw).all():
             raise DataError(f"{name}: the model gave NaN or infinite scores")
         frame = pd.DataFrame(boxes, columns=["x", "y", "w", "h"]).assign(image_id=0)
-        scores, _, _ = normalise(raw, pd.Series([group] * len(raw)), self.normalisation)
+        scores = (raw.astype(np.float64) - shift) / scale  # what normalise() computes per row
         image_score = float(
             aggregate_images(
                 frame.assign(score=scores), self.score_cfg.aggregate, self.score_cfg.aggregate_k

@@ -19,9 +19,17 @@ from .io import atomic_path  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path, dpi: int) -> None:
+    png = _png_bytes(fig, dpi)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+        tmp.write_bytes(png)
+
+
+def _png_bytes(fig: plt.Figure, dpi: int) -> bytes:
+    """The figure as PNG bytes (what every figure here is saved as), then closed."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
+    return buffer.getvalue()
 
 
 def _outline(ax: plt.Axes, mask: np.ndarray, outside: bool = False) -> None:
@@ -159,10 +167,7 @@ def overlay_png(
         fontsize=10,
     )
     fig.colorbar(mappable, ax=ax, fraction=0.03, pad=0.01, label="anomaly score")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
+    return _png_bytes(fig, dpi)
 
 
 def _title(metrics: dict) -> str:

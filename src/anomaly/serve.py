@@ -268,9 +268,11 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Any
         multiprocess.MultiProcessCollector(combined)
         return Response(generate_latest(combined), media_type=CONTENT_TYPE_LATEST)
 
+    page_html = PAGE.read_text(encoding="utf-8")  # read once, not per request
+
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
-        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+        return HTMLResponse(page_html)
 
     async def read_upload(upload: UploadFile) -> tuple[str, bytes]:
         name = Path(upload.filename or "upload").name
@@ -284,8 +286,9 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Any
     def predict_all(
         uploads: list[tuple[str, bytes]], group: str | None, overlay: bool, deadline: float
     ) -> list[dict]:
-        """Runs in a worker thread: decode (in parallel with other requests), then the
-        model under its lock; a request whose client has given up is not computed."""
+        """Runs in a worker thread, under the model's lock: decode, then predict (see the
+        module docstring for why decoding is inside); a request whose client has given up
+        is not computed."""
         with model_lock:
             if time.monotonic() > deadline:
                 raise RequestError(504, "timed out waiting for the model")
