@@ -17,6 +17,7 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -62,8 +63,13 @@ def run(
     overrides: list[str],
     out: Path | None,
     label: str | None = None,
+    keep_scores: Path | None = None,
 ) -> list[dict]:
-    """One row per variant; ``label`` names the data in the rows (default: ``dataset``)."""
+    """One row per variant; ``label`` names the data in the rows (default: ``dataset``).
+
+    ``keep_scores``: copy each variant's image scores (test, good validation, and the
+    label-free set's) to ``keep_scores/<label>/<variant>/``, for studies that combine
+    runs afterwards (``benchmarks/ensemble_real.py``)."""
     from anomaly.params import load_params
     from anomaly.pipeline import run_stage
 
@@ -91,6 +97,11 @@ def run(
             seconds = time.perf_counter() - start
             for stage in ("threshold", "evaluate"):
                 run_stage(stage, params)
+            if keep_scores is not None:
+                target = keep_scores / (label or dataset) / name
+                target.mkdir(parents=True, exist_ok=True)
+                for file in ("test_images.csv", "val_images.csv", "val_synthetic.npz"):
+                    shutil.copy(Path("scores") / model / file, target / file)
             metrics = json.loads(Path("metrics/eval.json").read_text())
             row = {
                 "variant": name,
@@ -98,6 +109,12 @@ def run(
                 "overrides": " ".join(overrides),
                 "seconds": round(seconds, 1),
                 **{k: metrics.get(k) for k in KEYS},
+                # the real AUROC per defect kind: which kinds a variant misses
+                **{
+                    k: v
+                    for k, v in metrics.items()
+                    if k.startswith("by_defect.") and k.endswith(".auroc")
+                },
             }
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -93,6 +93,33 @@ def make_dataset(root: Path, name: str, n_train: int, n_test: int, seed: int) ->
     return base
 
 
+def montage(name: str, out: Path, per_kind: int = 4, seed: int = 0) -> None:
+    """A picture of ``name``'s test defects: per kind, each defective crop beside a copy
+    with its mask outlined in red. Evidence of what the test asks, e.g. that on grass a
+    pasted gravel disc, a stain or a scratch is hard to see even for a person."""
+    from scipy import ndimage
+
+    kinds = real_textures.DEFECTS
+    with tempfile.TemporaryDirectory() as tmp:
+        base = make_dataset(Path(tmp), name, 1, per_kind * len(kinds), seed)
+        rows = []
+        for kind in kinds:
+            cells = []
+            for file in sorted((base / "test" / kind).glob("*.png"))[:per_kind]:
+                pixels = np.asarray(Image.open(file).convert("RGB"))
+                mask = np.asarray(
+                    Image.open(base / "ground_truth" / kind / f"{file.stem}_mask.png")
+                )
+                mask = mask > 0
+                outlined = pixels.copy()
+                outlined[mask ^ ndimage.binary_erosion(mask)] = (255, 0, 0)
+                cells += [pixels, outlined]
+            rows.append(np.concatenate(cells, axis=1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(rows, axis=0)).save(out)
+    print(f"{out}: rows {', '.join(kinds)}")
+
+
 RULES = {
     "image": lambda r: r["val_synthetic.image.auroc"],
     "pixel": lambda r: r["val_synthetic.pixel.auroc"] or 0.0,
@@ -102,12 +129,14 @@ RULES = {
 }
 
 
-def summary(path: Path, only: list[str] | None = None, rule: str = "image") -> None:
+def summary(paths: list[Path], only: list[str] | None = None, rule: str = "image") -> None:
     """Per photograph: the candidate the label-free figure picks, its real AUROC, the
     best real AUROC, the regret; and Spearman's rank correlation of the two figures."""
     from scipy.stats import spearmanr
 
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [
+        json.loads(line) for path in paths for line in path.read_text().splitlines() if line.strip()
+    ]
     if only:
         rows = [r for r in rows if r["variant"] in only]
     by_set: dict[str, list[dict]] = {}
@@ -149,8 +178,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-S", "--set", action="append", default=[], help="param override")
     parser.add_argument("--out", type=Path, default=None, help="append JSON lines here")
+    parser.add_argument(
+        "--keep-scores", type=Path, default=None, help="copy each run's image scores here"
+    )
     parser.add_argument("--tag", default="defaults", help="variant label: '<model> (<tag>)'")
-    parser.add_argument("--summary", type=Path, default=None, help="summarise a results file")
+    parser.add_argument(
+        "--summary", type=Path, nargs="+", default=None, help="summarise results files"
+    )
+    parser.add_argument(
+        "--montage", type=Path, default=None, help="draw the first photograph's test defects"
+    )
     parser.add_argument("--rule", choices=list(RULES), default="image", help="pick by")
     parser.add_argument(
         "--candidates", nargs="*", default=None, help="with --summary: only these variants"
@@ -158,6 +195,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.summary:
         summary(args.summary, args.candidates, args.rule)
+        return
+    if args.montage:
+        montage(args.photos[0], args.montage, seed=args.seed)
         return
     models = args.model or ["patchcore", "padim", "cae"]
     for model in models:
@@ -169,7 +209,12 @@ def main() -> None:
         for name in args.photos:
             base = make_dataset(Path(data_root), name, args.train, args.test, args.seed)
             ablate_features.run(
-                "folder", variants, [*args.set, f"dataset.source={base}"], out, label=name
+                "folder",
+                variants,
+                [*args.set, f"dataset.source={base}"],
+                out,
+                label=name,
+                keep_scores=args.keep_scores.resolve() if args.keep_scores else None,
             )
 
 

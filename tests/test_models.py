@@ -61,6 +61,7 @@ TINY = {
     "patchcore": {"feature_dim": 32, "coreset_ratio": 0.5, "layers": ["stage2", "stage3"]},
     "padim": {"feature_dim": 20, "layers": ["stage2", "stage3"]},
     "fastflow": {"layers": ["stage2", "stage3"], "flow_steps": 2, "epochs": 15},
+    "simplenet": {"layers": ["stage2", "stage3"], "epochs": 15},
 }
 
 

@@ -139,3 +139,41 @@ def test_real_texture_benchmark_writes_an_mvtec_folder_of_real_photos(tmp_path):
             assert not changed[~mask].any(), kind
     mask_png = np.array(Image.open(next((base / "ground_truth").rglob("*_mask.png"))))
     assert set(np.unique(mask_png)) <= {0, 255}
+
+
+def test_ensemble_study_standardises_on_good_validation_and_combines(tmp_path):
+    """benchmarks/ensemble_real.py: each member's scores are standardised on its good
+    validation images, then averaged or maxed; the label-free set gets the same
+    combination. Two members that each see half the defects make a better mean."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import numpy as np
+    import pandas as pd
+
+    import ensemble_real
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(20, int), np.ones(20, int)]
+    for member, (scale, seen) in {"a": (1.0, slice(20, 30)), "b": (100.0, slice(30, 40))}.items():
+        folder = tmp_path / "photo" / member
+        folder.mkdir(parents=True)
+        test = rng.normal(0, 1, 40)
+        test[seen] += 6  # each member sees only its half of the defects
+        pd.DataFrame({"image_id": np.arange(40), "score": scale * test, "label": labels}).to_csv(
+            folder / "test_images.csv", index=False
+        )
+        pd.DataFrame(
+            {"image_id": np.arange(10), "score": scale * rng.normal(0, 1, 10), "label": 0}
+        ).to_csv(folder / "val_images.csv", index=False)
+        np.savez(
+            folder / "val_synthetic.npz",
+            good_scores=scale * rng.normal(0, 1, 10),
+            defect_scores=scale * rng.normal(2, 1, 10),
+        )
+    rows = {
+        (tuple(r["members"]), r["rule"]): r for r in ensemble_real.candidates(tmp_path / "photo", 2)
+    }
+    single_a = rows[(("a",), "single")]["image.auroc"]
+    single_b = rows[(("b",), "single")]["image.auroc"]
+    both = rows[(("a", "b"), "max")]["image.auroc"]
+    assert both > max(single_a, single_b) + 0.1  # b's scale (x100) did not swamp a
+    assert 0.5 < rows[(("a", "b"), "mean")]["val_synthetic.image.auroc"] <= 1.0
