@@ -87,8 +87,8 @@ def main() -> None:
     args = parser.parse_args()
     from PIL import Image
 
-    from anomaly.bundle import bundle_path
-    from anomaly.detector import load_detector
+    from anomaly.inference.bundle import bundle_path
+    from anomaly.inference.detector import load_detector
     from anomaly.params import load_params
 
     groups = load_detector(args.model or bundle_path(load_params("params.yaml").model)).groups

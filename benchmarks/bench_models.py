@@ -35,9 +35,9 @@ import torch
 from anomaly.data.store import BatchSource, PatchStore
 from anomaly.io import write_json
 from anomaly.models.registry import available_models, build_model, model_config
+from anomaly.models.training import LossStep, amp_dtype, resolve_device
 from anomaly.params import ScoreConfig
 from anomaly.scoring import resolve_score
-from anomaly.training import LossStep, amp_dtype, resolve_device
 
 DEFAULT_TRAIN_TILES = 1408
 

@@ -78,7 +78,7 @@ def test_images(limit: int) -> list[Path]:
 
 
 def in_process(bundle: str, images: list[Path]) -> tuple[dict[str, float], float]:
-    from anomaly.detector import load_detector
+    from anomaly.inference.detector import load_detector
 
     detector = load_detector(bundle, "cpu")
     for path in images[:8]:
@@ -170,7 +170,7 @@ def main() -> None:
     args = parser.parse_args()
     import numpy as np
 
-    from anomaly.bundle import bundle_path
+    from anomaly.inference.bundle import bundle_path
     from anomaly.params import load_params
 
     bundle = args.model or str(bundle_path(load_params("params.yaml").model))
@@ -197,7 +197,7 @@ def main() -> None:
         ],
     )
     try:
-        from anomaly.serve import wait_healthy
+        from anomaly.inference.serve import wait_healthy
 
         wait_healthy(url, server)
         counts, latencies, samples, elapsed = load(

@@ -80,7 +80,7 @@ def main() -> None:
     server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         from anomaly.errors import DataError
-        from anomaly.serve import wait_healthy
+        from anomaly.inference.serve import wait_healthy
 
         try:
             wait_healthy(url, server)

@@ -66,8 +66,8 @@ def test_device_resident_tiles_give_the_same_batches(store):
 def test_compiled_training_step_trains_like_the_eager_one(store):
     """`train.compile: true`: the step runs through torch.compile (inductor on CPU)."""
     from anomaly.models.registry import build_model, model_config
+    from anomaly.models.training import fit
     from anomaly.params import TrainConfig
-    from anomaly.training import fit
 
     losses = {}
     for compiled in (False, True):

@@ -180,7 +180,7 @@ def test_exact_boundaries_remote_round_trip_and_fresh_clone(tmp_path):
         ("src/anomaly/data/families/mvtec.py", set()),
         ("src/anomaly/data/families/synthetic_fabric.py", {"download"}),
         ("src/anomaly/stages/plot.py", {"plot"}),
-        ("src/anomaly/metrics.py", {"evaluate"}),
+        ("src/anomaly/evaluation/metrics.py", {"evaluate"}),
         ("src/anomaly/data/manifest.py", {"download", "patchify", "explore", "evaluate", "plot"}),
     ]:
         target = repo / path

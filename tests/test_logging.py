@@ -50,12 +50,12 @@ def test_training_prints_one_line_per_epoch_when_not_a_terminal(caplog):
     import torch
 
     from anomaly.models.registry import build_model, model_config
+    from anomaly.models.training import fit
     from anomaly.params import TrainConfig
-    from anomaly.training import fit
 
     model = build_model("ae", model_config("ae", {"hidden": [16], "latent_dim": 4}), 1, 8)
     batches = [torch.rand(8, 1, 8, 8) for _ in range(2)]
-    with caplog.at_level(logging.INFO, logger="anomaly.training"):
+    with caplog.at_level(logging.INFO, logger="anomaly.models.training"):
         fit(model, batches, batches, TrainConfig(epochs=3, batch_size=8), None, torch.device("cpu"))
     lines = [r.getMessage() for r in caplog.records if "epoch" in r.getMessage()]
     assert [line.split(",")[0] for line in lines[:3]] == [

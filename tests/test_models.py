@@ -15,8 +15,8 @@ from anomaly.models.registry import (
     model_config,
     save_checkpoint,
 )
+from anomaly.models.training import fit, seed_everything
 from anomaly.params import ScoreConfig, TrainConfig
-from anomaly.training import fit, seed_everything
 
 SIZE = 16
 
@@ -387,7 +387,7 @@ def test_every_model_exports_to_onnx_equal_to_eager(name, tmp_path):
     import onnxruntime
 
     from anomaly.config_schema import to_dict
-    from anomaly.export import export_onnx
+    from anomaly.inference.export import export_onnx
     from anomaly.params import PatchConfig
 
     model, rng = train_tiny(name, epochs=1)

@@ -68,7 +68,7 @@ def test_invalid_yaml_is_reported(tmp_path):
 
 
 def test_model_block_overrides_train(tmp_path):
-    from anomaly.training import effective_train_config
+    from anomaly.models.training import effective_train_config
 
     path = write_params(tmp_path / "p.yaml", tiny_params(models={"vae": {"epochs": 7, "lr": 0.01}}))
     params = load_params(path)

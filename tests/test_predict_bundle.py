@@ -172,7 +172,7 @@ def test_export_stage_output_and_onnx_equal_to_eager(trained, tmp_path, monkeypa
     import onnx
     import onnxruntime
 
-    from anomaly.detector import load_detector
+    from anomaly.inference.detector import load_detector
 
     monkeypatch.chdir(trained)
     out = tmp_path / "cae.onnx"

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from anomaly.errors import ParamsError
-from anomaly.metrics import classification_metrics
+from anomaly.evaluation.metrics import classification_metrics
+from anomaly.evaluation.pixel_metrics import aupro, pixel_auroc
+from anomaly.evaluation.thresholds import choose_threshold
 from anomaly.params import ThresholdConfig
-from anomaly.pixel_metrics import aupro, pixel_auroc
 from anomaly.scoring import (
     aggregate_images,
     fit_group_normalizer,
@@ -16,7 +17,6 @@ from anomaly.scoring import (
     ssim_map,
     stitch,
 )
-from anomaly.thresholds import choose_threshold
 
 
 def test_blur_keeps_constants_and_mass():
@@ -132,8 +132,8 @@ def test_bootstrap_intervals_cover_the_value_and_shrink_with_data():
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    from anomaly.metrics import _auc_from_samples, bootstrap_auroc_ci
-    from anomaly.pixel_metrics import pixel_auroc_ci
+    from anomaly.evaluation.metrics import _auc_from_samples, bootstrap_auroc_ci
+    from anomaly.evaluation.pixel_metrics import pixel_auroc_ci
 
     rng = np.random.default_rng(0)
     small_y = np.r_[np.zeros(20), np.ones(20)].astype(int)
@@ -166,9 +166,9 @@ def test_exact_pixel_metrics_from_float16_counts_match_full_computation():
     and the brute-force F1-optimal threshold: exact, no subsample."""
     from sklearn.metrics import roc_auc_score
 
-    from anomaly.pixel_metrics import pixel_counts
-    from anomaly.thresholds import counts_f1_optimal, counts_percentile
-    from anomaly.value_counts import float16_counts
+    from anomaly.evaluation.pixel_metrics import pixel_counts
+    from anomaly.evaluation.thresholds import counts_f1_optimal, counts_percentile
+    from anomaly.evaluation.value_counts import float16_counts
 
     rng = np.random.default_rng(4)
     masks = [rng.random((40, 50)) < 0.05 for _ in range(4)]
@@ -191,7 +191,7 @@ def test_exact_pixel_metrics_from_float16_counts_match_full_computation():
 
 
 def test_pixel_decisions_f1_and_iou():
-    from anomaly.pixel_metrics import pixel_decisions
+    from anomaly.evaluation.pixel_metrics import pixel_decisions
 
     mask = np.zeros((4, 4), bool)
     mask[:2, :2] = True  # 4 defect pixels
@@ -223,7 +223,7 @@ def test_auto_score_settings_resolve_per_dataset_family():
 
 
 def test_histogram_switches_to_a_log_axis_only_when_scores_span_decades():
-    from anomaly.plots import spans_decades
+    from anomaly.reporting.plots import spans_decades
 
     rng = np.random.default_rng(0)
     good = rng.normal(2.0, 1.0, 12)

@@ -7,11 +7,11 @@ import subprocess
 import pytest
 import yaml
 
-from anomaly import selection
 from anomaly.cli import main
 from anomaly.errors import ParamsError
 from anomaly.params import load_params
-from anomaly.sweep import SweepError
+from anomaly.reporting import selection
+from anomaly.reporting.sweep import SweepError
 from conftest import copy_project, tiny_params, write_params
 from test_dvc_e2e import DVC, sh
 

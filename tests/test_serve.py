@@ -23,8 +23,8 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from anomaly.cli import main  # noqa: E402
-from anomaly.detector import load_detector  # noqa: E402
-from anomaly.serve import ServeSettings, create_app, wait_healthy  # noqa: E402
+from anomaly.inference.detector import load_detector  # noqa: E402
+from anomaly.inference.serve import ServeSettings, create_app, wait_healthy  # noqa: E402
 from conftest import TO_BUNDLE, run_tiny_pipeline  # noqa: E402
 
 

@@ -11,8 +11,8 @@ import subprocess
 import pandas as pd
 import pytest
 
-from anomaly import report, sweep
 from anomaly.params import load_params
+from anomaly.reporting import report, sweep
 from conftest import tiny_params, write_params
 
 

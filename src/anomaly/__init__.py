@@ -1,7 +1,7 @@
 """Unsupervised visual anomaly detection as a reproducible DVC pipeline.
 
 ``from anomaly import load_detector`` is the Python API for trained models
-(:mod:`anomaly.detector`); it is imported on first use, so ``import anomaly``
+(:mod:`anomaly.inference.detector`); it is imported on first use, so ``import anomaly``
 stays cheap for the stages, which need only ``__version__``.
 """
 
@@ -15,7 +15,7 @@ __all__ = ["__version__", "load_detector"]
 
 def __getattr__(name: str) -> Any:
     if name == "load_detector":
-        from .detector import load_detector
+        from .inference.detector import load_detector
 
         return load_detector
     raise AttributeError(f"module 'anomaly' has no attribute {name!r}")

@@ -25,7 +25,7 @@ def _examples(params_path: str, out: str) -> None:
     from .data.manifest import read_manifest
     from .params import load_params
     from .paths import manifest
-    from .plots import dataset_examples_figure
+    from .reporting.plots import dataset_examples_figure
 
     params = load_params(params_path)
     dataset_examples_figure(read_manifest(manifest(params.dataset.name)), Path(out))
@@ -219,7 +219,7 @@ def _bundle_arg(args: argparse.Namespace) -> str:
     """``--model``, or the active pipeline model's bundle (the only use of params.yaml)."""
     if args.model:
         return args.model
-    from .bundle import bundle_path
+    from .inference.bundle import bundle_path
     from .params import load_params
 
     return str(bundle_path(load_params(args.params).model))
@@ -240,15 +240,15 @@ def _dispatch(args: argparse.Namespace) -> None:
     if args.command == "examples":
         _examples(args.params, args.out)
     elif args.command == "predict":
-        from .detector import load_detector
-        from .predict import predict_images
+        from .inference.detector import load_detector
+        from .inference.predict import predict_images
 
         detector = load_detector(_bundle_arg(args), args.device)
         frame = predict_images(detector, args.images, args.out, args.group, not args.no_overlays)
         print(frame.to_string(index=False))
     elif args.command == "serve":
         from .errors import ParamsError
-        from .serve import ServeSettings, serve
+        from .inference.serve import ServeSettings, serve
 
         for flag in ("max_bytes", "max_files", "max_pending", "timeout", "workers"):
             if getattr(args, flag) <= 0:
@@ -256,12 +256,12 @@ def _dispatch(args: argparse.Namespace) -> None:
         settings = ServeSettings(args.max_bytes, args.max_files, args.max_pending, args.timeout)
         serve(_bundle_arg(args), args.host, args.port, args.device, settings, args.workers)
     elif args.command == "export" and (args.out or args.format != "bundle" or args.model):
-        from .export import export
+        from .inference.export import export
 
         written = export(_bundle_arg(args), args.format, args.out, args.params)
         print(f"{written}: written")
     elif args.command == "report":
-        from .report import report
+        from .reporting.report import report
 
         written = report(
             ".",
@@ -278,7 +278,7 @@ def _dispatch(args: argparse.Namespace) -> None:
             f"{', '.join(written['files'])}"
         )
     elif args.command == "sweep":
-        from .sweep import sweep
+        from .reporting.sweep import sweep
 
         sweep(
             ".",
@@ -292,7 +292,7 @@ def _dispatch(args: argparse.Namespace) -> None:
             args.shard,
         )
     elif args.command == "select":
-        from .selection import select
+        from .reporting.selection import select
 
         select(
             ".",

@@ -94,6 +94,64 @@ def imports_of(path: Path, module: str | None, top_level_only: bool = False) -> 
     return frozenset(found)
 
 
+# The package's layers, top to bottom; a module may import its own layer or lower ones,
+# never a higher one (tests/test_stage_deps.py holds it, lazy imports included). Each
+# entry is a module or a package (with everything under it); what no entry names is the
+# shared base below them all, ``SHARED_BASE``.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("cli", "__main__", "pipeline", "import_graph"),  # entry points
+    ("stages",),  # one module per DVC stage
+    ("inference",),  # bundles, load_detector, predict, export, serve
+    ("reporting",),  # report, figures, explore, sweep, select
+    ("evaluation",),  # metrics, thresholds, the label-free figure
+    ("models", "data"),  # models (and their training loop), dataset families
+)
+
+# The top-level modules every layer may use: the only ones besides the entry points that
+# live at the package top (a new top-level module goes into a job's package, or here).
+SHARED_BASE = (
+    "config_schema",  # dataclass configs from params.yaml
+    "distributed",  # torchrun groups
+    "dvc_cli",  # calling dvc
+    "errors",  # the one-line error types
+    "image_reader",  # every image file the project reads
+    "io",  # atomic writes
+    "logging_utils",
+    "params",  # params.yaml, typed and checked
+    "paths",  # the pipeline's file layout
+    "plugins",  # the registries' module loader
+    "scoring",  # map arithmetic shared by models, stages and inference
+)
+
+# Known exceptions, each with its reason: params checks ``dataset.name`` against the
+# family modules' names (a lazy import that lists file names and runs no family code).
+ALLOWED_UPWARD = frozenset({("anomaly.params", "anomaly.data.families.registry")})
+
+
+def layer(module: str) -> int:
+    """The layer index of a package module (0 = top); the shared base is the last."""
+    rest = module.split(".", 1)[1] if "." in module else ""
+    for index, names in enumerate(LAYERS):
+        if any(rest == n or rest.startswith(n + ".") for n in names):
+            return index
+    return len(LAYERS)
+
+
+def upward_imports() -> list[tuple[str, str]]:
+    """(importer, imported) pairs where a module imports from a higher layer, for every
+    import in the package, lazy ones included (the package's own lazy API excepted)."""
+    found = []
+    for path in sorted((SRC / PACKAGE).rglob("*.py")):
+        module = module_name(path)
+        if module == PACKAGE:  # the public facade (``anomaly.load_detector``) is lazy
+            continue
+        for imported in imports_of(path, module):
+            upward = imported != PACKAGE and layer(imported) < layer(module)
+            if upward and (module, imported) not in ALLOWED_UPWARD:
+                found.append((module, imported))
+    return found
+
+
 def closure(entry: Path, extra_modules: tuple[str, ...] = ()) -> set[Path]:
     """Every package file that running ``entry`` (a stage script) may execute."""
     seen: set[str] = set()

@@ -255,7 +255,7 @@ def test_failed_training_keeps_the_previous_logs(project, monkeypatch):
     def crash(*_a, **_k):
         raise TrainingError("loss became NaN at epoch 1")
 
-    monkeypatch.setattr("anomaly.training.fit", crash)
+    monkeypatch.setattr("anomaly.models.training.fit", crash)
     with pytest.raises(TrainingError):
         pipeline.STAGES["train"](params)
     after = {p: p.read_bytes() for p in paths.TRAIN_LOG.rglob("*") if p.is_file()}

@@ -18,9 +18,9 @@ from PIL import Image
 
 from anomaly.cli import main
 from anomaly.data.download import download
-from anomaly.detector import load_detector
 from anomaly.errors import DataError
 from anomaly.image_reader import image_size, read_image, read_mask
+from anomaly.inference.detector import load_detector
 from anomaly.params import load_params
 from conftest import TO_BUNDLE, run_tiny_pipeline, tiny_params, write_params
 

@@ -261,7 +261,7 @@ def test_cli_reports_a_corrupt_archive_in_one_line(tmp_path, monkeypatch, capsys
 
 
 def test_no_defects_gives_null_not_zero(caplog):
-    from anomaly.metrics import check_evaluable, classification_metrics
+    from anomaly.evaluation.metrics import check_evaluable, classification_metrics
 
     labels, scores = np.zeros(6, int), np.arange(6.0)
     metrics = classification_metrics(labels, scores, 3.0)
@@ -274,7 +274,7 @@ def test_no_defects_gives_null_not_zero(caplog):
 
 
 def test_constant_scores_are_an_error():
-    from anomaly.metrics import check_evaluable
+    from anomaly.evaluation.metrics import check_evaluable
 
     with pytest.raises(DataError, match="same score"):
         check_evaluable("scores.csv", np.array([0, 0, 1, 1]), np.full(4, 0.7))

@@ -99,7 +99,7 @@ def cut_tiles(
     Returns uint8 tiles (N, C, out, out), each tile's box ``x, y, w, h`` in original
     pixels, whether each tile is blank (``patch.blank_std``, measured before resizing),
     the working size and the crop windows (for cutting the mask the same way). The one
-    function both patchify and :mod:`anomaly.detector` cut with, so a new image is tiled,
+    function both patchify and :mod:`anomaly.inference.detector` cut with, so a new image is tiled,
     resized and blank-filtered like a training one.
     """
     h, w = image.shape[:2]

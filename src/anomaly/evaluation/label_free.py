@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..metrics import _auc_from_samples, bootstrap_auroc_ci
-from ..pixel_metrics import pixel_metrics
+from .metrics import _auc_from_samples, bootstrap_auroc_ci
+from .pixel_metrics import pixel_metrics
 
 PREFIX = "val_synthetic"
 KEYS = (

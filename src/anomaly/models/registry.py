@@ -20,7 +20,15 @@ from ..errors import DataError, ParamsError
 from ..plugins import ModuleRegistry
 
 # Modules of this package that hold shared code, not a model of their own.
-SHARED_MODULES = ("backbones", "base", "blocks", "corruption", "registry", "variational")
+SHARED_MODULES = (
+    "backbones",
+    "base",
+    "blocks",
+    "corruption",
+    "registry",
+    "training",
+    "variational",
+)
 _MODELS: ModuleRegistry[type] = ModuleRegistry(
     __package__, Path(__file__).parent, SHARED_MODULES, "model name"
 )

@@ -12,8 +12,7 @@ from .. import paths
 from ..data.manifest import load_image_and_mask, read_manifest
 from ..errors import DataError
 from ..evaluation.label_free import label_free_metrics
-from ..io import read_csv, read_json, write_json
-from ..metrics import (
+from ..evaluation.metrics import (
     bootstrap_auroc_ci,
     check_evaluable,
     classification_metrics,
@@ -24,8 +23,9 @@ from ..metrics import (
     roc_points,
     threshold_sweep,
 )
+from ..evaluation.pixel_metrics import MapPairs, pixel_metrics
+from ..io import read_csv, read_json, write_json
 from ..params import Params
-from ..pixel_metrics import MapPairs, pixel_metrics
 
 log = logging.getLogger(__name__)
 

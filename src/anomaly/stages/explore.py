@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from .. import explore, paths
+from .. import paths
 from ..data.manifest import dataset_info, read_manifest
 from ..data.splitting import SPLITS
 from ..io import atomic_dir, read_csv, write_csv, write_json
 from ..params import Params
+from ..reporting import explore
 from .common import split_tiles
 
 

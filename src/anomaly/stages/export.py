@@ -1,7 +1,7 @@
 """Stage export: model + normalisation + thresholds -> ``models/<model>.bundle`` (one file).
 
 The bundle is what ``anomaly predict`` and ``anomaly.load_detector`` read: it needs no
-project folder. See :mod:`anomaly.bundle` for what it holds and why it is a stage of its
+project folder. See :mod:`anomaly.inference.bundle` for what it holds and why it is a stage of its
 own, after ``threshold``.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from ..bundle import bundle_from_pipeline, bundle_path, save_bundle
+from ..inference.bundle import bundle_from_pipeline, bundle_path, save_bundle
 from ..params import Params
 
 log = logging.getLogger(__name__)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import paths, plots, study_plots
+from .. import paths
 from ..data.manifest import read_manifest
 from ..io import atomic_dir, read_csv, read_json
 from ..params import Params
+from ..reporting import plots, study_plots
 from .common import split_tiles
 
 

@@ -15,8 +15,10 @@ from ..config_schema import to_dict
 from ..data.store import open_store
 from ..errors import DataError
 from ..evaluation.synthetic import kinds_for, make_variants, plan_variants
+from ..evaluation.value_counts import float16_counts, merge_counts
 from ..io import atomic_dir, atomic_path, read_csv, write_csv, write_json
 from ..models.registry import check_model_params, load_checkpoint
+from ..models.training import resolve_device, seed_everything
 from ..params import Params
 from ..scoring import (
     aggregate_images,
@@ -26,8 +28,6 @@ from ..scoring import (
     score_tiles,
     stitch,
 )
-from ..training import resolve_device, seed_everything
-from ..value_counts import float16_counts, merge_counts
 from .common import split_tiles
 
 log = logging.getLogger(__name__)

@@ -9,9 +9,9 @@ import numpy as np
 
 from .. import paths
 from ..errors import DataError
+from ..evaluation.thresholds import candidate_thresholds, choose_threshold, pixel_threshold
 from ..io import read_csv, write_json
 from ..params import Params
-from ..thresholds import candidate_thresholds, choose_threshold, pixel_threshold
 
 log = logging.getLogger(__name__)
 

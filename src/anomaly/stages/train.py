@@ -19,8 +19,8 @@ from ..models.registry import (
     resolve_auto,
     save_checkpoint,
 )
+from ..models.training import effective_train_config, resolve_device, seed_everything, train_model
 from ..params import Params, TrainConfig
-from ..training import effective_train_config, resolve_device, seed_everything, train_model
 from .common import split_tiles
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import DataError
 from .bundle import bundle_from_pipeline, load_bundle, save_bundle
-from .errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def check_onnx(path: str | Path, scorer: TileScorer, shape: tuple[int, ...]) -> 
 def export(bundle_file: str | Path, fmt: str, out: str | Path | None, params_path: str) -> Path:
     """The CLI's ``anomaly export``: a bundle or an ONNX file from the given bundle, or
     from the pipeline's files when that bundle does not exist yet."""
-    from .params import load_params
+    from ..params import load_params
 
     source = Path(bundle_file)
     if source.is_file():

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .dvc_cli import run_dvc
-from .errors import AnomalyError, ParamsError
-from .io import write_json, write_text
-from .params import Params
+from ..dvc_cli import run_dvc
+from ..errors import AnomalyError, ParamsError
+from ..io import write_json, write_text
+from ..params import Params
 from .sweep import run_copies, untracked_files, worker_threads
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class Candidate:
 def parse_candidates(entries: list[Any], where: str = "select.candidates") -> list[Candidate]:
     """``select.candidates`` entries: ``"padim"``, or ``{model: patchcore, set:
     {models.patchcore.input_size: 256}, name: patchcore-256}`` (name optional)."""
-    from .models.registry import available_models
+    from ..models.registry import available_models
 
     known = set(available_models())
     out = []

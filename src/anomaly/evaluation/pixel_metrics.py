@@ -211,6 +211,6 @@ def pixel_counts(
     maps: list[np.ndarray], masks: list[np.ndarray]
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """(values, counts) of good pixels and of defect pixels over every map, exact (the
-    maps are float16, see :func:`anomaly.value_counts.float16_counts`)."""
+    maps are float16, see :func:`anomaly.evaluation.value_counts.float16_counts`)."""
     good_keys, bad_keys, _ = _count_pass(_listed(maps, masks), None)
     return counts_table(good_keys), counts_table(bad_keys)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data.manifest import load_image_and_mask
-from .params import ExploreConfig
+from ..data.manifest import load_image_and_mask
+from ..params import ExploreConfig
 from .plots import _outline, _save, plt
 
 

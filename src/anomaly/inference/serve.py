@@ -18,7 +18,7 @@ Endpoints:
 - ``GET /``: a page to drop images on and see each verdict, its score against the
   threshold and the overlay.
 
-Every image goes through :class:`anomaly.detector.Detector`, the path ``anomaly
+Every image goes through :class:`anomaly.inference.detector.Detector`, the path ``anomaly
 predict`` takes, and uploads are decoded by the one image reader, so a served score
 equals predict's for the same file (tested) and a 16-bit upload scores as its 8-bit
 twin. Bad requests get a 4xx with one line of JSON, ``{"error": "..."}``, naming the
@@ -56,8 +56,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import AnomalyError, DataError
 from .detector import Detector, Prediction
-from .errors import AnomalyError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def answer(result: Prediction, name: str, image: np.ndarray | None) -> dict[str,
         "mask_pixels": None if result.mask is None else int(result.mask.sum()),
     }
     if image is not None:
-        from .plots import overlay_png
+        from ..reporting.plots import overlay_png
 
         png = overlay_png(image, result, name) if result.anomaly_map is not None else None
         out["overlay_png"] = None if png is None else base64.b64encode(png).decode("ascii")
@@ -394,7 +394,7 @@ def serve(
     )
     try:
         uvicorn.run(
-            "anomaly.serve:worker_app",
+            "anomaly.inference.serve:worker_app",
             factory=True,
             workers=workers,
             host=host,

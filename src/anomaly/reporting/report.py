@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .dvc_cli import DvcCommandError, run_dvc
-from .errors import DataError
-from .io import atomic_path, write_json
+from ..dvc_cli import DvcCommandError, run_dvc
+from ..errors import DataError
+from ..io import atomic_path, write_json
 from .plots import _save, plt
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def exp_show(
 
 def _family(name: Any):
     """The run's dataset family, or None for a name this version does not know."""
-    from .data.families.registry import available_families, get_family
+    from ..data.families.registry import available_families, get_family
 
     return get_family(str(name)) if str(name) in available_families() else None
 
@@ -90,7 +90,7 @@ def category_of(params: dict[str, Any]) -> str:
     """The run's category label: the MVTec category, fabric code(s), digit or 'all'."""
     family = _family(params.get("dataset.name"))
     if family is None:
-        from .data.families.registry import category_label
+        from ..data.families.registry import category_label
 
         return category_label(params)
     return family.label(params)

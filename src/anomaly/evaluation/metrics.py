@@ -3,7 +3,7 @@
 Threshold-free: AUROC, AUPR (average precision), F1-max. At the chosen
 threshold: F1, precision, recall, accuracy and confusion counts. Pixel-level
 metrics, computed from maps streamed one image at a time, are in
-:mod:`anomaly.pixel_metrics`.
+:mod:`anomaly.evaluation.pixel_metrics`.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def check_evaluable(where: object, labels: np.ndarray, scores: np.ndarray) -> No
     precision that mean nothing); logs a warning when one class is missing, in which
     case the metrics that need both classes are written as null.
     """
-    from .errors import DataError
+    from ..errors import DataError
 
     if len(scores) == 0:
         raise DataError(f"{where}: no test images to evaluate")

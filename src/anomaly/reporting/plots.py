@@ -14,8 +14,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from .data.manifest import load_image_and_mask  # noqa: E402
-from .io import atomic_path  # noqa: E402
+from ..data.manifest import load_image_and_mask  # noqa: E402
+from ..io import atomic_path  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path, dpi: int) -> None:

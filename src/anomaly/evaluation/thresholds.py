@@ -10,7 +10,7 @@ the ``threshold.pixel_percentile`` percentile of the normalised anomaly-map valu
 of good validation tiles (a false-positive budget per good pixel), or, with
 ``method: f1_optimal`` and labelled defect masks in validation, the value that
 maximises pixel F1 there. Both are exact: computed from counts of the float16 map
-values (:func:`anomaly.value_counts.float16_counts`), not from a subsample.
+values (:func:`anomaly.evaluation.value_counts.float16_counts`), not from a subsample.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import precision_recall_curve
 
-from .errors import DataError, ParamsError
-from .params import ThresholdConfig
+from ..errors import DataError, ParamsError
+from ..params import ThresholdConfig
 
 
 def f1_optimal(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

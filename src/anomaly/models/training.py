@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .distributed import SINGLE, Cluster
-from .errors import ParamsError, TrainingError
-from .logging_utils import EpochLogger
-from .params import TrainConfig
+from ..distributed import SINGLE, Cluster
+from ..errors import ParamsError, TrainingError
+from ..logging_utils import EpochLogger
+from ..params import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -335,8 +335,8 @@ def train_model(
     through ``logger`` (None on ranks other than 0), so the files are the same."""
     from dataclasses import asdict
 
-    from .data.store import BatchSource
-    from .models.base import MemoryModel
+    from ..data.store import BatchSource
+    from .base import MemoryModel
 
     if len(train_ids) < cluster.world_size:
         raise TrainingError(
@@ -371,7 +371,7 @@ def train_model(
         if logger is not None:
             logger.log({"memory_bank": float(result["memory_bank"])})  # one step
     if cluster.active:
-        from .distributed import check_in_sync
+        from ..distributed import check_in_sync
 
         result["distributed"] = {
             "processes": world,

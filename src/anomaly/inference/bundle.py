@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from . import __version__, paths
-from .config_schema import to_dict
-from .errors import DataError
-from .io import atomic_path, load_torch_file, read_json
+from .. import __version__, paths
+from ..config_schema import to_dict
+from ..errors import DataError
+from ..io import atomic_path, load_torch_file, read_json
 
 BUNDLE_FORMAT = "anomaly-bundle"
 BUNDLE_VERSION = 1

@@ -24,13 +24,13 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from ..config_schema import build
+from ..data.patching import IMAGE_MODES, cut_tiles
+from ..errors import AnomalyError, DataError
+from ..image_reader import decode, read_image, read_image_bytes
+from ..params import PatchConfig, ScoreConfig
+from ..scoring import MapStitcher, aggregate_images, normalise
 from .bundle import load_bundle
-from .config_schema import build
-from .data.patching import IMAGE_MODES, cut_tiles
-from .errors import AnomalyError, DataError
-from .image_reader import decode, read_image, read_image_bytes
-from .params import PatchConfig, ScoreConfig
-from .scoring import MapStitcher, aggregate_images, normalise
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,8 @@ class Detector:
     """A trained model with its preprocessing, normalisation and thresholds."""
 
     def __init__(self, bundle: dict, device: str | torch.device = "auto", source: str = "") -> None:
-        from .models.registry import model_from_payload
-        from .training import resolve_device
+        from ..models.registry import model_from_payload
+        from ..models.training import resolve_device
 
         self.source = source or "bundle"
         self.device = resolve_device(str(device))
@@ -111,7 +111,7 @@ class Detector:
         return str(group)
 
     def _group_from_name(self, path: PurePath) -> str | None:
-        from .data.families.registry import get_family
+        from ..data.families.registry import get_family
 
         try:
             family = get_family(self.dataset, self.source)

@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .data.mvtec import IMAGE_SUFFIXES
+from ..data.mvtec import IMAGE_SUFFIXES
+from ..errors import DataError
+from ..io import atomic_path, save_png, write_csv
 from .detector import Detector
-from .errors import DataError
-from .io import atomic_path, save_png, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def predict_images(
     overlays: bool = True,
 ) -> pd.DataFrame:
     """Score every image, write maps, masks, overlays and ``predictions.csv``."""
-    from .plots import display_size, overlay_figure
+    from ..reporting.plots import display_size, overlay_figure
 
     files = find_images(inputs)
     out = Path(out_dir)

@@ -18,9 +18,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .dvc_cli import run_dvc
-from .errors import AnomalyError
-from .params import Params
+from ..dvc_cli import run_dvc
+from ..errors import AnomalyError
+from ..params import Params
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Combination:
     def set_params(self) -> list[str]:
         """``-S`` arguments. For one-class MNIST the category is the normal digit;
         elsewhere it is quoted so YAML keeps a fabric code like ``"01"`` a string."""
-        from .data.families.registry import get_family
+        from ..data.families.registry import get_family
 
         args = ["-S", f"model={self.model}"]
         if self.category is None:
@@ -105,7 +105,7 @@ def run_copies(
 
 def known_categories(params: Params) -> list[str]:
     """Every category of the configured dataset, for ``sweep.categories: all``."""
-    from .data.families.registry import get_family
+    from ..data.families.registry import get_family
 
     name = params.dataset.name
     family = get_family(name)
@@ -118,7 +118,7 @@ def known_categories(params: Params) -> list[str]:
 
 
 def combinations(params: Params) -> list[Combination]:
-    from .models.registry import available_models
+    from ..models.registry import available_models
 
     cfg = params.sweep
     models = available_models() if cfg.models == "all" else list(cfg.models)
