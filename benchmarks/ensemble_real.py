@@ -82,7 +82,9 @@ def candidates(photo_dir: Path, max_members: int) -> list[dict]:
     return rows
 
 
-def summarise(rows: list[dict]) -> None:
+def summary_text(rows: list[dict]) -> str:
+    """Markdown: the best fixed candidates, then selection by the label-free figure among
+    singles and among singles plus ensembles (regret against the best single)."""
     frame = pd.DataFrame(rows)
     frame["name"] = frame.apply(
         lambda r: " + ".join(r["members"]) + ("" if r["rule"] == "single" else f" ({r['rule']})"),
@@ -90,26 +92,30 @@ def summarise(rows: list[dict]) -> None:
     )
     table = frame.pivot(index="name", columns="dataset", values="image.auroc")
     table["mean"] = table.mean(axis=1)
-    print("Real test image AUROC, each candidate as a fixed choice (best 12):\n")
-    print(table.sort_values("mean", ascending=False).head(12).round(3).to_markdown())
-
-    def pick(pool: pd.DataFrame) -> pd.DataFrame:
-        return pool.loc[pool.groupby("dataset")["val_synthetic.image.auroc"].idxmax()]
-
+    best = table.sort_values("mean", ascending=False).head(8)
+    datasets = [c for c in table.columns if c != "mean"]
+    out = [
+        "| candidate, as a fixed choice | " + " | ".join(datasets) + " | mean |",
+        "|---|" + "---|" * (len(datasets) + 1),
+    ]
+    out += [
+        f"| {name} | " + " | ".join(f"{best.loc[name, d]:.3f}" for d in [*datasets, "mean"]) + " |"
+        for name in best.index
+    ]
     singles = frame[frame["rule"] == "single"]
     best_single = singles.groupby("dataset")["image.auroc"].max()
-    for label, pool in (("singles", singles), ("singles + ensembles", frame)):
-        chosen = pick(pool).set_index("dataset")
+    out.append("")
+    for label, pool in (("the single models", singles), ("singles and ensembles", frame)):
+        chosen = pool.loc[pool.groupby("dataset")["val_synthetic.image.auroc"].idxmax()]
+        chosen = chosen.set_index("dataset")
         regret = best_single - chosen["image.auroc"]
-        print(
-            f"\nselect among {label}: mean real AUROC {chosen['image.auroc'].mean():.3f} "
-            f"(regret against the best single {regret.mean():.3f}, worst {regret.max():.3f})"
+        picks = "; ".join(f"{d}: {row['name']}" for d, row in chosen.iterrows())
+        out.append(
+            f"- Selecting among {label} by the label-free figure: mean real AUROC "
+            f"{chosen['image.auroc'].mean():.3f}, regret against the best single model "
+            f"{regret.mean():.3f} (worst {regret.max():.3f}). Picks: {picks}."
         )
-        for dataset, row in chosen.iterrows():
-            print(
-                f"  {dataset}: {row['name']} (label-free {row['val_synthetic.image.auroc']:.3f}, "
-                f"real {row['image.auroc']:.3f})"
-            )
+    return "\n".join(out)
 
 
 def main() -> None:
@@ -123,7 +129,7 @@ def main() -> None:
         rows += candidates(photo_dir, args.max_members)
     if args.out is not None:
         args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summarise(rows)
+    print(summary_text(rows))
 
 
 if __name__ == "__main__":

@@ -131,6 +131,52 @@ def photographs_section() -> str:
     return "\n".join(lines)
 
 
+def by_kind_section() -> str:
+    """Per defect kind: which test defects each default candidate finds, per photograph."""
+    name = "label_free_real_by_kind.jsonl"
+    rows = [r for r in _jsonl(name) if any(k.startswith("by_defect.") for k in r)]
+    kinds = sorted({k.split(".")[1] for r in rows for k in r if k.startswith("by_defect.")})
+    lines = [
+        "## Real photographs, by defect kind",
+        "",
+        f"`benchmarks/label_free_real.py --keep-scores` (`{name}`; 2-core Intel Xeon): the "
+        "same runs as the defaults above, image AUROC of the good test crops against each "
+        "kind's 10 defective crops. The models miss different kinds (PatchCore the thin "
+        "scratches and stains on grass and gravel, the `cae` the smears), which is what an "
+        "ensemble would need; `docs/grass_test_defects.png` shows the grass defects.",
+        "",
+        "| photograph | model | " + " | ".join(kinds) + " | all |",
+        "|---|---|" + "---|" * (len(kinds) + 1),
+    ]
+    for row in rows:
+        cells = [row.get(f"by_defect.{kind}.auroc") for kind in kinds]
+        lines.append(
+            f"| {row['dataset']} | {row['variant']} | "
+            + " | ".join("-" if c is None else f"{c:.2f}" for c in cells)
+            + f" | {row['image.auroc']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def ensemble_section() -> str:
+    """Do ensembles pay? ``benchmarks/ensemble_real.py`` over the kept runs' scores."""
+    import ensemble_real
+
+    name = "ensemble_real.jsonl"
+    return "\n".join(
+        [
+            "## Ensembles on the real photographs",
+            "",
+            f"`benchmarks/ensemble_real.py` (`{name}`, from the runs of the section above "
+            "kept with `--keep-scores`; 2-core Intel Xeon): each member's image scores "
+            "standardised on the good validation images, combined by their mean or maximum; "
+            "the same combination of the label-free set is the ensemble's label-free figure.",
+            "",
+            ensemble_real.summary_text(_jsonl(name)),
+        ]
+    )
+
+
 def _interval(row: dict, key: str) -> str:
     return f"{row[key]:.3f} [{row[key + '_ci_low']:.3f}, {row[key + '_ci_high']:.3f}]"
 
@@ -180,6 +226,8 @@ def page() -> str:
         serve_section(),
         huge_section(),
         photographs_section(),
+        by_kind_section(),
+        ensemble_section(),
         feature_head_section("fastflow", "FastFlow"),
     ]
     if (RESULTS / "simplenet_fabric.jsonl").is_file():
