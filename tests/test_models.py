@@ -585,3 +585,16 @@ def test_larger_efficientnet_lites_load_offline_with_seven_stages(variant, block
     random_init = backbones.FeatureExtractor(name, ["stage3"])
     random_init.load_weights("none")
     assert not torch.allclose(features["stage3"], random_init.eval()(probe)["stage3"])
+
+
+@pytest.mark.parametrize("name", ["fastflow", "simplenet"])
+def test_feature_heads_refuse_a_cache_over_budget_or_a_single_tile(name):
+    """The shared feature cache (FeatureMemoryModel.cache_features): a one-line refusal
+    naming the key before the cache is filled, and with fewer than 2 good tiles."""
+    rng = np.random.default_rng(0)
+    tight = build_model(name, model_config(name, {**TINY[name], "max_memory_gb": 1e-9}), 1, SIZE)
+    with pytest.raises(TrainingError, match=rf"models\.{name}\.max_memory_gb=1e-09"):
+        tight.fit_memory(ListSource(stripes(8, rng), 4), torch.device("cpu"), 8, 0)
+    one = build_model(name, model_config(name, TINY[name]), 1, SIZE)
+    with pytest.raises(TrainingError, match="needs at least 2 good training tiles"):
+        one.fit_memory(ListSource(stripes(1, rng), 1), torch.device("cpu"), 1, 0)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DataError, ParamsError
+from ..errors import DataError, ParamsError, TrainingError
 from .base import MemoryModel
 
 log = logging.getLogger(__name__)
@@ -335,6 +335,43 @@ class FeatureMemoryModel(MemoryModel):
         in eval mode (BatchNorm statistics are the backbone's, never the tiles')."""
         self.extractor.load_weights(self.config.weights)
         self.to(device).eval()
+
+    def cache_features(
+        self,
+        batches: Any,
+        device: torch.device,
+        n_tiles: int,
+        extract: Callable[[torch.Tensor], list[torch.Tensor]],
+        cluster: Any,
+    ) -> list[torch.Tensor]:
+        """The frozen features of every good training tile, for models that train a head
+        on them (FastFlow, SimpleNet): ``extract`` maps a batch to a list of feature
+        tensors; the cache's size is estimated on the first batch and refused over
+        ``max_memory_gb``; distributed, the ranks' blocks are gathered in rank order, so
+        every rank trains the same head on every tile. Also refuses fewer than 2 tiles."""
+        cached: list[list[torch.Tensor]] = []
+        for x in batches:
+            with torch.no_grad():
+                feats = extract(x.to(device))
+            if not cached:
+                cached = [[] for _ in feats]
+                need = n_tiles * sum(f[0].numel() for f in feats) * 4 / 2**30
+                if need > self.config.max_memory_gb:
+                    raise TrainingError(
+                        f"{self.name}: the cached training features need {need:.1f} GiB, over "
+                        f"models.{self.name}.max_memory_gb={self.config.max_memory_gb}; set "
+                        "train.max_train_patches or use deeper layers"
+                    )
+            for store, level_feats in zip(cached, feats, strict=True):
+                store.append(level_feats.float().cpu())
+        levels = []
+        for store in cached:
+            block = torch.cat(store)
+            shape = block.shape[1:]
+            levels.append(cluster.gather_rows(block.flatten(1)).reshape(-1, *shape))
+        if not levels or levels[0].shape[0] < 2:
+            raise TrainingError(f"{self.name}: needs at least 2 good training tiles")
+        return levels
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):
         for name in self.fitted_buffers:

@@ -169,28 +169,8 @@ class FastFlow(FeatureMemoryModel):
     ) -> dict:
         """Cache the frozen features of the good tiles, then fit the flows on them."""
         self.prepare_fit(device)
-        cached: list[list[torch.Tensor]] = [[] for _ in self.levels]
-        for x in batches:
-            feats = self._features(x.to(device))
-            if not cached[0]:
-                per_tile = sum(f[0].numel() for f in feats) * 4
-                need = n_tiles * per_tile / 2**30
-                if need > self.config.max_memory_gb:
-                    raise TrainingError(
-                        f"fastflow: the cached training features need {need:.1f} GiB, over "
-                        f"models.fastflow.max_memory_gb={self.config.max_memory_gb}; set "
-                        "train.max_train_patches or use deeper layers"
-                    )
-            for store, level_feats in zip(cached, feats, strict=True):
-                store.append(level_feats.cpu())
-        levels = []
-        for store in cached:  # distributed: every rank fits the same flows on all tiles
-            block = torch.cat(store)
-            shape = block.shape[1:]
-            levels.append(cluster.gather_rows(block.flatten(1)).reshape(-1, *shape))
+        levels = self.cache_features(batches, device, n_tiles, self._features, cluster)
         count = levels[0].shape[0]
-        if count < 2:
-            raise TrainingError("fastflow: needs at least 2 good training tiles")
         defaults = FastFlowConfig()  # null in params.yaml: the flows' own schedule
         epochs = self.config.epochs or defaults.epochs
         batch = self.config.batch_size or defaults.batch_size

@@ -121,24 +121,12 @@ class SimpleNet(FeatureMemoryModel):
     ) -> dict:
         """Cache the good tiles' features, then train the adaptor and the discriminator."""
         self.prepare_fit(device)
-        cached: list[torch.Tensor] = []
-        for x in batches:
-            with torch.no_grad():
-                feats = local_patch_features(self.extractor(x.to(device)), self.extractor.layers)
-            if not cached:
-                need = n_tiles * feats[0].numel() * 4 / 2**30
-                if need > self.config.max_memory_gb:
-                    raise TrainingError(
-                        f"simplenet: the cached training features need {need:.1f} GiB, over "
-                        f"models.simplenet.max_memory_gb={self.config.max_memory_gb}; set "
-                        "train.max_train_patches or use deeper layers"
-                    )
-            cached.append(feats.float().cpu())
-        block = torch.cat(cached)
-        shape = block.shape[1:]  # distributed: every rank trains the same heads on all tiles
-        tiles = cluster.gather_rows(block.flatten(1)).reshape(-1, *shape)
-        if tiles.shape[0] < 2:
-            raise TrainingError("simplenet: needs at least 2 good training tiles")
+
+        def extract(x: torch.Tensor) -> list[torch.Tensor]:
+            return [local_patch_features(self.extractor(x), self.extractor.layers)]
+
+        (tiles,) = self.cache_features(batches, device, n_tiles, extract, cluster)
+        shape = tiles.shape[1:]
         # per-channel statistics over every training position, then standardised in place
         # (no second copy of the cache: fabric's is ~0.4 GB)
         std, mean = torch.std_mean(tiles, dim=(0, 2, 3))
