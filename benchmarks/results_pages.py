@@ -99,7 +99,8 @@ REAL_FILES = (
 
 
 def photographs_section() -> str:
-    rows = [row for name in REAL_FILES if (RESULTS / name).is_file() for row in _jsonl(name)]
+    present = [name for name in REAL_FILES if (RESULTS / name).is_file()]
+    rows = [row for name in present for row in _jsonl(name)]
     table: dict[str, dict[str, float]] = {}
     for row in rows:
         table.setdefault(row["variant"], {})[row["dataset"]] = row["image.auroc"]
@@ -109,7 +110,7 @@ def photographs_section() -> str:
         "## Real photographs, every variant",
         "",
         "`benchmarks/label_free_real.py` ("
-        + ", ".join(f"`{name}`" for name in REAL_FILES if (RESULTS / name).is_file())
+        + ", ".join(f"`{name}`" for name in present)
         + "; 2-core Intel Xeon): seven photographs shipped with scikit-image, 100 good "
         "training crops and 40 + 40 test crops each with simulated defects, image AUROC "
         "by variant, best mean first. A variant's tag names what it changes from the "

@@ -373,6 +373,51 @@ class FeatureMemoryModel(MemoryModel):
             raise TrainingError(f"{self.name}: needs at least 2 good training tiles")
         return levels
 
+    def train_head(
+        self,
+        parameters: list[nn.Parameter],
+        count: int,
+        batch_loss: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+        seed: int,
+        label: str = "loss",
+    ) -> torch.Tensor:
+        """Adam over the ``count`` cached tiles on the head's own schedule (the block's
+        ``epochs`` / ``batch_size`` / ``lr`` / ``weight_decay``; null: the config class's
+        defaults, not ``train.*``: a head on cached features has another budget than a
+        network on pixels). ``batch_loss(index, generator)`` is the loss of the tiles
+        ``index``; the generator that shuffles them also serves any noise the loss draws,
+        so one seed fixes both. Stops with one line when the loss is not finite; returns
+        the last batch's loss."""
+        defaults = type(self.config)()
+        epochs = self.config.epochs or defaults.epochs
+        batch = self.config.batch_size or defaults.batch_size
+        decay = (
+            self.config.weight_decay
+            if self.config.weight_decay is not None
+            else defaults.weight_decay
+        )
+        generator = torch.Generator().manual_seed(seed)
+        optimiser = torch.optim.Adam(
+            parameters, lr=self.config.lr or defaults.lr, weight_decay=decay
+        )
+        loss = torch.zeros(())
+        for epoch in range(epochs):
+            order = torch.randperm(count, generator=generator)
+            total, steps = 0.0, 0
+            for start in range(0, count, batch):
+                loss = batch_loss(order[start : start + batch], generator)
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"{self.name}: loss became {loss.item()} at epoch {epoch + 1}"
+                    )
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                total += float(loss.detach())
+                steps += 1
+            log.info("%s: epoch %d/%d, %s %.5f", self.name, epoch + 1, epochs, label, total / steps)
+        return loss
+
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):
         for name in self.fitted_buffers:
             stored = state_dict.get(name)

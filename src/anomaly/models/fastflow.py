@@ -32,7 +32,7 @@ from torch import nn
 
 from ..config_schema import require
 from ..distributed import SINGLE, Cluster
-from ..errors import ParamsError, TrainingError
+from ..errors import ParamsError
 from ..scoring import gaussian_blur, reduce_maps
 from .backbones import FeatureMemoryModel, check_backbone
 from .base import TrainOverrides
@@ -171,33 +171,14 @@ class FastFlow(FeatureMemoryModel):
         self.prepare_fit(device)
         levels = self.cache_features(batches, device, n_tiles, self._features, cluster)
         count = levels[0].shape[0]
-        defaults = FastFlowConfig()  # null in params.yaml: the flows' own schedule
-        epochs = self.config.epochs or defaults.epochs
-        batch = self.config.batch_size or defaults.batch_size
-        generator = torch.Generator().manual_seed(seed)
         self.flows.train()
-        optimiser = torch.optim.Adam(
-            self.flows.parameters(),
-            lr=self.config.lr or defaults.lr,
-            weight_decay=self.config.weight_decay
-            if self.config.weight_decay is not None
-            else defaults.weight_decay,
+        loss = self.train_head(
+            list(self.flows.parameters()),
+            count,
+            lambda index, _generator: self._nll([level[index].to(device) for level in levels]),
+            seed,
+            "nll",
         )
-        loss = torch.zeros(())
-        for epoch in range(epochs):
-            order = torch.randperm(count, generator=generator)
-            total, batches_seen = 0.0, 0
-            for start in range(0, count, batch):
-                index = order[start : start + batch]
-                loss = self._nll([level[index].to(device) for level in levels])
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"fastflow: loss became {loss.item()} at epoch {epoch + 1}")
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                total += float(loss.detach())
-                batches_seen += 1
-            log.info("fastflow: epoch %d/%d, nll %.5f", epoch + 1, epochs, total / batches_seen)
         self.eval()
         return {
             "memory_bank": int(count),

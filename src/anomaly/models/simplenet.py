@@ -37,7 +37,6 @@ from torch import nn
 
 from ..config_schema import require
 from ..distributed import SINGLE, Cluster
-from ..errors import TrainingError
 from ..scoring import gaussian_blur, reduce_maps
 from .backbones import FeatureMemoryModel, check_backbone, local_patch_features
 from .base import TrainOverrides
@@ -101,10 +100,14 @@ class SimpleNet(FeatureMemoryModel):
             nn.Linear(hidden, 1),
         )
 
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
-        """Standardised local patch features (B, C, h, w) of the frozen backbone."""
+    def _patch_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Local patch features (B, C, h, w) of the frozen backbone, as PatchCore's."""
         with torch.no_grad():
-            feats = local_patch_features(self.extractor(x), self.extractor.layers).float()
+            return local_patch_features(self.extractor(x), self.extractor.layers).float()
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """The patch features standardised with the training statistics."""
+        feats = self._patch_features(x)
         return (feats - self.feature_mean[:, None, None]) / self.feature_std[:, None, None]
 
     def _normality(self, flat: torch.Tensor) -> torch.Tensor:
@@ -121,60 +124,36 @@ class SimpleNet(FeatureMemoryModel):
     ) -> dict:
         """Cache the good tiles' features, then train the adaptor and the discriminator."""
         self.prepare_fit(device)
-
-        def extract(x: torch.Tensor) -> list[torch.Tensor]:
-            return [local_patch_features(self.extractor(x), self.extractor.layers)]
-
-        (tiles,) = self.cache_features(batches, device, n_tiles, extract, cluster)
+        (tiles,) = self.cache_features(
+            batches, device, n_tiles, lambda x: [self._patch_features(x)], cluster
+        )
         shape = tiles.shape[1:]
         # per-channel statistics over every training position, then standardised in place
         # (no second copy of the cache: fabric's is ~0.4 GB)
         std, mean = torch.std_mean(tiles, dim=(0, 2, 3))
+        std = std.clamp_min(1e-6)
         self.feature_mean = mean.to(device)
-        self.feature_std = std.clamp_min(1e-6).to(device)
-        tiles.sub_(mean[:, None, None]).div_(std.clamp_min(1e-6)[:, None, None])
-        defaults = SimpleNetConfig()  # null in params.yaml: the heads' own schedule
-        epochs = self.config.epochs or defaults.epochs
-        batch = self.config.batch_size or defaults.batch_size
-        decay = (
-            self.config.weight_decay
-            if self.config.weight_decay is not None
-            else defaults.weight_decay
-        )
-        generator = torch.Generator().manual_seed(seed)
-        heads = [*self.adaptor.parameters(), *self.discriminator.parameters()]
-        optimiser = torch.optim.Adam(heads, lr=self.config.lr or defaults.lr, weight_decay=decay)
+        self.feature_std = std.to(device)
+        tiles.sub_(mean[:, None, None]).div_(std[:, None, None])
         margin, noise = self.config.margin, self.config.noise_std
+
+        def batch_loss(index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+            """Truncated L1: adapted normal features above +margin, the same plus Gaussian
+            noise (added after the adaptor, as in the paper) below -margin."""
+            normal = tiles[index].permute(0, 2, 3, 1).reshape(-1, shape[0])
+            adapted = self.adaptor(normal.to(device))
+            noisy = adapted + noise * torch.randn(adapted.shape, generator=generator).to(device)
+            real, fake = self.discriminator(torch.cat([adapted, noisy])).squeeze(1).chunk(2)
+            return F.relu(margin - real).mean() + F.relu(margin + fake).mean()
+
+        heads = [*self.adaptor.parameters(), *self.discriminator.parameters()]
         self.adaptor.train()
         self.discriminator.train()
-        count = tiles.shape[0]
-        loss = torch.zeros(())
-        for epoch in range(epochs):
-            order = torch.randperm(count, generator=generator)
-            total, steps = 0.0, 0
-            for start in range(0, count, batch):
-                normal = tiles[order[start : start + batch]].permute(0, 2, 3, 1)
-                normal = normal.reshape(-1, shape[0])
-                adapted_normal = self.adaptor(normal.to(device))
-                noise_draw = torch.randn(adapted_normal.shape, generator=generator)
-                noisy = adapted_normal + noise * noise_draw.to(device)  # after the adaptor
-                scores = self.discriminator(torch.cat([adapted_normal, noisy])).squeeze(1)
-                real, fake = scores.chunk(2)
-                loss = F.relu(margin - real).mean() + F.relu(margin + fake).mean()
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"simplenet: loss became {loss.item()} at epoch {epoch + 1}"
-                    )
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                total += float(loss.detach())
-                steps += 1
-            log.info("simplenet: epoch %d/%d, loss %.5f", epoch + 1, epochs, total / steps)
+        loss = self.train_head(heads, tiles.shape[0], batch_loss, seed)
         self.eval()
         return {
-            "memory_bank": int(count),
-            "patch_features": int(count * shape[1] * shape[2]),
+            "memory_bank": int(tiles.shape[0]),
+            "patch_features": int(tiles.shape[0] * shape[1] * shape[2]),
             "head_parameters": int(sum(p.numel() for p in heads)),
             "final_loss": round(float(loss.detach()), 6),
         }
