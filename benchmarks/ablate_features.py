@@ -18,6 +18,7 @@ import copy
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +26,9 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_serve import commit  # noqa: E402  (the commit the rows were measured at)
+from bench_stages import machine  # noqa: E402  (one description of the machine)
 
 VARIANTS = {
     # name: (model, block overrides)
@@ -79,6 +83,7 @@ def run(
         key, _, value = item.partition("=")
         _set(base, key, yaml.safe_load(value))
     rows = []
+    provenance = {"commit": commit(), "machine": _machine_line()}
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
         Path("params.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
@@ -108,6 +113,7 @@ def run(
                 "dataset": label or dataset,
                 "overrides": " ".join(overrides),
                 "seconds": round(seconds, 1),
+                **provenance,
                 **{k: metrics.get(k) for k in KEYS},
                 # the real AUROC per defect kind: which kinds a variant misses
                 **{
@@ -118,11 +124,16 @@ def run(
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
-    if out is not None:
-        with open(out, "a") as handle:
-            for row in rows:
-                handle.write(json.dumps(row) + "\n")
+            if out is not None:  # each row as it finishes: a long run keeps what it measured
+                with open(out, "a") as handle:
+                    handle.write(json.dumps(row) + "\n")
     return rows
+
+
+def _machine_line() -> dict:
+    """The CPU and core count the rows were measured on (the results pages name them)."""
+    found = machine()
+    return {"cpu": found["cpu"], "cores": found["cores"], "torch": found["torch"]}
 
 
 KEYS = (
