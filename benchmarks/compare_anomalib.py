@@ -19,6 +19,11 @@ coreset ratio 0.1 and 9 neighbours, PaDiM on layer1..layer3 with 100 random chan
 The project runs its own stages (train, score, threshold, evaluate) with one
 whole-image tile per crop; it holds 15% of the good training crops out for its
 normalisation and threshold, so anomalib is fitted on the same remaining crops.
+The feature heads (``--models fastflow reverse_distillation simplenet``) against
+anomalib's ``Fastflow``, ``ReverseDistillation`` and ``Supersimplenet`` (anomalib
+ships no SimpleNet; SuperSimpleNet is its successor, unsupervised here): the same
+random resnet18 levels, FastFlow's 8 flow steps, each head trained for this project's
+default number of epochs in both libraries (``HEAD_EPOCHS``), anomalib's optimisers.
 Times: fit = the train stage / ``Engine.fit``; predict = test images per second of
 the score stage / ``Engine.test`` (both include reading the images). Threads: the
 same count for both (``--threads``, default 2, the CI machine's cores).
@@ -112,6 +117,31 @@ def random_weights(root: Path, seed: int) -> Path:
     return path
 
 
+# Each model's settings in both libraries, equal where both have the setting: the same
+# levels of the same random resnet18, anomalib's defaults for the rest, and the heads
+# trained for the same number of epochs (this project's default for each).
+OUR_BLOCKS = {
+    "patchcore": {
+        "layers": ["layer2", "layer3"],
+        "feature_dim": 384,
+        "coreset_ratio": 0.1,
+        "num_neighbours": 9,
+    },
+    "padim": {"layers": ["layer1", "layer2", "layer3"], "feature_dim": 100},
+    "fastflow": {"layers": ["layer1", "layer2", "layer3"], "flow_steps": 8, "hidden_ratio": 1.0},
+    "reverse_distillation": {"layers": ["layer1", "layer2", "layer3"]},
+    "simplenet": {"layers": ["layer2", "layer3"]},
+}
+HEAD_EPOCHS = {"fastflow": 20, "reverse_distillation": 40, "simplenet": 30}
+ANOMALIB_NAMES = {
+    "patchcore": "Patchcore",
+    "padim": "Padim",
+    "fastflow": "Fastflow",
+    "reverse_distillation": "ReverseDistillation",
+    "simplenet": "Supersimplenet (the closest anomalib ships)",
+}
+
+
 def ours(root: Path, category: str, model: str, seed: int, reduce: str = "auto") -> dict:
     """This project's model through its own stages on one category (``reduce``: its
     ``score.patch_reduce``; anomalib's PaDiM scores an image by its map's maximum)."""
@@ -132,12 +162,9 @@ def ours(root: Path, category: str, model: str, seed: int, reduce: str = "auto")
         "weights": str(random_weights(root, seed)),
         "input_size": None,
     }
-    if model == "patchcore":
-        block = {**common, "layers": ["layer2", "layer3"], "feature_dim": 384}
-        block.update(coreset_ratio=0.1, num_neighbours=9)
-    else:
-        block = {**common, "layers": ["layer1", "layer2", "layer3"], "feature_dim": 100}
-    base["models"][model].update(block)
+    base["models"][model].update({**common, **OUR_BLOCKS[model]})
+    if model in HEAD_EPOCHS:
+        base["models"][model]["epochs"] = HEAD_EPOCHS[model]
     with tempfile.TemporaryDirectory() as tmp:
         cwd = os.getcwd()
         os.chdir(tmp)
@@ -180,6 +207,40 @@ def ours(root: Path, category: str, model: str, seed: int, reduce: str = "auto")
     }
 
 
+def _anomalib_module(model: str):
+    """anomalib's counterpart of ``model`` with the settings of ``OUR_BLOCKS``, built
+    without weights (``timm.create_model`` is told pretrained=False: offline, and the
+    shared random weights are loaded afterwards)."""
+    import timm
+    from anomalib import models as zoo
+
+    create = timm.create_model
+    timm.create_model = lambda *a, **k: create(*a, **{**k, "pretrained": False})
+    cls = getattr(zoo, ANOMALIB_NAMES[model].split(" ")[0])
+    kwargs = {
+        "patchcore": dict(
+            backbone="resnet18",
+            layers=("layer2", "layer3"),
+            pre_trained=False,
+            coreset_sampling_ratio=0.1,
+            num_neighbors=9,
+        ),
+        "padim": dict(
+            backbone="resnet18",
+            layers=["layer1", "layer2", "layer3"],
+            pre_trained=False,
+            n_features=100,
+        ),
+        "fastflow": dict(backbone="resnet18", pre_trained=False, flow_steps=8, hidden_ratio=1.0),
+        "reverse_distillation": dict(
+            backbone="resnet18", layers=("layer1", "layer2", "layer3"), pre_trained=False
+        ),
+        "simplenet": dict(backbone="resnet18", layers=["layer2", "layer3"], supervised=False),
+    }[model]
+    pre = cls.configure_pre_processor(image_size=(SIZE, SIZE))
+    return cls(pre_processor=pre, visualizer=False, **kwargs)
+
+
 def anomalib_run(root: Path, category: str, model: str, seed: int, held_out: list[str]) -> dict:
     """anomalib's Patchcore / Padim on one category (run inside anomalib's venv)."""
     import shutil
@@ -190,7 +251,6 @@ def anomalib_run(root: Path, category: str, model: str, seed: int, held_out: lis
     warnings.filterwarnings("ignore")
     from anomalib.data import Folder
     from anomalib.engine import Engine
-    from anomalib.models import Padim, Patchcore
     from lightning.pytorch import seed_everything
 
     seed_everything(seed)
@@ -214,31 +274,11 @@ def anomalib_run(root: Path, category: str, model: str, seed: int, held_out: lis
         val_split_mode="same_as_test",  # only its threshold uses it; AUROC does not
         seed=seed,
     )
-    if model == "patchcore":
-        pre = Patchcore.configure_pre_processor(image_size=(SIZE, SIZE))
-        module = Patchcore(
-            backbone="resnet18",
-            layers=("layer2", "layer3"),
-            pre_trained=False,
-            coreset_sampling_ratio=0.1,
-            num_neighbors=9,
-            pre_processor=pre,
-            visualizer=False,
-        )
-    else:
-        pre = Padim.configure_pre_processor(image_size=(SIZE, SIZE))
-        module = Padim(
-            backbone="resnet18",
-            layers=["layer1", "layer2", "layer3"],
-            pre_trained=False,
-            n_features=100,
-            pre_processor=pre,
-            visualizer=False,
-        )
+    module = _anomalib_module(model)
     # the same random initialisation as the project's run (timm's resnet18 uses
-    # torchvision's parameter names)
+    # torchvision's parameter names); the backbone is the model's timm FeatureListNet
     state = torch.load(root / f"resnet18_random_seed{seed}.pth", weights_only=True)
-    backbone = module.model.feature_extractor.feature_extractor
+    (backbone,) = [m for m in module.model.modules() if type(m).__name__ == "FeatureListNet"]
     missing, unexpected = backbone.load_state_dict(state, strict=False)
     # unexpected: the layers after the last one used (timm drops them) and the classifier
     if missing or any(not k.startswith(("fc.", "layer4.")) for k in unexpected):
@@ -249,6 +289,7 @@ def anomalib_run(root: Path, category: str, model: str, seed: int, held_out: lis
         accelerator="cpu",
         devices=1,
         enable_progress_bar=False,
+        max_epochs=HEAD_EPOCHS.get(model, 1),
     )
     start = time.perf_counter()
     engine.fit(model=module, datamodule=datamodule)
@@ -260,6 +301,7 @@ def anomalib_run(root: Path, category: str, model: str, seed: int, held_out: lis
     return {
         "library": "anomalib 2.7.0",
         "model": model,
+        "anomalib_model": ANOMALIB_NAMES[model],
         "category": category,
         "image_auroc": float(results["image_AUROC"]),
         "pixel_auroc": float(results["pixel_AUROC"]) if "pixel_AUROC" in results else None,
@@ -271,7 +313,7 @@ def anomalib_run(root: Path, category: str, model: str, seed: int, held_out: lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--anomalib-python", default=None, help="python of anomalib's venv")
-    parser.add_argument("--models", nargs="*", default=["patchcore", "padim"])
+    parser.add_argument("--models", nargs="*", default=["patchcore", "padim"], choices=OUR_BLOCKS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--root", type=Path, default=None, help="reuse prepared data here")
@@ -335,9 +377,13 @@ def main() -> None:
                 rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
                 print(json.dumps(rows[-1]), flush=True)
     if args.out:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from ablate_features import _machine_line, commit
+
+        provenance = {"commit": commit(), **_machine_line()}
         with open(args.out, "a") as handle:
             for row in rows:
-                handle.write(json.dumps(row) + "\n")
+                handle.write(json.dumps({**row, **provenance}) + "\n")
 
 
 if __name__ == "__main__":

@@ -129,21 +129,20 @@ RULES = {
 }
 
 
-def summary(paths: list[Path], only: list[str] | None = None, rule: str = "image") -> None:
+def summary_text(rows: list[dict], only: list[str] | None = None, rule: str = "image") -> str:
     """Per photograph: the candidate the label-free figure picks, its real AUROC, the
     best real AUROC, the regret; and Spearman's rank correlation of the two figures."""
     from scipy.stats import spearmanr
 
-    rows = [
-        json.loads(line) for path in paths for line in path.read_text().splitlines() if line.strip()
-    ]
     if only:
         rows = [r for r in rows if r["variant"] in only]
     by_set: dict[str, list[dict]] = {}
     for row in rows:
         by_set.setdefault(row["dataset"], []).append(row)
-    print("| photograph | picked (label-free) | its real AUROC | best real | regret | rho |")
-    print("|---|---|---|---|---|---|")
+    out = [
+        "| photograph | picked (label-free) | its real AUROC | best real | regret | rho |",
+        "|---|---|---|---|---|---|",
+    ]
     regrets, picked_real, best_real, pairs = [], [], [], []
     for name, group in by_set.items():
         pick = max(group, key=RULES[rule])
@@ -156,17 +155,27 @@ def summary(paths: list[Path], only: list[str] | None = None, rule: str = "image
         picked_real.append(pick["image.auroc"])
         best_real.append(best["image.auroc"])
         pairs += [(RULES[rule](r), r["image.auroc"]) for r in group]
-        print(
+        out.append(
             f"| {name} | {pick['variant']} ({RULES[rule](pick):.3f}) | "
             f"{pick['image.auroc']:.3f} | {best['image.auroc']:.3f} ({best['variant']}) | "
             f"{regret:.3f} | {rho:.2f} |"
         )
     pooled = spearmanr(*zip(*pairs, strict=True)).statistic
-    print(
-        f"\nmean real AUROC of the pick {np.mean(picked_real):.3f}, of the best "
+    out += [
+        "",
+        f"mean real AUROC of the pick {np.mean(picked_real):.3f}, of the best "
         f"{np.mean(best_real):.3f}; mean regret {np.mean(regrets):.3f}, worst "
-        f"{np.max(regrets):.3f}; pooled Spearman rho {pooled:.2f} over {len(pairs)} runs"
-    )
+        f"{np.max(regrets):.3f}; pooled Spearman rho {pooled:.2f} over {len(pairs)} runs",
+    ]
+    return "\n".join(out)
+
+
+def summary(paths: list[Path], only: list[str] | None = None, rule: str = "image") -> None:
+    """Print :func:`summary_text` for the rows of ``paths``."""
+    rows = [
+        json.loads(line) for path in paths for line in path.read_text().splitlines() if line.strip()
+    ]
+    print(summary_text(rows, only, rule))
 
 
 def main() -> None:

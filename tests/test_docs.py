@@ -83,8 +83,16 @@ def test_docs_site_builds_strictly(tmp_path):
 
 
 def test_generated_results_page_is_what_the_results_files_say():
-    """docs/measured.md is written by benchmarks/results_pages.py alone: regenerating it
-    from benchmarks/results/ gives the committed page, byte for byte."""
+    """docs/results.md and the README's results block are written by
+    benchmarks/results_pages.py alone: regenerating them from benchmarks/results/ gives
+    the committed text, byte for byte. The pages name which model files changed since
+    each results file's commit (``git diff``), so a clone without that history cannot
+    regenerate them."""
+    shallow = subprocess.run(
+        ["git", "rev-parse", "--is-shallow-repository"], capture_output=True, text=True, cwd=REPO
+    )
+    if shallow.returncode != 0 or shallow.stdout.strip() == "true":
+        pytest.skip("needs the repository's git history (a full clone)")
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks/results_pages.py"), "--check"],
         capture_output=True,

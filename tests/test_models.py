@@ -62,6 +62,7 @@ TINY = {
     "padim": {"feature_dim": 20, "layers": ["stage2", "stage3"]},
     "fastflow": {"layers": ["stage2", "stage3"], "flow_steps": 2, "epochs": 15},
     "simplenet": {"layers": ["stage2", "stage3"], "epochs": 15},
+    "reverse_distillation": {"layers": ["stage2", "stage3"], "epochs": 15},
 }
 
 
@@ -587,7 +588,7 @@ def test_larger_efficientnet_lites_load_offline_with_seven_stages(variant, block
     assert not torch.allclose(features["stage3"], random_init.eval()(probe)["stage3"])
 
 
-@pytest.mark.parametrize("name", ["fastflow", "simplenet"])
+@pytest.mark.parametrize("name", ["fastflow", "simplenet", "reverse_distillation"])
 def test_feature_heads_refuse_a_cache_over_budget_or_a_single_tile(name):
     """The shared feature cache (FeatureMemoryModel.cache_features): a one-line refusal
     naming the key before the cache is filled, and with fewer than 2 good tiles."""
