@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -84,6 +85,7 @@ def run(
         _set(base, key, yaml.safe_load(value))
     rows = []
     provenance = {"commit": commit(), "machine": _machine_line()}
+    back = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
         Path("params.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
@@ -127,9 +129,11 @@ def run(
             if out is not None:  # each row as it finishes: a long run keeps what it measured
                 with open(out, "a") as handle:
                     handle.write(json.dumps(row) + "\n")
+        os.chdir(back)  # not left in a deleted folder: the next run() starts from here
     return rows
 
 
+@cache
 def _machine_line() -> dict:
     """The CPU and core count the rows were measured on (the results pages name them)."""
     found = machine()

@@ -110,6 +110,7 @@ REAL_FILES = (
     "patchcore_variants_real.jsonl",  # PatchCore ablation: resolution, backbone, coreset
     "fastflow_real.jsonl",
     "simplenet_real.jsonl",
+    "reverse_distillation_real.jsonl",
 )
 
 
@@ -259,18 +260,23 @@ def _changed_since(commit: str) -> frozenset[str] | None:
 
 
 def code_since(name: str) -> str:
-    """Which of the file's models' code changed since the commit(s) it was measured at."""
+    """Which of the file's models' code changed since the commit each row was measured
+    at (a row's own ``commit``, else the file's)."""
     commits, _, _ = provenance(name)
-    models = sorted({m for m in map(_model_of, _rows(name)) if m})
-    if not models:
+    pairs = set()
+    for row in _rows(name):
+        model = _model_of(row)
+        if model:
+            for commit in [row["commit"]] if "commit" in row else commits:
+                pairs.add((commit, model))
+    if not pairs:
         return "-"
-    code = {f for m in models for f in _model_code(m)}
     changed: set[str] = set()
-    for commit in commits:
+    for commit, model in sorted(pairs):
         since = _changed_since(commit)
         if since is None:
             return "unknown (no git history)"
-        changed |= code & since
+        changed |= set(_model_code(model)) & since
     if not changed:
         return "unchanged"
     return "changed: " + ", ".join(sorted(Path(f).name for f in changed))
@@ -343,6 +349,16 @@ def fabric_section() -> str:
             f"| `{_model_of(row)}` | {_ci(row, 'image.auroc')} | {_ci(row, 'pixel.auroc')} "
             f"| {aupro} | {_ci(row, 'val_synthetic.image.auroc')} | {row['seconds']:.0f} |"
         )
+    from anomaly.models.registry import available_models
+
+    missing = sorted(set(available_models()) - {_model_of(r) for r in fabric_rows()})
+    if missing:
+        lines += [
+            "",
+            "Not in this file (not rerun at its commit): "
+            + ", ".join(f"`{m}`" for m in missing)
+            + "; earlier figures in the [research note](notes/2026-12-results-history.md).",
+        ]
     return "\n".join(lines)
 
 
@@ -370,6 +386,7 @@ def backbone_section() -> str:
 
 MNIST_SOURCES = (
     # (file, rows whose variant starts with this, label)
+    ("mnist_sweep_heads.jsonl", "", "`make sweep`"),
     ("mnist_models.jsonl", "", "in one process"),
     ("ablate_mnist_auto.jsonl", "", "in one process"),
     ("fastflow_mnist.jsonl", "", "in one process"),
@@ -664,6 +681,33 @@ def heads_table() -> list[str]:
     return lines
 
 
+def heads_verdict() -> str:
+    """Does a newer head beat PatchCore on the photographs by more than its half-width?"""
+    base = _photos_mean("patchcore")
+    if base is None:
+        return ""
+    parts, beats = [], []
+    for model in ("fastflow", "simplenet", "reverse_distillation"):
+        found = _photos_mean(model)
+        if found is None:
+            continue
+        mean, half = found
+        parts.append(f"`{model}` {mean - base[0]:+.3f}")
+        if mean - base[0] > half:
+            beats.append(model)
+    verdict = (
+        "beats it by more than its half-width: " + ", ".join(f"`{m}`" for m in beats)
+        if beats
+        else "none beats it by more than its half-width, so `patchcore` stays the "
+        "photographs' candidate in `select.candidates`"
+    )
+    return (
+        f"Against `patchcore` on the seven photographs ({base[0]:.3f}): "
+        + ", ".join(parts)
+        + f"; {verdict}."
+    )
+
+
 def heads_section() -> str:
     return "\n".join(
         [
@@ -675,6 +719,8 @@ def heads_section() -> str:
             "interval) and one-class MNIST (`make sweep` rows where they exist).",
             "",
             *heads_table(),
+            "",
+            heads_verdict(),
         ]
     )
 
@@ -747,12 +793,17 @@ def readme_block() -> str:
                 f"| `{_model_of(row)}` | {_ci(row, 'image.auroc')} | {pixel} "
                 f"| {row['seconds']:.0f} |"
             )
+        note = _provenance_file().get("fabric_models.jsonl", {}).get("note")
+        if note:
+            lines += ["", f"Seconds: {note}"]
     lines += [
         "",
         "The feature models (frozen pretrained features; [side by side]"
         "(docs/results.md#the-feature-models-side-by-side)):",
         "",
         *heads_table(),
+        "",
+        heads_verdict(),
     ]
     if (RESULTS / "compare_anomalib_heads.jsonl").is_file():
         lines += [
