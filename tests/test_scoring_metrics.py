@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -264,3 +266,41 @@ def test_map_stitcher_writes_what_savez_wrote_without_holding_the_maps(tmp_path)
         expected[f"img_{image_id}"] = stitch(normalised, group, 16, 16).astype(np.float16)
     np.savez(tmp_path / "direct.npz", **expected)
     assert (tmp_path / "streamed.npz").read_bytes() == (tmp_path / "direct.npz").read_bytes()
+
+
+class _HugeMaps(torch.nn.Module):
+    """A model whose maps exceed float16's range (FastFlow on random features did:
+    0.5 z^2 above 65,504), with finite, well-ordered scores."""
+
+    def score(self, x, cfg):
+        maps = x[:, 0] * 1e6
+        return maps.flatten(1).mean(1), maps
+
+    def latent_codes(self, x):
+        return None
+
+
+def test_maps_beyond_float16_range_are_stored_finite(caplog):
+    """Found by compare_anomalib.py: maps above 65,504 became inf in float16 and the pixel
+    metrics then computed inf - inf = NaN. Now every map stored as float16 is clipped to
+    its finite range, with one warning naming the largest value."""
+    from anomaly.scoring import score_tiles, to_float16
+
+    class Store:
+        def batches(self, ids, batch):
+            data = torch.linspace(0, 1, len(ids) * 16).reshape(len(ids), 1, 4, 4)
+            for start in range(0, len(ids), batch):
+                yield data[start : start + batch]
+
+    cfg = SimpleNamespace(batch_size=2)
+    with caplog.at_level("WARNING"):
+        scores, maps, _ = score_tiles(
+            _HugeMaps(), Store(), np.arange(4), cfg, "cpu", keep_maps=True
+        )
+    assert np.isfinite(maps).all() and maps.dtype == np.float16
+    assert maps.max() == np.finfo(np.float16).max
+    assert np.isfinite(scores).all()
+    assert "float16" in caplog.text and "65504" in caplog.text
+    # values inside the range are cast exactly as before (byte-identical outputs)
+    inside = np.array([0.1, -3.5, 65000.0], dtype=np.float32)
+    assert to_float16(inside).tobytes() == inside.astype(np.float16).tobytes()

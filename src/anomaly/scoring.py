@@ -8,6 +8,7 @@ top fraction of its map. Image score: max, mean or top-k mean of its tiles.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import replace
 from typing import Any
@@ -22,6 +23,8 @@ import torch.nn.functional as F
 # validated on for fabrics (README, "Results").
 AUTO_FALLBACK: dict[str, Any] = {"patch_reduce": "topk_mean", "smooth_sigma": 4.0}
 AUTO_KEYS = tuple(AUTO_FALLBACK)
+
+log = logging.getLogger(__name__)
 
 
 def resolve_score(cfg: Any, family_defaults: dict[str, Any] | None) -> tuple[Any, dict[str, str]]:
@@ -252,9 +255,7 @@ def fit_normalisation(
     norm = {"method": method, **fit_group_normalizer(val_tiles)}
     missing = sorted({str(g) for g in all_groups or []} - set(norm["groups"]))
     if missing:
-        import logging
-
-        logging.getLogger(__name__).warning(
+        log.warning(
             "groups %s have no good validation tiles: their scores are normalised with the "
             "statistics of all groups (add good images of them for a group of their own)",
             ", ".join(missing),
@@ -271,6 +272,19 @@ def normalise(scores: np.ndarray, groups: pd.Series, norm: dict) -> tuple[np.nda
     else:
         shift, scale = group_affine(groups, norm)
     return (np.asarray(scores, dtype=np.float64) - shift) / scale, shift, scale
+
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def to_float16(values: np.ndarray) -> np.ndarray:
+    """``values`` as float16 with anything beyond its finite range (65,504) clipped to it.
+
+    Why: maps are stored as float16, and a model whose map values exceed that range (FastFlow
+    on random features: 0.5 z^2 in the millions) made them inf, and the pixel metrics then
+    computed inf - inf = NaN. Clipped values tie at the top instead; values inside the range
+    are cast exactly as a plain ``astype`` would (outputs stay byte-identical)."""
+    return np.clip(values, -FLOAT16_MAX, FLOAT16_MAX).astype(np.float16)
 
 
 def score_tiles(
@@ -292,7 +306,7 @@ def score_tiles(
     so memory does not grow with the test set."""
     keep_codes = keep_maps if keep_codes is None else keep_codes
     scores, maps, codes = [], [], []
-    finite16 = np.finfo(np.float16).max  # a huge code must not become inf
+    peak = 0.0  # the largest map value, to say once when float16 had to clip
     from tqdm import tqdm
 
     batches = store.batches(ids, score_cfg.batch_size)
@@ -303,16 +317,25 @@ def score_tiles(
             s, m = model.score(x, score_cfg)
             scores.append(s.float().cpu().numpy())
             if keep_maps and m is not None:
-                batch_maps = m.float().cpu().numpy().astype(np.float16)
+                raw_maps = m.float().cpu().numpy()
+                if raw_maps.size:
+                    peak = max(peak, float(np.nanmax(np.abs(raw_maps))))
+                batch_maps = to_float16(raw_maps)
                 if map_sink is not None:
                     map_sink(batch_maps)
                 else:
                     maps.append(batch_maps)
             code = model.latent_codes(x) if keep_codes else None
             if code is not None:
-                codes.append(
-                    np.clip(code.float().cpu().numpy(), -finite16, finite16).astype(np.float16)
-                )
+                codes.append(to_float16(code.float().cpu().numpy()))  # a huge code: not inf
+    if peak > FLOAT16_MAX:
+        log.warning(
+            "%s: anomaly maps reach %.3g, beyond float16's range: stored as %d (they tie at "
+            "the top of the pixel metrics; image scores are unaffected)",
+            desc,
+            peak,
+            FLOAT16_MAX,
+        )
     score_arr = np.concatenate(scores) if scores else np.zeros(0)
     map_arr = np.concatenate(maps) if maps else None
     code_arr = np.concatenate(codes) if codes else None

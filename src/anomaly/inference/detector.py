@@ -29,7 +29,7 @@ from ..data.patching import IMAGE_MODES, cut_tiles
 from ..errors import AnomalyError, DataError
 from ..image_reader import decode, read_image, read_image_bytes
 from ..params import PatchConfig, ScoreConfig
-from ..scoring import MapStitcher, aggregate_images, normalise
+from ..scoring import MapStitcher, aggregate_images, normalise, to_float16
 from .bundle import load_bundle
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ class Detector:
             if m is None:
                 continue
             # float16, as the score stage stores the maps the pixel metrics read
-            maps = m.float().cpu().numpy().astype(np.float16).astype(np.float32)
+            maps = to_float16(m.float().cpu().numpy()).astype(np.float32)
             stitcher = stitcher or MapStitcher(array.shape[0], array.shape[1])
             batch_boxes = boxes[start : start + step]
             normalised = (maps - shift[:, None, None]) / scale[:, None, None]
@@ -195,7 +195,7 @@ class Detector:
         if stitcher is not None:
             full = stitcher.result()
             for top in range(0, full.shape[0], 512):  # as the score stage stores it: float16
-                full[top : top + 512] = full[top : top + 512].astype(np.float16)
+                full[top : top + 512] = to_float16(full[top : top + 512])
             if self.pixel_threshold is not None:
                 mask = full >= self.pixel_threshold
         return Prediction(

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from ..data.mvtec import IMAGE_SUFFIXES
 from ..errors import DataError
 from ..io import atomic_path, save_png, write_csv
+from ..scoring import to_float16
 from .detector import Detector
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def predict_images(
         if result.anomaly_map is None:
             continue
         with atomic_path(Path(f"{stem}_map.npy")) as target, open(target, "wb") as handle:
-            np.save(handle, result.anomaly_map.astype(np.float16))
+            np.save(handle, to_float16(result.anomaly_map))
         if result.mask is not None:
             save_png(Path(f"{stem}_mask.png"), result.mask.astype(np.uint8) * 255)
         if overlays:

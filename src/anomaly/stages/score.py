@@ -27,6 +27,7 @@ from ..scoring import (
     resolve_score,
     score_tiles,
     stitch,
+    to_float16,
 )
 from .common import split_tiles
 
@@ -199,7 +200,7 @@ class MapStitcher:
         tile_maps = (tile_maps - self.shift[rows, None, None]) / self.scale[rows, None, None]
         info = self.images.loc[image_id]
         stitched = stitch(tile_maps, self.tiles.loc[rows], int(info["height"]), int(info["width"]))
-        return stitched.astype(np.float16)
+        return to_float16(stitched)
 
     def _write(self, image_id: int, full_map: np.ndarray) -> None:
         # What np.savez does per member (a fixed 1980 timestamp: byte-stable output).
@@ -228,7 +229,7 @@ def _write_val_pixels(
         normalised = (maps[rows].astype(np.float32) - shift[rows, None, None]) / scale[
             rows, None, None
         ]
-        normalised = normalised.astype(np.float16)
+        normalised = to_float16(normalised)
         lab = labels[rows]
         if (lab == 0).any():
             good.append(float16_counts(normalised[lab == 0]))
@@ -325,12 +326,10 @@ def _write_synthetic(
     if defect_maps and maps is not None:
         side = maps.shape[-1]
         norm_shift, norm_scale = shift[at, None, None], scale[at, None, None]
-        arrays["clean_maps"] = ((maps[at].astype(np.float32) - norm_shift) / norm_scale).astype(
-            np.float16
-        )
-        arrays["defect_maps"] = (
+        arrays["clean_maps"] = to_float16((maps[at].astype(np.float32) - norm_shift) / norm_scale)
+        arrays["defect_maps"] = to_float16(
             (np.concatenate(defect_maps).reshape(-1, side, side) - norm_shift) / norm_scale
-        ).astype(np.float16)
+        )
         arrays["masks"] = masks
     with atomic_path(target) as path, open(path, "wb") as handle:
         np.savez(handle, **arrays)
