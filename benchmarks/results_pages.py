@@ -329,6 +329,35 @@ def fabric_rows() -> list[dict]:
     return sorted(rows.values(), key=lambda r: -r["image.auroc"])
 
 
+def fabric_table(full: bool) -> list[str]:
+    """The fabric rows: every column for the results page (``full``), the headline ones
+    (image AUROC with its interval, pixel AUROC, seconds) for the README."""
+
+    def cell(row: dict, key: str, interval: bool) -> str:
+        if row.get(key) is None:
+            return "-"
+        return _ci(row, key) if interval else f"{row[key]:.3f}"
+
+    columns = (
+        [
+            ("image AUROC [95% CI]", "image.auroc", True),
+            ("pixel AUROC [95% CI]", "pixel.auroc", True),
+            ("AUPRO", "pixel.aupro", False),
+            ("label-free", "val_synthetic.image.auroc", True),
+        ]
+        if full
+        else [("image AUROC [95% CI]", "image.auroc", True), ("pixel AUROC", "pixel.auroc", False)]
+    )
+    lines = [
+        "| model | " + " | ".join(c[0] for c in columns) + " | seconds (train + score) |",
+        "|---|" + "---|" * (len(columns) + 1),
+    ]
+    for row in fabric_rows():
+        cells = " | ".join(cell(row, key, interval) for _, key, interval in columns)
+        lines.append(f"| `{_model_of(row)}` | {cells} | {row['seconds']:.0f} |")
+    return lines
+
+
 def fabric_section() -> str:
     name = "fabric_models.jsonl"
     lines = [
@@ -340,15 +369,8 @@ def fabric_section() -> str:
         "run writes without labelled defects (`val_synthetic.image.auroc`, "
         "[Choosing a model](selection.md)); *seconds* are train plus score.",
         "",
-        "| model | image AUROC [95% CI] | pixel AUROC [95% CI] | AUPRO | label-free | seconds |",
-        "|---|---|---|---|---|---|",
+        *fabric_table(full=True),
     ]
-    for row in fabric_rows():
-        aupro = "-" if row.get("pixel.aupro") is None else f"{row['pixel.aupro']:.3f}"
-        lines.append(
-            f"| `{_model_of(row)}` | {_ci(row, 'image.auroc')} | {_ci(row, 'pixel.auroc')} "
-            f"| {aupro} | {_ci(row, 'val_synthetic.image.auroc')} | {row['seconds']:.0f} |"
-        )
     from anomaly.models.registry import available_models
 
     missing = sorted(set(available_models()) - {_model_of(r) for r in fabric_rows()})
@@ -784,15 +806,8 @@ def readme_block() -> str:
             "Every model with its defaults on the default synthetic fabric "
             f"({_where('fabric_models.jsonl')}):",
             "",
-            "| model | image AUROC [95% CI] | pixel AUROC | seconds (train + score) |",
-            "|---|---|---|---|",
+            *fabric_table(full=False),
         ]
-        for row in fabric_rows():
-            pixel = "-" if row.get("pixel.auroc") is None else f"{row['pixel.auroc']:.3f}"
-            lines.append(
-                f"| `{_model_of(row)}` | {_ci(row, 'image.auroc')} | {pixel} "
-                f"| {row['seconds']:.0f} |"
-            )
         note = _provenance_file().get("fabric_models.jsonl", {}).get("note")
         if note:
             lines += ["", f"Seconds: {note}"]
@@ -814,6 +829,9 @@ def readme_block() -> str:
             "",
             *anomalib_table(["compare_anomalib_heads.jsonl"]),
         ]
+        note = _provenance_file().get("compare_anomalib_heads.jsonl", {}).get("note")
+        if note:
+            lines += ["", f"Note: {note[0].upper()}{note[1:]}"]
     import label_free_real
 
     summary = label_free_real.summary_text(_jsonl("label_free_real.jsonl"), DEFAULT_CANDIDATES)
