@@ -64,6 +64,11 @@ TINY = {
     "simplenet": {"layers": ["stage2", "stage3"], "epochs": 15},
     "reverse_distillation": {"layers": ["stage2", "stage3"], "epochs": 15},
 }
+TINY["ensemble"] = {
+    "members": ["padim", "cae"],
+    "overrides": {"padim": TINY["padim"], "cae": TINY["cae"]},
+    "reference_tiles": 32,
+}
 
 
 class ListSource:
@@ -78,9 +83,20 @@ def train_tiny(name: str, epochs: int = 40, lr: float = 3e-3, **overrides):
     seed_everything(0)
     rng = np.random.default_rng(0)
     model = build_model(name, model_config(name, {**TINY[name], **overrides}), 1, SIZE)
+    fit_tiny(model, rng, epochs, lr)
+    return model, rng
+
+
+def fit_tiny(model, rng, epochs: int, lr: float) -> None:
+    """Fit ``model`` on stripes as train_model would (an ensemble member by member)."""
+    if hasattr(model, "member_names"):
+        for member in model.members:
+            fit_tiny(member, rng, epochs, lr)
+        model.calibrate(iter([stripes(64, rng)]))
+        return
     if not model.trainable:  # memory-based: one pass over good tiles
         model.fit_memory(ListSource(stripes(128, rng), 32), torch.device("cpu"), 128, 0)
-        return model, rng
+        return
     cfg = TrainConfig(epochs=epochs, batch_size=32, lr=lr, patience=epochs)
     fit(
         model,
@@ -91,7 +107,6 @@ def train_tiny(name: str, epochs: int = 40, lr: float = 3e-3, **overrides):
         torch.device("cpu"),
     )
     model.calibrate(iter([stripes(64, rng)]))
-    return model, rng
 
 
 def test_registry_lists_pipeline_models():

@@ -302,7 +302,7 @@ def test_sweep_all_expands_models_and_the_datasets_categories(tmp_path):
         tiny_params(dataset={"name": "mvtec"}, sweep={"models": "all", "categories": "all"}),
     )
     combos = sweep.combinations(load_params(path))
-    assert len(combos) == len(available_models()) * len(CATEGORIES) == 13 * 15
+    assert len(combos) == len(available_models()) * len(CATEGORIES) == 14 * 15
     assert combos[0].set_params()[-1] == f"dataset.category='{CATEGORIES[0]}'"
 
     path = write_params(

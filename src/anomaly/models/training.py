@@ -343,6 +343,8 @@ def train_model(
             f"train: {len(train_ids)} training tiles cannot be shared by "
             f"{cluster.world_size} processes; lower train.processes"
         )
+    if hasattr(model, "member_names"):  # an ensemble: each member as if trained alone
+        return _train_members(model, store, train_ids, val_ids, cfg, logger, device, seed, cluster)
     rank, world = cluster.rank, cluster.world_size
     memory = isinstance(model, MemoryModel)
     train_src = BatchSource(  # a memory is built from one pass over the tiles: no repeats
@@ -381,3 +383,46 @@ def train_model(
     if device.type == "cuda":
         result["tiles_on"] = placement
     return result
+
+
+def _train_members(
+    model: Any,
+    store: Any,
+    train_ids: np.ndarray,
+    val_ids: np.ndarray,
+    cfg: TrainConfig,
+    logger: EpochLogger | None,
+    device: torch.device,
+    seed: int,
+    cluster: Cluster,
+) -> dict:
+    """Train an ensemble's members one by one, each with ``train.*`` plus its own epochs /
+    lr / batch_size / weight_decay, then keep its reference tiles (``calibrate``). The
+    epoch logs carry every member's keys (``loss`` of a trained member, ``memory_bank``
+    of a fitted one) in turn."""
+    from ..data.store import BatchSource
+
+    results, seconds = {}, 0.0
+    for name, member in zip(model.member_names, model.members, strict=True):
+        member_cfg = effective_train_config(cfg, member.config)
+        log.info("ensemble: training member %s", name)
+        member.to(device)
+        result = train_model(
+            member, store, train_ids, val_ids, member_cfg, logger, device, seed, cluster
+        )
+        seconds += float(result.pop("seconds", 0.0))
+        result.pop("seconds_per_epoch", None)
+        results[name] = result
+    model.to(device)
+    full_val = BatchSource(store, val_ids, cfg.batch_size, False, seed)
+    model.calibrate(x.to(device) for x in full_val)
+    out: dict = {"members": results, "seconds": seconds, "reference_tiles": len(model.reference)}
+    if cluster.active:
+        from ..distributed import check_in_sync
+
+        out["distributed"] = {
+            "processes": cluster.world_size,
+            "backend": cluster.backend,
+            "weights_sha256": check_in_sync(model, cluster),
+        }
+    return out

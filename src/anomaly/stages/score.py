@@ -39,7 +39,18 @@ def run(params: Params) -> None:
     check_model_params(params, "active")
     seed_everything(params.seed)
     device = resolve_device(params.train.device)
-    model, _ = load_checkpoint(paths.model_dir(params.model) / "model.pt", device)
+    model, payload = load_checkpoint(paths.model_dir(params.model) / "model.pt", device)
+    stale = (
+        model.stale_member_code(payload.get("member_code"))
+        if hasattr(model, "member_names")
+        else []
+    )
+    if stale:
+        raise DataError(
+            f"{paths.model_dir(params.model) / 'model.pt'}: the code of member "
+            f"{', '.join(stale)} changed since it was trained, and DVC does not track a "
+            "member's module; retrain it: dvc repro -f -s train"
+        )
     store = open_store(paths.PATCHES, paths.SPLITS)
     images = read_csv(
         paths.PATCHES / "images.csv", required=["image_id", "label", "height", "width"]
