@@ -111,7 +111,10 @@ REAL_FILES = (
     "fastflow_real.jsonl",
     "simplenet_real.jsonl",
     "reverse_distillation_real.jsonl",
+    "ensemble_pipeline_real.jsonl",
 )
+# `model: ensemble` through the pipeline, and the single candidates rerun at its commit
+ENSEMBLE_FILES = ("select_candidates_real.jsonl", "ensemble_pipeline_real.jsonl")
 
 
 def photographs_section() -> str:
@@ -121,7 +124,6 @@ def photographs_section() -> str:
     for row in rows:
         table.setdefault(row["variant"], {})[row["dataset"]] = row["image.auroc"]
     complete = {v: d for v, d in table.items() if all(p in d for p in PHOTOS)}
-    ordered = sorted(complete, key=lambda v: -statistics.mean(complete[v].values()))
     lines = [
         "## Real photographs, every variant",
         "",
@@ -135,17 +137,30 @@ def photographs_section() -> str:
         "`in128` feeds each 64-px tile to the backbone at 128 px; `lite2` is "
         "EfficientNet-Lite2; `core0.1` keeps 10% of the patches instead of 1%.",
         "",
-        "| variant | " + " | ".join(PHOTOS) + " | mean |",
-        "|---|" + "---|" * (len(PHOTOS) + 1),
+        *photo_table(complete),
     ]
-    for variant in ordered:
-        values = [complete[variant][p] for p in PHOTOS]
+    return "\n".join(lines)
+
+
+def photo_table(
+    table: dict[str, dict[str, float]], extra: dict[str, dict] | None = None
+) -> list[str]:
+    """Variant rows of image AUROC per photograph and their mean, best mean first;
+    ``extra``: {column: {variant: value}} appended after the mean."""
+    extra = extra or {}
+    lines = [
+        "| variant | " + " | ".join(PHOTOS) + " | mean |" + "".join(f" {c} |" for c in extra),
+        "|---|" + "---|" * (len(PHOTOS) + 1 + len(extra)),
+    ]
+    for variant in sorted(table, key=lambda v: -statistics.mean(table[v].values())):
+        values = [table[variant][p] for p in PHOTOS]
         lines.append(
             f"| {variant} | "
             + " | ".join(f"{v:.3f}" for v in values)
             + f" | {statistics.mean(values):.3f} |"
+            + "".join(f" {column[variant]:.3f} |" for column in extra.values())
         )
-    return "\n".join(lines)
+    return lines
 
 
 def by_kind_section() -> str:
@@ -192,6 +207,81 @@ def ensemble_section() -> str:
             ensemble_real.summary_text(_jsonl(name)),
         ]
     )
+
+
+def ensemble_rows() -> tuple[list[dict], list[str], list[str]]:
+    """The rows of ``ENSEMBLE_FILES`` for variants measured on every photograph, the
+    single-model variants and the ensemble variants among them."""
+    rows = [r for name in ENSEMBLE_FILES if (RESULTS / name).is_file() for r in _jsonl(name)]
+    seen: dict[str, set[str]] = {}
+    for row in rows:
+        seen.setdefault(row["variant"], set()).add(row["dataset"])
+    complete = [v for v, sets in seen.items() if set(PHOTOS) <= sets]
+    rows = [r for r in rows if r["variant"] in complete]
+    singles = [v for v in complete if not v.startswith("ensemble")]
+    ensembles = [v for v in complete if v.startswith("ensemble")]
+    return rows, singles, ensembles
+
+
+def _pick_mean(rows: list[dict], candidates: list[str]) -> str:
+    """Mean real image AUROC of what the label-free figure picks among ``candidates``."""
+    by_set: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["variant"] in candidates:
+            by_set.setdefault(row["dataset"], []).append(row)
+    picks = [max(g, key=lambda r: r["val_synthetic.image.auroc"]) for g in by_set.values()]
+    return f"{statistics.mean(p['image.auroc'] for p in picks):.3f}"
+
+
+def ensemble_pipeline_section() -> str:
+    """``model: ensemble`` as the pipeline runs it, beside the single candidates measured
+    at the same commit, and selection with and without ensembles among the candidates."""
+    import label_free_real
+
+    rows, singles, ensembles = ensemble_rows()
+    if not ensembles or not singles:
+        return ""
+    table: dict[str, dict[str, float]] = {}
+    free: dict[str, list[float]] = {}
+    for row in rows:
+        table.setdefault(row["variant"], {})[row["dataset"]] = row["image.auroc"]
+        free.setdefault(row["variant"], []).append(row["val_synthetic.image.auroc"])
+    where = "; ".join(_where(name) for name in ENSEMBLE_FILES)
+    lines = [
+        "## The ensemble in the pipeline, on the real photographs",
+        "",
+        f"`benchmarks/label_free_real.py --model ensemble` ({where}): `model: ensemble` "
+        "trained, standardised and scored by the pipeline's own stages, beside the single "
+        "candidates rerun at the same code; image AUROC per photograph, and the mean "
+        "label-free figure. `ensemble (mean)` is the defaults (`patchcore` and `cae`, "
+        "mean); `patchcore in128 + cae` feeds PatchCore's tiles to the backbone at "
+        "128 px (`overrides.patchcore.input_size`).",
+        "",
+        *photo_table(table, {"label-free mean": {v: statistics.mean(f) for v, f in free.items()}}),
+    ]
+    lines += [
+        "",
+        "`anomaly select` among the single candidates only:",
+        "",
+        label_free_real.summary_text(rows, singles),
+        "",
+        "Among the single candidates and the ensembles:",
+        "",
+        label_free_real.summary_text(rows, singles + ensembles),
+    ]
+    tiled = [v for v in singles if "whole" not in v]
+    if tiled != singles:
+        lines += [
+            "",
+            "Without the whole-image candidate (what a folder of large images, where one "
+            "256-px tile would lose the detail, leaves): the single tiled candidates, "
+            "then with the ensembles:",
+            "",
+            label_free_real.summary_text(rows, tiled).rsplit("\n", 1)[-1],
+            "",
+            label_free_real.summary_text(rows, tiled + ensembles).rsplit("\n", 1)[-1],
+        ]
+    return "\n".join(lines)
 
 
 def _interval(row: dict, key: str) -> str:
@@ -282,6 +372,37 @@ def code_since(name: str) -> str:
     return "changed: " + ", ".join(sorted(Path(f).name for f in changed))
 
 
+def _current_rows() -> dict[tuple[str, str], set[float]]:
+    """(variant, dataset) -> image AUROCs of rows measured on this version's model code
+    (their own commit's model files equal the working tree's)."""
+    found: dict[tuple[str, str], set[float]] = {}
+    for path in sorted(RESULTS.glob("*.jsonl")):
+        for row in _jsonl(path.name):
+            model, commit = _model_of(row), row.get("commit")
+            if not (model and commit and "image.auroc" in row and "dataset" in row):
+                continue
+            since = _changed_since(commit)
+            if since is None or set(_model_code(model)) & since:
+                continue
+            key = (str(row.get("variant")), str(row["dataset"]))
+            found.setdefault(key, set()).add(round(float(row["image.auroc"]), 9))
+    return found
+
+
+def reproduced(name: str) -> tuple[int, int]:
+    """How many of the file's rows (with a model, a dataset and an image AUROC) a row
+    measured on this version's code matches exactly: code that changed since a row's
+    commit without changing its figure (a refactor) shows here."""
+    current = _current_rows()
+    rows = [r for r in _rows(name) if _model_of(r) and "image.auroc" in r and "dataset" in r]
+    same = sum(
+        round(float(r["image.auroc"]), 9)
+        in current.get((str(r.get("variant")), str(r["dataset"])), set())
+        for r in rows
+    )
+    return same, len(rows)
+
+
 def provenance_section(names: list[str]) -> str:
     lines = [
         "## Where each number comes from",
@@ -290,8 +411,9 @@ def provenance_section(names: list[str]) -> str:
         "*Model code since* compares the model's own files (`models/<name>.py`, and "
         "`models/backbones.py` for the feature models) at the file's commit with this "
         "version: `unchanged` rows stand for this code; `changed` rows were measured on "
-        "an earlier version of it (often a refactor that kept the figures; the file "
-        "history says which).",
+        "an earlier version of it (often a refactor that kept the figures); *reproduced "
+        "on this code* counts the rows that a row measured on this version's model code "
+        "(same variant, same data) matches exactly.",
         "",
         "| file | rows | commit | machine | model code since |",
         "|---|---|---|---|---|",
@@ -299,9 +421,13 @@ def provenance_section(names: list[str]) -> str:
     notes = []
     for name in names:
         commits, machine, _ = provenance(name)
+        since = code_since(name)
+        if since.startswith("changed"):
+            same, total = reproduced(name)
+            if same:
+                since += f"; {same} of {total} rows reproduced on this code"
         lines.append(
-            f"| `{name}` | {len(_rows(name))} | {', '.join(commits)} | {machine} "
-            f"| {code_since(name)} |"
+            f"| `{name}` | {len(_rows(name))} | {', '.join(commits)} | {machine} | {since} |"
         )
         note = _provenance_file().get(name, {}).get("note")
         if note:
@@ -783,6 +909,8 @@ def page() -> str:
     add(photographs_section, *real)
     add(by_kind_section, "label_free_real_by_kind.jsonl")
     add(ensemble_section, "ensemble_real.jsonl")
+    if ensemble_rows()[2]:
+        add(ensemble_pipeline_section, *ENSEMBLE_FILES)
     anomalib = [
         f
         for f in ("compare_anomalib.jsonl", "compare_anomalib_heads.jsonl")
@@ -834,15 +962,39 @@ def readme_block() -> str:
             lines += ["", f"Note: {note[0].upper()}{note[1:]}"]
     import label_free_real
 
-    summary = label_free_real.summary_text(_jsonl("label_free_real.jsonl"), DEFAULT_CANDIDATES)
+    rows, singles, ensembles = ensemble_rows()
+    source = "select_candidates_real.jsonl" if singles else "label_free_real.jsonl"
+    if not singles:
+        rows, singles = _jsonl(source), DEFAULT_CANDIDATES
+    summary = label_free_real.summary_text(rows, singles)
     lines += [
         "",
         "Seven real photographs shipped with scikit-image, cut into crops with simulated "
-        f"defects ({_where('label_free_real.jsonl')}), the model `anomaly select` picks "
+        f"defects ({_where(source)}), the model `anomaly select` picks "
         "without labels against the best candidate per photograph: "
         + summary.rsplit("\n", 1)[-1]
         + ".",
     ]
+    if ensembles:
+
+        def mean_of(variant: str) -> float:
+            return statistics.mean(r["image.auroc"] for r in rows if r["variant"] == variant)
+
+        tiled = [v for v in singles if "whole" not in v]
+        lines += [
+            "",
+            f"`model: ensemble` ({_where('ensemble_pipeline_real.jsonl')}): `patchcore` + "
+            f"`cae`, standardised and averaged, {mean_of('ensemble (mean)'):.3f} as a fixed "
+            f"choice against `patchcore`'s {mean_of('patchcore (defaults)'):.3f}; added to "
+            "`anomaly select`'s candidates it leaves the pick at "
+            + _pick_mean(rows, singles + ensembles)
+            + ", and without the whole-image candidate it lifts the pick from "
+            + _pick_mean(rows, tiled)
+            + " to "
+            + _pick_mean(rows, tiled + ensembles)
+            + ": an option (`select.candidates`), not a default candidate "
+            "([results](docs/results.md#the-ensemble-in-the-pipeline-on-the-real-photographs)).",
+        ]
     serve, one, huge = (
         _json("bench_serve.json"),
         _json("bench_serve_1worker.json"),

@@ -56,9 +56,15 @@ def _state(root, model: str) -> dict[str, torch.Tensor]:
     return load_checkpoint(root / f"models/{model}/model.pt")[0].state_dict()
 
 
-@pytest.mark.parametrize("model", ["ae", "padim", "simplenet", "reverse_distillation"])
+# an ensemble's members train one after the other, each distributed as if alone
+ENSEMBLE = {"members": ["padim", "ae"], "overrides": {"ae": {"hidden": [64], "latent_dim": 8}}}
+
+
+@pytest.mark.parametrize("model", ["ae", "padim", "simplenet", "reverse_distillation", "ensemble"])
 def test_two_gloo_processes_match_one_process(project, model):
     overrides = {"model": model, "train": {"epochs": 3, "batch_size": 16, "processes": 2}}
+    if model == "ensemble":
+        overrides["models"] = {"ensemble": ENSEMBLE}
     _prepare(project, **overrides)
 
     single = _train_in_subprocess(project, distributed=False)
@@ -86,7 +92,13 @@ def test_two_gloo_processes_match_one_process(project, model):
     # corruption noise, with pixel AUROC equal to 1e-5). simplenet: the ranks gather every
     # tile's features in rank order (the single run's order) and train the same heads;
     # reverse_distillation the same, with the bottleneck and the student as the heads.
-    tolerance = {"padim": 1e-6, "ae": 1e-5, "simplenet": 1e-5, "reverse_distillation": 1e-5}[model]
+    tolerance = {
+        "padim": 1e-6,
+        "ae": 1e-5,
+        "simplenet": 1e-5,
+        "reverse_distillation": 1e-5,
+        "ensemble": 1e-5,
+    }[model]
     for name, tensor in single_state.items():
         torch.testing.assert_close(ddp_state[name], tensor, rtol=1e-4, atol=tolerance)
     for key in ("image.auroc", "pixel.auroc"):

@@ -373,13 +373,7 @@ def train_model(
         if logger is not None:
             logger.log({"memory_bank": float(result["memory_bank"])})  # one step
     if cluster.active:
-        from ..distributed import check_in_sync
-
-        result["distributed"] = {
-            "processes": world,
-            "backend": cluster.backend,
-            "weights_sha256": check_in_sync(model, cluster),
-        }
+        result["distributed"] = _in_sync(model, cluster)
     if device.type == "cuda":
         result["tiles_on"] = placement
     return result
@@ -418,11 +412,17 @@ def _train_members(
     model.calibrate(x.to(device) for x in full_val)
     out: dict = {"members": results, "seconds": seconds, "reference_tiles": len(model.reference)}
     if cluster.active:
-        from ..distributed import check_in_sync
-
-        out["distributed"] = {
-            "processes": cluster.world_size,
-            "backend": cluster.backend,
-            "weights_sha256": check_in_sync(model, cluster),
-        }
+        out["distributed"] = _in_sync(model, cluster)
     return out
+
+
+def _in_sync(model: Any, cluster: Cluster) -> dict:
+    """What the train summary records of a distributed run, after checking that every
+    rank ends with the same weights (``distributed.check_in_sync`` raises otherwise)."""
+    from ..distributed import check_in_sync
+
+    return {
+        "processes": cluster.world_size,
+        "backend": cluster.backend,
+        "weights_sha256": check_in_sync(model, cluster),
+    }
