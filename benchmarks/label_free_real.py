@@ -129,16 +129,26 @@ RULES = {
 }
 
 
+def by_photograph(rows: list[dict], only: list[str] | None = None) -> dict[str, list[dict]]:
+    """The rows of the variants ``only`` (all when None), grouped by photograph."""
+    by_set: dict[str, list[dict]] = {}
+    for row in rows:
+        if not only or row["variant"] in only:
+            by_set.setdefault(row["dataset"], []).append(row)
+    return by_set
+
+
+def picks(rows: list[dict], only: list[str] | None = None, rule: str = "image") -> list[dict]:
+    """Per photograph, the row the label-free figure (``RULES[rule]``) ranks first."""
+    return [max(group, key=RULES[rule]) for group in by_photograph(rows, only).values()]
+
+
 def summary_text(rows: list[dict], only: list[str] | None = None, rule: str = "image") -> str:
     """Per photograph: the candidate the label-free figure picks, its real AUROC, the
     best real AUROC, the regret; and Spearman's rank correlation of the two figures."""
     from scipy.stats import spearmanr
 
-    if only:
-        rows = [r for r in rows if r["variant"] in only]
-    by_set: dict[str, list[dict]] = {}
-    for row in rows:
-        by_set.setdefault(row["dataset"], []).append(row)
+    by_set = by_photograph(rows, only)
     out = [
         "| photograph | picked (label-free) | its real AUROC | best real | regret | rho |",
         "|---|---|---|---|---|---|",

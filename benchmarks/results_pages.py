@@ -225,12 +225,10 @@ def ensemble_rows() -> tuple[list[dict], list[str], list[str]]:
 
 def _pick_mean(rows: list[dict], candidates: list[str]) -> str:
     """Mean real image AUROC of what the label-free figure picks among ``candidates``."""
-    by_set: dict[str, list[dict]] = {}
-    for row in rows:
-        if row["variant"] in candidates:
-            by_set.setdefault(row["dataset"], []).append(row)
-    picks = [max(g, key=lambda r: r["val_synthetic.image.auroc"]) for g in by_set.values()]
-    return f"{statistics.mean(p['image.auroc'] for p in picks):.3f}"
+    import label_free_real
+
+    chosen = label_free_real.picks(rows, candidates)
+    return f"{statistics.mean(p['image.auroc'] for p in chosen):.3f}"
 
 
 def ensemble_pipeline_section() -> str:
