@@ -48,6 +48,12 @@ def test_repo_params_load_with_defaults():
         ({"threshold": {"method": "manual"}}, "threshold.value must be set"),
         ({"split": {"val_fraction": 0.6, "test_good_fraction": 0.5}}, "must leave good images"),
         ({"patch": {"side": 4}}, "patch.side must be >= 8"),
+        ({"patch": {"side": "whole"}}, "patch.side must be an integer or one of 'auto'"),
+        (
+            {"patch": {"side": "auto", "stride": 32}},
+            "patch.stride is 32, but patch.side is auto",
+        ),
+        ({"patch": {"side": "auto", "auto_side_max": 4}}, "patch.auto_side_max must be >= 8"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, change, message):

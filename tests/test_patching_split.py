@@ -101,3 +101,41 @@ def test_split_without_good_images_fails():
 def test_manifest_keeps_fabric_codes_as_text(manifest):
     assert set(manifest["group"]) == {"01", "02", "03"}
     assert set(manifest.loc[manifest["label"] == 0, "defect_type"]) == {"good"}
+
+
+@pytest.mark.parametrize(
+    ("config", "sizes", "expected"),
+    [
+        # small square images: one whole-image tile at their own resolution
+        (PatchConfig(side="auto", stride="auto"), [(128, 128), (128, 128)], (128, 64)),
+        # rolls: the largest square that fits, overlapping by half along the roll
+        (PatchConfig(side="auto", stride="auto"), [(128, 512), (130, 600)], (128, 64)),
+        # large photographs: capped tiles, overlapping by half
+        (PatchConfig(side="auto", stride="auto"), [(1024, 1024)], (256, 128)),
+        (PatchConfig(side="auto", stride="auto", auto_side_max=96), [(300, 200)], (96, 48)),
+        # image_size decides the working size, whatever the files' sizes
+        (PatchConfig(side="auto", stride="auto", image_size=192), [(1024, 900)], (192, 96)),
+        # a fixed side with stride auto: no overlap, as before
+        (PatchConfig(side=64, stride="auto"), [(1024, 1024)], (64, 64)),
+        (PatchConfig(side=64, stride=16), [(1024, 1024)], (64, 16)),
+    ],
+)
+def test_resolve_tiling(config, sizes, expected):
+    resolved = config.resolve_tiling(sizes)
+    assert (resolved.side, resolved.stride) == expected
+    assert resolved.out_size == (resolved.resize or expected[0])
+
+
+def test_patchify_auto_side_cuts_overlapping_tiles_and_records_the_numbers(project, manifest):
+    """Tiny fabric rolls are 256 x 64: auto tiles are 64 px, 32 apart, so every roll
+    is 7 tiles that together cover each pixel; meta.json records the numbers that the
+    later stages and predict cut with, and what params.yaml asked for."""
+    meta = patchify(manifest, PatchConfig(side="auto", stride="auto"), project / "patches")
+    assert meta["patch"]["side"] == 64 and meta["patch"]["stride"] == 32
+    assert meta["patch_requested"] == {"side": "auto", "stride": "auto", "auto_side_max": 256}
+    table = pd.read_csv(project / "patches/patches.csv")
+    assert len(table) == len(manifest) * 7
+    assert sorted(table.loc[table["image_id"] == 0, "x"]) == list(range(0, 193, 32))
+    assert np.load(project / "patches/patches.npy", mmap_mode="r").shape[1:] == (1, 64, 64)
+    fixed = patchify(manifest, PatchConfig(side=64, stride="auto"), project / "fixed")
+    assert fixed["patch"]["stride"] == 64 and "patch_requested" not in fixed

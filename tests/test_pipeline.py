@@ -197,3 +197,23 @@ def test_mnist_with_nothing_but_the_dataset_name_scores_whole_digits(tmp_path, m
     assert "learns from simulated local defects" in caplog.text
     # ... and names the models that suit whole-image anomalies.
     assert "padim" in caplog.text
+
+
+def test_auto_tiles_run_through_the_pipeline_and_predict_cuts_new_images_alike(project):
+    """``patch.side: auto`` on 256 x 64 rolls: overlapping 64-px tiles through every
+    stage; the bundle carries the resolved numbers, so the detector cuts a test image
+    into the same 7 tiles and gives the score stage's image score."""
+    from anomaly import load_detector
+
+    write_params(project / "params.yaml", tiny_params(patch={"side": "auto", "stride": "auto"}))
+    metrics = run_all(project)
+    assert np.isfinite(metrics["image.auroc"])
+    meta = json.loads((project / "data/patches/meta.json").read_text())
+    assert (meta["patch"]["side"], meta["patch"]["stride"], meta["tile_size"]) == (64, 32, 64)
+    images = pd.read_csv(project / "scores/cae/test_images.csv", dtype={"group": str})
+    detector = load_detector(project / "models/cae.bundle", device="cpu")
+    assert (detector.patch.side, detector.patch.stride) == (64, 32)
+    row = images.iloc[0]
+    got = detector.predict(project / "data/raw/synthetic_fabric" / row["image_path"])[0]
+    assert got.score == pytest.approx(float(row["score"]), rel=1e-5, abs=1e-6)
+    assert got.anomaly_map.shape == (64, 256)

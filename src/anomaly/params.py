@@ -10,7 +10,7 @@ model code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -151,8 +151,12 @@ class PatchConfig:
     RENAMED: ClassVar[dict[str, str]] = {
         "size": "side (DVC's run-cache ignores keys named size, DVC issue 10296)"
     }
-    side: int = 64
-    stride: int = 64
+    # "auto": the largest square tile that fits every image, at most auto_side_max; a
+    # tile smaller than an image overlaps its neighbours by half (resolve_tiling)
+    side: int | Literal["auto"] = 64
+    # "auto": the side itself (no overlap) for a fixed side, half of it for side: auto
+    stride: int | Literal["auto"] = 64
+    auto_side_max: int = 256
     resize: int | None = None
     image_size: int | None = None
     min_defect_pixels: int = 16
@@ -173,10 +177,20 @@ class PatchConfig:
             f"{where}.intensity_range",
             "must be null or [low, high] with low < high",
         )
-        require(self.side >= 8, source, f"{where}.side", "must be >= 8")
-        require(self.stride >= 1, source, f"{where}.stride", "must be >= 1")
+        require(self.side == "auto" or self.side >= 8, source, f"{where}.side", "must be >= 8")
+        require(self.auto_side_max >= 8, source, f"{where}.auto_side_max", "must be >= 8")
         require(
-            self.stride <= self.side,
+            self.stride == "auto" or self.stride >= 1, source, f"{where}.stride", "must be >= 1"
+        )
+        require(
+            self.side != "auto" or self.stride == "auto",
+            source,
+            f"{where}.stride",
+            f"is {self.stride}, but {where}.side is auto: the tile side follows the images, "
+            "so a fixed stride could skip pixels; set it to auto (half the side)",
+        )
+        require(
+            self.side == "auto" or self.stride == "auto" or self.stride <= self.side,
             source,
             f"{where}.stride",
             f"is {self.stride}, larger than {where}.side {self.side}: pixels between "
@@ -199,7 +213,33 @@ class PatchConfig:
 
     @property
     def out_size(self) -> int:
+        if self.side == "auto":
+            raise ValueError("patch.side is auto: resolve it with resolve_tiling first")
         return self.resize or self.side
+
+    def resolve_tiling(self, sizes: list[tuple[int, int]]) -> PatchConfig:
+        """This config with ``side`` and ``stride`` as numbers, for images of ``sizes``
+        (height, width).
+
+        ``side: auto`` is the shorter side of the smallest image (after ``image_size``),
+        capped at ``auto_side_max``: images up to that size are one whole-image tile
+        at their own resolution (a feature model sees all the context there is), and
+        larger ones are cut into tiles that overlap by half, so every pixel also lies
+        well inside some tile. No image is stretched, as it would be if it were smaller
+        than the tile. ``stride: auto`` is the side itself for a fixed side (no
+        overlap), half of it for ``side: auto``.
+        """
+        side, stride = self.side, self.stride
+        if side == "auto":
+            if self.image_size:
+                shortest = self.image_size
+            else:
+                shortest = min((min(h, w) for h, w in sizes), default=self.auto_side_max)
+            side = max(8, min(self.auto_side_max, shortest))
+            stride = max(1, side // 2)
+        elif stride == "auto":
+            stride = side
+        return replace(self, side=side, stride=stride)
 
 
 @dataclass

@@ -16,6 +16,10 @@ Tiles with a few defect pixels are ambiguous (label -1): they never enter a
 good-only set and tile-level metrics skip them, while pixel metrics still see
 every pixel.
 
+``patch.side: auto`` is resolved here from the images' sizes
+(:meth:`PatchConfig.resolve_tiling`) and ``meta.json`` records the numbers, so
+later stages and new images are cut the same way.
+
 Images smaller than ``patch.side`` become one whole-image tile. With
 ``patch.image_size`` every image is first resized to that square side (MVTec:
 1024 px photographs to 256) and then tiled; tile boxes are still recorded in
@@ -149,6 +153,8 @@ def patchify(
         if not path.is_file():
             raise DataError(f"{path}: image listed in the manifest is missing")
         sizes.append(image_size(path))  # as displayed (EXIF orientation applied)
+    requested = {"side": cfg.side, "stride": cfg.stride, "auto_side_max": cfg.auto_side_max}
+    cfg = cfg.resolve_tiling(sizes)
     plans = [_plan(h, w, cfg) for h, w in sizes]
     total = sum(len(tiles) for _, tiles in plans)
     out = cfg.out_size
@@ -213,6 +219,9 @@ def patchify(
                 "blank_std": cfg.blank_std,
                 "intensity_range": cfg.intensity_range,
             },
+            # side: auto, as params.yaml asked for it: "patch" holds the numbers that
+            # every later stage, the bundle and predict cut with
+            **({"patch_requested": requested} if requested["side"] == "auto" else {}),
             "n_patches": total,
             "n_images": len(manifest),
             "n_defect_patches": int((frame["label"] == 1).sum()),
