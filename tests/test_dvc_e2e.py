@@ -79,8 +79,22 @@ def test_dvc_repro_end_to_end(tmp_path):
     # Two experiments, then the report must list them with the same numbers as DVC ...
     sh("git", "add", "-A", cwd=repo)
     sh("git", "commit", "-qm", "baseline", cwd=repo)
-    # ... queued and run the way `make sweep` does (params: sweep.models = [ae, vae]).
+    # ... queued and run as `anomaly sweep --run` does (params: sweep.models = [ae, vae]),
+    # in a fresh clone (empty DVC cache) whose tiling param changed after the committed
+    # dvc.lock: the second run restores patchify from the run-cache, and split once
+    # failed there ("failed to load directory data/patches": the lock's directory object
+    # is not in this cache) while the sweep exited 0. Split depends on the directory now.
+    clone = tmp_path / "clone"
+    sh("git", "clone", "-q", str(repo), str(clone), cwd=tmp_path)
+    edited = (clone / "params.yaml").read_text()
+    assert "min_defect_pixels: 16\n" in edited
+    (clone / "params.yaml").write_text(
+        edited.replace("min_defect_pixels: 16\n", "min_defect_pixels: 12\n")
+    )
+    sh("git", "commit", "-qam", "a tiling param, dvc.lock not updated", cwd=clone)
+    repo = clone
     swept = sh(sys.executable, "-m", "anomaly", "sweep", "--run", cwd=repo)
+    assert "is cached - skipping run" in swept  # the restore that used to fail
     assert "-n ae-all -S model=ae" in swept and "-n vae-all -S model=vae" in swept
     shown = json.loads(
         subprocess.run(

@@ -213,6 +213,38 @@ def test_sweep_shards_split_the_experiments_between_machines(git_project):
             sweep.parse_shard(bad)
 
 
+def test_sweep_run_names_the_experiments_that_failed(git_project, monkeypatch):
+    """`dvc exp run --run-all` exits 0 when a run fails, and `dvc exp show` lists a
+    failed run with its baseline's metrics: the sweep must still end non-zero, naming
+    each run that did not finish as itself (seen: a stale dvc.lock failed a run in
+    split, and `anomaly sweep --run` said nothing)."""
+    from anomaly.reporting import report as report_module
+
+    calls = []
+    monkeypatch.setattr(sweep, "run_dvc", lambda repo, *args, **kw: calls.append(args) or "")
+    monkeypatch.setattr(
+        report_module,
+        "head_experiments",
+        lambda repo: {
+            "cae-01": {"failed": False, "eval": {"model": "cae"}},
+            "cae-02": {"failed": True, "eval": {"model": "cae"}},
+            "vae-01": {"failed": False, "eval": {"model": "cae"}},  # the baseline's metrics
+        },
+    )
+    params = load_params(git_project / "params.yaml")
+    with pytest.raises(sweep.SweepError, match=r"2 of 3 experiments failed: cae-02, vae-01 "):
+        sweep.sweep(git_project, params, run=True)
+    assert ("exp", "run", "--run-all", "-j", "1") in calls
+    monkeypatch.setattr(
+        report_module,
+        "head_experiments",
+        lambda repo: {
+            n: {"failed": False, "eval": {"model": n[:3]}} for n in ("cae-01", "cae-02", "vae-01")
+        },
+    )
+    assert len(sweep.sweep(git_project, params, run=True)) == 3
+
+
 def test_sweep_workers_share_the_cores():
     assert sweep.worker_threads(1, cpus=2) == 2
     assert sweep.worker_threads(2, cpus=2) == 1

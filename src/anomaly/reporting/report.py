@@ -79,6 +79,32 @@ def exp_show(
         raise DvcCommandError(f"{repo}: `dvc exp show --json` printed no JSON ({exc})") from exc
 
 
+def head_experiments(repo: Path) -> dict[str, dict]:
+    """This commit's experiments by name: ``{"rev", "failed", "eval", "seconds"}`` from
+    ``dvc exp show --json`` (a failed run is listed with the error DVC recorded, and
+    with its baseline's metrics). Sweep and select both judge their runs by it."""
+
+    found: dict[str, dict] = {}
+    for entry in exp_show(repo, [], False, False, 1):
+        for experiment in entry.get("experiments") or []:
+            revs = experiment.get("revs") or []
+            name = experiment.get("name")
+            if not name or not revs:
+                continue
+            rev = revs[0]
+            data = rev.get("data") or {}
+            metrics = data.get("metrics") or {}
+            found[name] = {
+                "rev": rev.get("rev"),
+                "failed": bool(rev.get("error")),
+                "eval": dict((metrics.get("metrics/eval.json") or {}).get("data") or {}),
+                "seconds": ((metrics.get("metrics/train_time.json") or {}).get("data") or {}).get(
+                    "seconds"
+                ),
+            }
+    return found
+
+
 def _family(name: Any):
     """The run's dataset family, or None for a name this version does not know."""
     from ..data.families.registry import available_families, get_family

@@ -27,6 +27,7 @@ from ..dvc_cli import run_dvc
 from ..errors import AnomalyError, ParamsError
 from ..io import write_json, write_text
 from ..params import Params
+from .report import head_experiments as _experiments
 from .sweep import run_copies, untracked_files, worker_threads
 
 log = logging.getLogger(__name__)
@@ -164,32 +165,6 @@ def _outputs(repo: Path) -> list[str]:
 
 def _is_output(path: str, outputs: list[str]) -> bool:
     return any(path == out or path.startswith(out + "/") for out in outputs)
-
-
-def _experiments(repo: Path) -> dict[str, dict]:
-    """This commit's experiments by name: ``{"failed": bool, "metrics": {...}}`` from
-    ``dvc exp show --json`` (a failed run is listed with the error DVC recorded)."""
-    from .report import exp_show  # the report's reader of `dvc exp show --json`
-
-    found: dict[str, dict] = {}
-    for entry in exp_show(repo, [], False, False, 1):
-        for experiment in entry.get("experiments") or []:
-            revs = experiment.get("revs") or []
-            name = experiment.get("name")
-            if not name or not revs:
-                continue
-            rev = revs[0]
-            data = rev.get("data") or {}
-            metrics = data.get("metrics") or {}
-            found[name] = {
-                "rev": rev.get("rev"),
-                "failed": bool(rev.get("error")),
-                "eval": dict((metrics.get("metrics/eval.json") or {}).get("data") or {}),
-                "seconds": ((metrics.get("metrics/train_time.json") or {}).get("data") or {}).get(
-                    "seconds"
-                ),
-            }
-    return found
 
 
 def _existing(repo: Path) -> dict[str, bool]:

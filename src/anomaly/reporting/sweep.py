@@ -222,9 +222,34 @@ def sweep(
             log.info("sweep: %d workers, %d torch thread(s) each", workers, threads)
         # Foreground equivalent of `dvc queue start -j N`: returns when the queue is empty.
         run_dvc(repo, "exp", "run", "--run-all", "-j", str(workers), capture=False, env=env)
+        failed = failed_runs(repo, params, commands)
         if params.sweep.remote:
             push(repo, params.sweep.remote)
+        if failed:
+            raise SweepError(
+                f"sweep: {len(failed)} of {len(commands)} experiments failed: "
+                f"{', '.join(failed)} (`dvc queue logs <name>` says why; the others finished, "
+                "and a second `anomaly sweep --run` queues only the missing ones)"
+            )
     return commands
+
+
+def failed_runs(repo: Path, params: Params, commands: list[list[str]]) -> list[str]:
+    """The queued runs that did not finish as themselves. Why a check: ``dvc exp run
+    --run-all`` exits 0 when a run fails (DVC 3.67), and ``dvc exp show`` lists a failed
+    run with its baseline's metrics, so a sweep would otherwise end "successfully" with
+    rows that are not what they say."""
+    from .report import head_experiments
+
+    models = {combo.name: combo.model for combo in combinations(params)}
+    found = head_experiments(repo)
+    failed = []
+    for args in commands:
+        name = args[args.index("-n") + 1]
+        info = found.get(name)
+        if info is None or info["failed"] or info["eval"].get("model") != models.get(name):
+            failed.append(name)
+    return failed
 
 
 def push(repo: Path, remote: str) -> None:
