@@ -89,7 +89,7 @@ def train_tiny(name: str, epochs: int = 40, lr: float = 3e-3, **overrides):
 
 def fit_tiny(model, rng, epochs: int, lr: float) -> None:
     """Fit ``model`` on stripes as train_model would (an ensemble member by member)."""
-    if hasattr(model, "member_names"):
+    if model.member_names:
         for member in model.members:
             fit_tiny(member, rng, epochs, lr)
         model.calibrate(iter([stripes(64, rng)]))

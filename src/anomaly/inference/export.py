@@ -48,9 +48,7 @@ class TileScorer(nn.Module):
         self.score_cfg = score_cfg
         # State a model fits lazily per score setting (an ensemble's standardisation)
         # is computed here, so the traced graph holds it as constants.
-        prepare = getattr(model, "prepare_scoring", None)
-        if prepare is not None:
-            prepare(score_cfg)
+        model.prepare_scoring(score_cfg)
 
     def forward(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scores, maps = self.model.score(tiles, self.score_cfg)

@@ -85,6 +85,26 @@ class AnomalyModel(nn.Module):
         self.image_size = image_size
         self.input_shape = tuple(input_shape or (in_channels, image_size, image_size))
 
+    # Registered models this one is made of and trains one after the other (an
+    # ensemble's members); empty for a model that trains as itself.
+    member_names: tuple[str, ...] | list[str] = ()
+
+    def code_fingerprint(self) -> dict[str, str]:
+        """sha256 of the source modules this model loads by name, outside the train
+        stage's code deps (an ensemble's members): the checkpoint records it."""
+        return {}
+
+    def stale_member_code(self, recorded: dict[str, str] | None) -> list[str]:
+        """Names in :meth:`code_fingerprint` whose module changed since ``recorded``
+        (the checkpoint's), so the score stage refuses a model DVC cannot see is stale."""
+        now = self.code_fingerprint()
+        return [name for name, digest in now.items() if (recorded or {}).get(name) != digest]
+
+    def prepare_scoring(self, cfg: Any, device: torch.device | None = None) -> Any:
+        """State a model fits lazily per ``score.*`` setting (an ensemble's member
+        standardisation); export calls it before tracing so the graph holds it."""
+        return None
+
     def training_loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Loss terms for one batch of good samples; key ``loss`` is minimised."""
         raise NotImplementedError

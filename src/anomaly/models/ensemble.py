@@ -135,11 +135,6 @@ class Ensemble(AnomalyModel):
     def code_fingerprint(self) -> dict[str, str]:
         return {name: module_sha256(name) for name in self.member_names}
 
-    def stale_member_code(self, recorded: dict[str, str] | None) -> list[str]:
-        """Members whose module changed since ``recorded`` (the checkpoint's fingerprint)."""
-        now = self.code_fingerprint()
-        return [n for n in self.member_names if (recorded or {}).get(n) != now[n]]
-
     def training_loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         raise TypeError("ensemble: its members are trained one by one (training.train_model)")
 

@@ -343,7 +343,7 @@ def train_model(
             f"train: {len(train_ids)} training tiles cannot be shared by "
             f"{cluster.world_size} processes; lower train.processes"
         )
-    if hasattr(model, "member_names"):  # an ensemble: each member as if trained alone
+    if model.member_names:  # an ensemble: each member as if trained alone
         return _train_members(model, store, train_ids, val_ids, cfg, logger, device, seed, cluster)
     rank, world = cluster.rank, cluster.world_size
     memory = isinstance(model, MemoryModel)

@@ -40,11 +40,7 @@ def run(params: Params) -> None:
     seed_everything(params.seed)
     device = resolve_device(params.train.device)
     model, payload = load_checkpoint(paths.model_dir(params.model) / "model.pt", device)
-    stale = (
-        model.stale_member_code(payload.get("member_code"))
-        if hasattr(model, "member_names")
-        else []
-    )
+    stale = model.stale_member_code(payload.get("member_code"))
     if stale:
         raise DataError(
             f"{paths.model_dir(params.model) / 'model.pt'}: the code of member "

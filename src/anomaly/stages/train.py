@@ -105,7 +105,7 @@ def _train(
             "seed": params.seed,
             # an ensemble's members are loaded by name, outside DVC's code deps: the
             # score stage compares this with the source (models/ensemble.py)
-            **({"member_code": model.code_fingerprint()} if hasattr(model, "member_names") else {}),
+            **({"member_code": model.code_fingerprint()} if model.member_names else {}),
             "preprocessing": {
                 "channels": store.channels,
                 "tile_size": store.tile_size,
