@@ -231,6 +231,17 @@ def _pick_mean(rows: list[dict], candidates: list[str]) -> str:
     return f"{statistics.mean(p['image.auroc'] for p in chosen):.3f}"
 
 
+def _with_ensembles(rows: list[dict], ensembles: list[str]) -> str:
+    """What adding the ensembles to the default candidates does to the pick's mean."""
+    before = _pick_mean(candidate_rows(), DEFAULT_CANDIDATES)
+    after = _pick_mean(candidate_rows() + rows, DEFAULT_CANDIDATES + ensembles)
+    if before == after:
+        return f"added to `anomaly select`'s default candidates it leaves the pick at {before}"
+    return (
+        f"added to `anomaly select`'s default candidates it moves the pick from {before} to {after}"
+    )
+
+
 def ensemble_pipeline_section() -> str:
     """``model: ensemble`` as the pipeline runs it, beside the single candidates measured
     at the same commit, and selection with and without ensembles among the candidates."""
@@ -589,12 +600,49 @@ def mnist_section() -> str:
 
 # --- real photographs -------------------------------------------------------------------------
 
-DEFAULT_CANDIDATES = [
+DEFAULT_CANDIDATES = [  # select.candidates' defaults, as benchmark variants (a test checks)
     "patchcore (defaults)",
     "padim (defaults)",
     "cae (defaults)",
     "patchcore (whole image 256)",
 ]
+# The default candidates on the photographs (the single models rerun with the ensemble),
+# and the auto-tile variants measured later on the same model code.
+CANDIDATE_FILES = ("select_candidates_real.jsonl",)
+AUTO_CANDIDATE = "patchcore (auto tiles, 256 px)"
+
+
+def candidate_rows(extra: tuple[str, ...] = ()) -> list[dict]:
+    """The photographs' rows of ``DEFAULT_CANDIDATES`` (and ``extra`` variants, from
+    ``auto_tiles_real.jsonl``)."""
+    names = CANDIDATE_FILES + (("auto_tiles_real.jsonl",) if extra else ())
+    return [
+        r
+        for name in names
+        if (RESULTS / name).is_file()
+        for r in _jsonl(name)
+        if r["variant"] in DEFAULT_CANDIDATES or r["variant"] in extra
+    ]
+
+
+def auto_candidate_text() -> str:
+    """What ``anomaly select`` would pick on the photographs with the auto-tile variant
+    in place of the whole-image candidate, and why it is not a default candidate."""
+    import label_free_real
+
+    if not (RESULTS / "auto_tiles_real.jsonl").is_file():
+        return ""
+    swapped = [c for c in DEFAULT_CANDIDATES if "whole" not in c] + [AUTO_CANDIDATE]
+    line = label_free_real.summary_text(candidate_rows((AUTO_CANDIDATE,)), swapped)
+    return (
+        f"With `{AUTO_CANDIDATE}` (`patch.side=auto`, `models.patchcore.input_size=256`; "
+        f"{_where('auto_tiles_real.jsonl')}) in place of the whole-image candidate: "
+        + line.rsplit("\n", 1)[-1]
+        + ". It is not a default candidate because of its cost on larger images (on the "
+        "default fabric it did not finish: [tiles sized to the images]"
+        "(#tiles-sized-to-the-images-patchside-auto)); add it to `select.candidates` "
+        "for small images."
+    )
 
 
 def selection_section() -> str:
@@ -612,13 +660,18 @@ def selection_section() -> str:
             "grayscale; IHC, Hubble, retina in colour), 128-px crops with simulated "
             "defects and exact masks; per photograph the candidate with the highest "
             "label-free figure against the best candidate by the real test AUROC. "
-            "The candidates are `select.candidates`' defaults:",
+            "The candidates are `select.candidates`' defaults "
+            f"({'; '.join(_where(n) for n in CANDIDATE_FILES)}):",
             "",
-            label_free_real.summary_text(rows, DEFAULT_CANDIDATES),
+            label_free_real.summary_text(candidate_rows(), DEFAULT_CANDIDATES),
             "",
-            "Among every variant in the file (the whole tile at 256 px added):",
+            "Among every variant of `label_free_real.jsonl` (the earlier default "
+            "candidates, with `whole image 256` in place of the auto tiles, and the whole "
+            "tile at 256 px, which on these 128-px crops is the auto-tile candidate):",
             "",
             label_free_real.summary_text(rows),
+            "",
+            auto_candidate_text(),
             "",
             "The default fabric and one-class MNIST (`label_free_fabric.jsonl`, "
             f"`label_free_mnist.jsonl`; {provenance('label_free_fabric.jsonl')[1]}), the "
@@ -629,6 +682,91 @@ def selection_section() -> str:
             ).replace("| photograph |", "| data |"),
         ]
     )
+
+
+TILING_FILES = ("auto_tiles_real.jsonl", "auto_tiles_fabric.jsonl")
+
+
+def _mean_by_variant(
+    names: tuple[str, ...], sets: tuple[str, ...], key: str = "image.auroc"
+) -> dict[str, float]:
+    """Mean ``key`` per variant over ``sets`` (variants measured on all of them)."""
+    found: dict[str, dict[str, float]] = {}
+    for name in names:
+        for row in _jsonl(name):
+            if row.get(key) is not None:
+                found.setdefault(row["variant"], {})[row["dataset"]] = row[key]
+    return {
+        v: statistics.mean(d[x] for x in sets)
+        for v, d in found.items()
+        if all(x in d for x in sets)
+    }
+
+
+def tiling_section() -> str:
+    """``patch.side: auto`` against the fixed 64-px tiles, photographs and fabric."""
+    real = ("select_candidates_real.jsonl", "auto_tiles_real.jsonl")
+    rolls = ("fabric_models.jsonl", "auto_tiles_fabric.jsonl")
+    free = "val_synthetic.image.auroc"
+    photos, fabric = _mean_by_variant(real, PHOTOS), _mean_by_variant(rolls, ("synthetic_fabric",))
+    photos_free = _mean_by_variant(real, PHOTOS, free)
+    fabric_free = _mean_by_variant(rolls, ("synthetic_fabric",), free)
+    lines = [
+        "## Tiles sized to the images (`patch.side: auto`)",
+        "",
+        '`benchmarks/label_free_real.py --tag "auto tiles" -S patch.side=auto` and '
+        "`benchmarks/ablate_features.py -S patch.side=auto` "
+        f"({'; '.join(_where(n) for n in TILING_FILES)}); the 64-px rows from "
+        f"{_where('select_candidates_real.jsonl')} and {_where('fabric_models.jsonl')}. "
+        "On the 128-px photograph crops `auto` is one whole-crop tile; on the 512 x 128 "
+        "fabric rolls it is 128-px tiles 64 px apart. `256 px` feeds the tile to the "
+        "backbone at 256 px (`models.patchcore.input_size=256`); `whole image 256` "
+        "resizes each crop to 256 and keeps it whole. Image AUROC (photographs: mean of "
+        "7), and the label-free figure beside it:",
+        "",
+        "| variant | photographs | label-free | default fabric | label-free |",
+        "|---|---|---|---|---|",
+    ]
+    for variant in sorted(
+        set(photos) | set(fabric), key=lambda v: (_model_of({"variant": v}) or "", v)
+    ):
+        if _model_of({"variant": variant}) not in ("patchcore", "padim"):
+            continue
+        columns = (photos, photos_free, fabric, fabric_free)
+        cells = [f"{d[variant]:.3f}" if variant in d else "-" for d in columns]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    from anomaly.evaluation.synthetic import SIZES
+
+    low, high = min(v[0] for v in SIZES.values()), max(v[1] for v in SIZES.values())
+    lines += [
+        "",
+        "The label-free figure rises with the tile more than the test AUROC does: its "
+        "simulated defects are sized relative to the tile (`evaluation/synthetic.py`, "
+        f"radius {100 * low:.0f}-{100 * high:.0f}% of the tile side), so a bigger tile "
+        "gets bigger, easier defects. "
+        "Compare candidates that cut the images alike by it; across tilings it favours "
+        "the bigger tile, as on the photographs it favoured the whole image.",
+    ]
+    cae = {
+        (r["variant"], r["dataset"]): r
+        for name in ("select_candidates_real.jsonl", "auto_tiles_real.jsonl")
+        for r in _jsonl(name)
+        if r["variant"].startswith("cae")
+    }
+    auto = [k for k in cae if k[0] == "cae (auto tiles)"]
+    if auto and ("cae (defaults)", auto[0][1]) in cae:
+        new, old = cae[auto[0]], cae[("cae (defaults)", auto[0][1])]
+        lines += [
+            "",
+            f"The `cae` with auto tiles, on {new['dataset']} only: {new['image.auroc']:.3f} "
+            f"in {new['seconds']:.0f} s, against {old['image.auroc']:.3f} in "
+            f"{old['seconds']:.0f} s on 64-px tiles.",
+        ]
+    for name in TILING_FILES:
+        note = _provenance_file().get(name, {}).get("note")
+        if note:
+            lines += ["", f"`{name}`: {note}."]
+    return "\n".join(lines)
 
 
 # --- side by side, throughput -----------------------------------------------------------------
@@ -905,6 +1043,7 @@ def page() -> str:
     )
     real = [f for f in REAL_FILES if (RESULTS / f).is_file()]
     add(photographs_section, *real)
+    add(tiling_section, *TILING_FILES)
     add(by_kind_section, "label_free_real_by_kind.jsonl")
     add(ensemble_section, "ensemble_real.jsonl")
     if ensemble_rows()[2]:
@@ -961,35 +1100,25 @@ def readme_block() -> str:
     import label_free_real
 
     rows, singles, ensembles = ensemble_rows()
-    source = "select_candidates_real.jsonl" if singles else "label_free_real.jsonl"
-    if not singles:
-        rows, singles = _jsonl(source), DEFAULT_CANDIDATES
-    summary = label_free_real.summary_text(rows, singles)
+    summary = label_free_real.summary_text(candidate_rows(), DEFAULT_CANDIDATES)
     lines += [
         "",
         "Seven real photographs shipped with scikit-image, cut into crops with simulated "
-        f"defects ({_where(source)}), the model `anomaly select` picks "
-        "without labels against the best candidate per photograph: "
-        + summary.rsplit("\n", 1)[-1]
-        + ".",
+        f"defects ({'; '.join(_where(n) for n in CANDIDATE_FILES)}), the model "
+        "`anomaly select` picks among its default candidates without labels, against the "
+        "best candidate per photograph: " + summary.rsplit("\n", 1)[-1] + ".",
     ]
     if ensembles:
 
         def mean_of(variant: str) -> float:
             return statistics.mean(r["image.auroc"] for r in rows if r["variant"] == variant)
 
-        tiled = [v for v in singles if "whole" not in v]
         lines += [
             "",
             f"`model: ensemble` ({_where('ensemble_pipeline_real.jsonl')}): `patchcore` + "
             f"`cae`, standardised and averaged, {mean_of('ensemble (mean)'):.3f} as a fixed "
-            f"choice against `patchcore`'s {mean_of('patchcore (defaults)'):.3f}; added to "
-            "`anomaly select`'s candidates it leaves the pick at "
-            + _pick_mean(rows, singles + ensembles)
-            + ", and without the whole-image candidate it lifts the pick from "
-            + _pick_mean(rows, tiled)
-            + " to "
-            + _pick_mean(rows, tiled + ensembles)
+            f"choice against `patchcore`'s {mean_of('patchcore (defaults)'):.3f}; "
+            + _with_ensembles(rows, ensembles)
             + ": an option (`select.candidates`), not a default candidate "
             "([results](docs/results.md#the-ensemble-in-the-pipeline-on-the-real-photographs)).",
         ]

@@ -99,3 +99,33 @@ def test_generated_results_page_is_what_the_results_files_say():
         text=True,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_pages_default_candidates_are_select_candidates_defaults():
+    """The results pages judge `anomaly select` by ``DEFAULT_CANDIDATES`` (benchmark
+    variants); each must be one of params.yaml's ``select.candidates``, measured with
+    exactly its settings, or the published pick would be of another candidate set."""
+    import json
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import results_pages
+    from anomaly.params import load_params
+
+    wanted = set()
+    for entry in load_params(REPO / "params.yaml").select.candidates:
+        if isinstance(entry, str):
+            wanted.add((entry, ""))
+        else:
+            settings = " ".join(f"{k}={v}" for k, v in entry["set"].items())
+            wanted.add((entry["model"], settings))
+    measured = set()
+    for name in results_pages.CANDIDATE_FILES:
+        for line in (REPO / "benchmarks/results" / name).read_text().splitlines():
+            row = json.loads(line)
+            if row["variant"] in results_pages.DEFAULT_CANDIDATES:
+                settings = " ".join(
+                    s for s in row["overrides"].split() if not s.startswith("dataset.source=")
+                )
+                measured.add((row["variant"].split(" ")[0], settings))
+    assert measured == wanted
+    assert len(results_pages.DEFAULT_CANDIDATES) == len(wanted)
