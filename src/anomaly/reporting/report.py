@@ -105,6 +105,13 @@ def head_experiments(repo: Path) -> dict[str, dict]:
     return found
 
 
+def finished_as(info: dict | None, model: str | None) -> bool:
+    """Whether a run of :func:`head_experiments` finished as itself: listed, without
+    DVC's error, and with metrics of ``model`` (a failed run carries its baseline's).
+    Sweep and select judge their runs by it."""
+    return info is not None and not info["failed"] and info["eval"].get("model") == model
+
+
 def _family(name: Any):
     """The run's dataset family, or None for a name this version does not know."""
     from ..data.families.registry import available_families, get_family

@@ -27,6 +27,7 @@ from ..dvc_cli import run_dvc
 from ..errors import AnomalyError, ParamsError
 from ..io import write_json, write_text
 from ..params import Params
+from .report import finished_as
 from .report import head_experiments as _experiments
 from .sweep import run_copies, untracked_files, worker_threads
 
@@ -259,7 +260,7 @@ def collect(repo: Path, candidates: dict[str, Candidate]) -> tuple[list[dict], l
     records, failed = [], []
     for name, candidate in candidates.items():
         info = found.get(name)
-        if info is None or info["failed"] or info["eval"].get("model") != candidate.model:
+        if not finished_as(info, candidate.model):
             failed.append(candidate.name)
             continue
         records.append(

@@ -239,15 +239,14 @@ def failed_runs(repo: Path, params: Params, commands: list[list[str]]) -> list[s
     --run-all`` exits 0 when a run fails (DVC 3.67), and ``dvc exp show`` lists a failed
     run with its baseline's metrics, so a sweep would otherwise end "successfully" with
     rows that are not what they say."""
-    from .report import head_experiments
+    from .report import finished_as, head_experiments
 
     models = {combo.name: combo.model for combo in combinations(params)}
     found = head_experiments(repo)
     failed = []
     for args in commands:
         name = args[args.index("-n") + 1]
-        info = found.get(name)
-        if info is None or info["failed"] or info["eval"].get("model") != models.get(name):
+        if not finished_as(found.get(name), models.get(name)):
             failed.append(name)
     return failed
 
