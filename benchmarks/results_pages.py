@@ -117,12 +117,18 @@ REAL_FILES = (
 ENSEMBLE_FILES = ("select_candidates_real.jsonl", "ensemble_pipeline_real.jsonl")
 
 
-def photographs_section() -> str:
-    present = [name for name in REAL_FILES if (RESULTS / name).is_file()]
-    rows = [row for name in present for row in _jsonl(name)]
+def by_variant(rows: list[dict], key: str = "image.auroc") -> dict[str, dict[str, float]]:
+    """``{variant: {dataset: row[key]}}`` over the rows that have ``key``."""
     table: dict[str, dict[str, float]] = {}
     for row in rows:
-        table.setdefault(row["variant"], {})[row["dataset"]] = row["image.auroc"]
+        if row.get(key) is not None:
+            table.setdefault(row["variant"], {})[row["dataset"]] = row[key]
+    return table
+
+
+def photographs_section() -> str:
+    present = [name for name in REAL_FILES if (RESULTS / name).is_file()]
+    table = by_variant([row for name in present for row in _jsonl(name)])
     complete = {v: d for v, d in table.items() if all(p in d for p in PHOTOS)}
     lines = [
         "## Real photographs, every variant",
@@ -250,11 +256,8 @@ def ensemble_pipeline_section() -> str:
     rows, singles, ensembles = ensemble_rows()
     if not ensembles or not singles:
         return ""
-    table: dict[str, dict[str, float]] = {}
-    free: dict[str, list[float]] = {}
-    for row in rows:
-        table.setdefault(row["variant"], {})[row["dataset"]] = row["image.auroc"]
-        free.setdefault(row["variant"], []).append(row["val_synthetic.image.auroc"])
+    table = by_variant(rows)
+    free = by_variant(rows, "val_synthetic.image.auroc")
     where = "; ".join(_where(name) for name in ENSEMBLE_FILES)
     lines = [
         "## The ensemble in the pipeline, on the real photographs",
@@ -266,7 +269,9 @@ def ensemble_pipeline_section() -> str:
         "mean); `patchcore in128 + cae` feeds PatchCore's tiles to the backbone at "
         "128 px (`overrides.patchcore.input_size`).",
         "",
-        *photo_table(table, {"label-free mean": {v: statistics.mean(f) for v, f in free.items()}}),
+        *photo_table(
+            table, {"label-free mean": {v: statistics.mean(f.values()) for v, f in free.items()}}
+        ),
     ]
     lines += [
         "",
@@ -691,11 +696,7 @@ def _mean_by_variant(
     names: tuple[str, ...], sets: tuple[str, ...], key: str = "image.auroc"
 ) -> dict[str, float]:
     """Mean ``key`` per variant over ``sets`` (variants measured on all of them)."""
-    found: dict[str, dict[str, float]] = {}
-    for name in names:
-        for row in _jsonl(name):
-            if row.get(key) is not None:
-                found.setdefault(row["variant"], {})[row["dataset"]] = row[key]
+    found = by_variant([row for name in names for row in _jsonl(name)], key)
     return {
         v: statistics.mean(d[x] for x in sets)
         for v, d in found.items()
