@@ -14,6 +14,7 @@ from anomaly.evaluation.synthetic import (
     make_variants,
     paint,
     plan_variants,
+    reference_lengths,
 )
 from anomaly.params import load_params
 from conftest import tiny_params, write_params
@@ -49,6 +50,54 @@ def test_colour_defect_keeps_luminance_and_needs_rgb():
     assert abs(shift.mean()) < 0.01  # chroma, not brightness
     with pytest.raises(ValueError, match="RGB"):
         paint(_texture(1, 64, 0), _texture(1, 64, 0), "colour", np.random.default_rng(0))
+
+
+@pytest.mark.parametrize(
+    "box,image,image_size,tile_side,expected",
+    [
+        ((64, 64), (128, 512), None, 64, 64.0),  # the default fabric: the tile side
+        ((28, 28), (28, 28), None, 28, 28.0),  # a digit, one whole-image tile
+        ((256, 256), (1024, 1024), 256, 64, 64.0),  # MVTec at 256: 64-px tiles kept
+        ((128, 128), (128, 128), None, 128, 64.0),  # a whole 128-px crop: 64 of its pixels
+        ((128, 128), (128, 128), 256, 256, 128.0),  # upsampled 2x: 64 image px = 128 tile px
+        ((128, 128), (128, 512), None, 64, 32.0),  # 128-px tiles stored at 64 (patch.resize)
+        ((32, 32), (128, 128), None, 32, 32.0),  # a tile under 64 px: never past the tile
+        ((40, 40), (40, 40), 160, 160, 160.0),  # capped at the working image's short side
+    ],
+)
+def test_defects_are_sized_in_image_pixels(box, image, image_size, tile_side, expected):
+    got = reference_lengths(np.array([box]), np.array([image]), image_size, tile_side)
+    assert got.tolist() == [expected]
+
+
+@pytest.mark.parametrize("kind", ["foreign", "smear", "hole", "scratch"])
+def test_a_bigger_tile_gets_the_same_defect_in_image_pixels(kind):
+    """The bias this guards against: sized from the tile, a whole 128-px crop got defects
+    four times the area of a 64-px tile's, and the figure favoured bigger tiles."""
+    small, large = _texture(1, 64, 0), _texture(1, 128, 0)
+    upsampled = np.repeat(np.repeat(small, 2, axis=1), 2, axis=2)
+    ratios_native, ratios_up, ratios_old = [], [], []
+    for seed in range(40):
+        _, m64 = paint(small, small, kind, np.random.default_rng(seed))
+        _, m128 = paint(large, large, kind, np.random.default_rng(seed), reference=64)
+        _, m_up = paint(upsampled, upsampled, kind, np.random.default_rng(seed), reference=128)
+        _, m_old = paint(large, large, kind, np.random.default_rng(seed))
+        ratios_native.append(m128.sum() / m64.sum())
+        ratios_up.append(m_up.sum() / m64.sum())
+        ratios_old.append(m_old.sum() / m64.sum())
+    # same image pixels at the image's resolution; four times the pixels when upsampled 2x
+    assert 0.7 < np.median(ratios_native) < 1.4, kind
+    assert 2.8 < np.median(ratios_up) < 5.6, kind
+    assert np.median(ratios_old) > 1.6, kind  # what tile-relative sizes did
+
+
+def test_the_tile_side_as_reference_paints_what_it_always_did():
+    tile, donor = _texture(1, 64, 0), _texture(1, 64, 1)
+    for kind in GRAY_KINDS:
+        a = paint(tile, donor, kind, np.random.default_rng(5))
+        b = paint(tile, donor, kind, np.random.default_rng(5), reference=64.0)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
 
 
 def _val_tiles(n_images: int, tiles_per_image: int) -> pd.DataFrame:
@@ -155,3 +204,18 @@ def test_every_run_writes_the_label_free_figure(project):
     first = (project / "scores/padim/val_synthetic.npz").read_bytes()
     pipeline.STAGES["score"](params)
     assert (project / "scores/padim/val_synthetic.npz").read_bytes() == first
+
+    # 128-px tiles of the same images: the painted defects cover as many image pixels
+    # as on 64-px tiles (sized from the tile, they covered about four times as many)
+    with np.load(project / "scores/padim/val_synthetic.npz") as stored:
+        area_64 = np.median(stored["masks"].sum(axis=(1, 2)))
+    data = tiny_params(model="padim")
+    data["patch"].update(side=128, stride=128)
+    write_params(project / "params.yaml", data)
+    params = load_params(project / "params.yaml")
+    for name in ("patchify", "split", "train", "score"):
+        pipeline.STAGES[name](params)
+    with np.load(project / "scores/padim/val_synthetic.npz") as stored:
+        assert stored["masks"].shape[-1] == 128
+        area_128 = np.median(stored["masks"].sum(axis=(1, 2)))
+    assert 0.6 < area_128 / area_64 < 1.6

@@ -14,7 +14,7 @@ from .. import paths
 from ..config_schema import to_dict
 from ..data.store import open_store
 from ..errors import DataError
-from ..evaluation.synthetic import kinds_for, make_variants, plan_variants
+from ..evaluation.synthetic import kinds_for, make_variants, plan_variants, reference_lengths
 from ..evaluation.value_counts import float16_counts, merge_counts
 from ..io import atomic_dir, atomic_path, read_csv, write_csv, write_json
 from ..models.registry import check_model_params, load_checkpoint
@@ -133,6 +133,7 @@ def run(params: Params) -> None:
                     model,
                     store,
                     tiles,
+                    images,
                     per_image,
                     maps,
                     (shift, scale),
@@ -261,6 +262,7 @@ def _write_synthetic(
     model,
     store,
     tiles: pd.DataFrame,
+    images: pd.DataFrame,
     per_image: pd.DataFrame,
     maps: np.ndarray | None,
     affine: tuple[np.ndarray, np.ndarray],
@@ -274,7 +276,9 @@ def _write_synthetic(
     gets ``score.synthetic_per_image`` copies with one tile defective, scored by the
     model and aggregated with the image's other tiles exactly as a test image would be.
     Maps and masks of the defective tiles and of their clean originals feed the pixel
-    figure. Written even when empty, so the file is always a valid dep."""
+    figure. ``images`` (``images.csv``) gives each image's size, from which the defects
+    are sized in image pixels. Written even when empty, so the file is always a valid
+    dep."""
     shift, scale = affine
     labelled = set(tiles.loc[tiles["label"] != 0, "image_id"])  # labelled validation defects
     rows = tiles.reset_index(drop=True)
@@ -293,7 +297,20 @@ def _write_synthetic(
     defect_scores, defect_maps = [], []
     masks = None
     if len(plan):
-        painted, masks = make_variants(plan, clean, donors, params.seed, store.is_tabular)
+        references = None
+        if not store.is_tabular:
+            # defects sized in image pixels, not tile pixels (evaluation/synthetic.py)
+            boxes = rows.iloc[at]
+            sizes = images.set_index("image_id").loc[boxes["image_id"], ["height", "width"]]
+            references = reference_lengths(
+                boxes[["w", "h"]].to_numpy(),
+                sizes.to_numpy(),
+                store.meta["patch"].get("image_size"),
+                store.tile_size,
+            )
+        painted, masks = make_variants(
+            plan, clean, donors, params.seed, store.is_tabular, references
+        )
         import torch
 
         with torch.no_grad():
