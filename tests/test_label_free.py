@@ -11,10 +11,11 @@ from anomaly.evaluation.label_free import label_free_metrics
 from anomaly.evaluation.synthetic import (
     GRAY_KINDS,
     RGB_KINDS,
+    _resample,
+    defect_geometry,
     make_variants,
     paint,
     plan_variants,
-    reference_lengths,
 )
 from anomaly.params import load_params
 from conftest import tiny_params, write_params
@@ -53,49 +54,74 @@ def test_colour_defect_keeps_luminance_and_needs_rgb():
 
 
 @pytest.mark.parametrize(
-    "box,image,image_size,tile_side,expected",
+    "box,image,image_size,tile_side,reference,upsampling",
     [
-        ((64, 64), (128, 512), None, 64, 64.0),  # the default fabric: the tile side
-        ((28, 28), (28, 28), None, 28, 28.0),  # a digit, one whole-image tile
-        ((256, 256), (1024, 1024), 256, 64, 64.0),  # MVTec at 256: 64-px tiles kept
-        ((128, 128), (128, 128), None, 128, 64.0),  # a whole 128-px crop: 64 of its pixels
-        ((128, 128), (128, 128), 256, 256, 128.0),  # upsampled 2x: 64 image px = 128 tile px
-        ((128, 128), (128, 512), None, 64, 32.0),  # 128-px tiles stored at 64 (patch.resize)
-        ((32, 32), (128, 128), None, 32, 32.0),  # a tile under 64 px: never past the tile
-        ((40, 40), (40, 40), 160, 160, 160.0),  # capped at the working image's short side
+        ((64, 64), (128, 512), None, 64, 64.0, 1.0),  # the default fabric: the tile side
+        ((28, 28), (28, 28), None, 28, 28.0, 1.0),  # a digit, one whole-image tile
+        ((256, 256), (1024, 1024), 256, 64, 64.0, 1.0),  # MVTec at 256: 64-px tiles kept
+        ((128, 128), (128, 128), None, 128, 64.0, 1.0),  # a whole 128-px crop: 64 of its px
+        ((128, 128), (128, 128), 256, 256, 128.0, 2.0),  # upsampled 2x: drawn at 128, resampled
+        ((128, 128), (128, 512), None, 64, 32.0, 1.0),  # 128-px tiles stored at 64 (resize)
+        ((32, 32), (128, 128), None, 32, 32.0, 1.0),  # a tile under 64 px: never past the tile
+        ((40, 40), (40, 40), 160, 160, 160.0, 4.0),  # capped at the working image's short side
     ],
 )
-def test_defects_are_sized_in_image_pixels(box, image, image_size, tile_side, expected):
-    got = reference_lengths(np.array([box]), np.array([image]), image_size, tile_side)
-    assert got.tolist() == [expected]
+def test_defects_are_sized_in_image_pixels(
+    box, image, image_size, tile_side, reference, upsampling
+):
+    got = defect_geometry(np.array([box]), np.array([image]), image_size, tile_side)
+    assert got[0].tolist() == [reference] and got[1].tolist() == [upsampling]
 
 
-@pytest.mark.parametrize("kind", ["foreign", "smear", "hole", "scratch"])
+@pytest.mark.parametrize("kind", ["foreign", "smear", "hole", "scratch", "stain"])
 def test_a_bigger_tile_gets_the_same_defect_in_image_pixels(kind):
     """The bias this guards against: sized from the tile, a whole 128-px crop got defects
     four times the area of a 64-px tile's, and the figure favoured bigger tiles."""
     small, large = _texture(1, 64, 0), _texture(1, 128, 0)
-    upsampled = np.repeat(np.repeat(small, 2, axis=1), 2, axis=2)
+    upsampled = _resample(small, 128).astype(np.float32)
     ratios_native, ratios_up, ratios_old = [], [], []
     for seed in range(40):
         _, m64 = paint(small, small, kind, np.random.default_rng(seed))
         _, m128 = paint(large, large, kind, np.random.default_rng(seed), reference=64)
-        _, m_up = paint(upsampled, upsampled, kind, np.random.default_rng(seed), reference=128)
+        _, m_up = paint(upsampled, upsampled, kind, np.random.default_rng(seed), 128, 2.0)
         _, m_old = paint(large, large, kind, np.random.default_rng(seed))
         ratios_native.append(m128.sum() / m64.sum())
         ratios_up.append(m_up.sum() / m64.sum())
         ratios_old.append(m_old.sum() / m64.sum())
-    # same image pixels at the image's resolution; four times the pixels when upsampled 2x
-    assert 0.7 < np.median(ratios_native) < 1.4, kind
-    assert 2.8 < np.median(ratios_up) < 5.6, kind
+    # same image pixels at the image's resolution; four times the pixels when upsampled
+    # 2x, plus the rim the resampling reaches (a 1-px scratch becomes about 4 px wide)
+    assert 0.6 < np.median(ratios_native) < 1.5, kind
+    assert 2.8 < np.median(ratios_up) < (10 if kind == "scratch" else 6.5), kind
     assert np.median(ratios_old) > 1.6, kind  # what tile-relative sizes did
+
+
+def test_on_an_upsampled_tile_the_defect_is_drawn_at_the_images_resolution():
+    """Drawn at the upsampled resolution, a defect's edges are sharper than anything the
+    upsampled image holds; drawn at the image's own and resampled, they are as soft as
+    the resize makes them, and nothing outside the mask moves."""
+    image = _texture(1, 64, 0)
+    upsampled = _resample(image, 128).astype(np.float32)
+    upsampled = (np.round(upsampled * 255) / 255).astype(np.float32)
+
+    def roughness(tile: np.ndarray) -> float:  # mean absolute second difference
+        return float(np.abs(np.diff(tile[0], 2, axis=1)).mean())
+
+    for seed in range(10):
+        for kind in GRAY_KINDS:
+            out, mask = paint(upsampled, upsampled, kind, np.random.default_rng(seed), 128, 2.0)
+            np.testing.assert_array_equal(out[:, ~mask], upsampled[:, ~mask])
+            assert mask.any() and np.abs(out - upsampled).max() > 0.02, kind
+    # a hole drawn at 128 px has a hard edge; drawn at 64 and resampled, a soft one
+    hard, _ = paint(upsampled, upsampled, "hole", np.random.default_rng(1), 128, 1.0)
+    soft, _ = paint(upsampled, upsampled, "hole", np.random.default_rng(1), 128, 2.0)
+    assert roughness(soft) < roughness(hard)
 
 
 def test_the_tile_side_as_reference_paints_what_it_always_did():
     tile, donor = _texture(1, 64, 0), _texture(1, 64, 1)
     for kind in GRAY_KINDS:
         a = paint(tile, donor, kind, np.random.default_rng(5))
-        b = paint(tile, donor, kind, np.random.default_rng(5), reference=64.0)
+        b = paint(tile, donor, kind, np.random.default_rng(5), reference=64.0, upsampling=1.0)
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
 

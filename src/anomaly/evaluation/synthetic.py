@@ -28,7 +28,7 @@ of the tile: a candidate that cuts the images into bigger tiles, keeps them whol
 upsamples them is graded on the same defects, in image pixels, as one with 64-px tiles.
 Sized from the tile, the figure favoured bigger tiles (PaDiM on real photographs: the
 figure rose from 0.740 to 0.830 with whole-crop tiles while its test AUROC fell). See
-:func:`reference_lengths`.
+:func:`defect_geometry`.
 
 Every variant draws from its own generator ``[seed, image_id, variant]``, so the set does
 not depend on batch sizes, devices or the order tiles are scored in.
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 from scipy import ndimage
 
 GRAY_KINDS = ("foreign", "stain", "scratch", "smear", "hole")
@@ -90,24 +91,31 @@ def plan_variants(
     return pd.DataFrame(rows, columns=columns)
 
 
-def reference_lengths(
+def defect_geometry(
     box_wh: np.ndarray,
     image_hw: np.ndarray,
     image_size: int | None,
     tile_side: int,
-) -> np.ndarray:
-    """Each tile's reference length in stored tile pixels: what ``SIZES`` and the scratch
-    length are fractions of.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each tile's (reference length, upsampling), both in stored tile pixels.
 
     ``box_wh`` holds each tile's box width and height in original image pixels
     (``patches.csv``), ``image_hw`` its image's height and width (``images.csv``),
     ``image_size`` is ``patch.image_size`` (the working image is that square) and
-    ``tile_side`` the stored tile side. The reference is 64 pixels of the coarser of the
-    image's own and the working resolution (an upsampled image keeps 64 of its own
-    pixels, a downsampled one 64 working pixels), capped at the working image's shorter
-    side and at the tile. So a 64-px tile at the image's resolution, a tile smaller
-    than that and a whole image smaller than 64 px keep the tile side: their figures
-    are the ones tile-relative sizes gave, byte for byte."""
+    ``tile_side`` the stored tile side.
+
+    The reference, what ``SIZES`` and the scratch length are fractions of, is 64 pixels
+    of the coarser of the image's own and the working resolution (an upsampled image
+    keeps 64 of its own pixels, a downsampled one 64 working pixels), capped at the
+    working image's shorter side and at the tile. So a 64-px tile at the image's
+    resolution, a tile smaller than that and a whole image smaller than 64 px keep the
+    tile side: their figures are the ones tile-relative sizes gave, byte for byte.
+
+    The upsampling is how many tile pixels one image pixel became (1 when the tile is
+    at or below the image's resolution): :func:`paint` draws the defect at the image's
+    own resolution and resamples it like the image, because a real defect in the file
+    goes through the same resize; drawn at the upsampled resolution its edges would be
+    sharper than anything an upsampled image holds, and any model would find them."""
     box_wh = np.asarray(box_wh, dtype=np.float64).reshape(-1, 2)
     image_hw = np.asarray(image_hw, dtype=np.float64).reshape(-1, 2)
     h0, w0 = image_hw[:, 0], image_hw[:, 1]
@@ -117,9 +125,29 @@ def reference_lengths(
     in_work = np.minimum(REFERENCE_PIXELS * np.maximum(1.0, upscale), np.minimum(work_h, work_w))
     tile_in_work = np.maximum(box_wh[:, 0] * work_w / w0, box_wh[:, 1] * work_h / h0)
     reference = np.minimum(in_work * tile_side / tile_in_work, float(tile_side))
-    # rounding of the boxes must not move a tile-sized reference off the tile side
-    return np.where(
+    upsampling = np.maximum(1.0, tile_side / box_wh.max(axis=1))
+    # rounding of the boxes must not move a tile-sized reference off the tile side, nor
+    # a tile at the image's resolution onto a resampling
+    reference = np.where(
         np.isclose(reference, tile_side, rtol=1e-6, atol=0.0), float(tile_side), reference
+    )
+    upsampling = np.where(np.isclose(upsampling, 1.0, rtol=0.0, atol=1e-3), 1.0, upsampling)
+    return reference, upsampling
+
+
+def _resample(planes: np.ndarray, side: int) -> np.ndarray:
+    """(C, s, s) float planes to (C, side, side), bilinear (PIL's, antialiased when
+    shrinking): the resampling the tile store's images and tiles go through."""
+    return np.stack(
+        [
+            np.asarray(
+                Image.fromarray(plane.astype(np.float32), mode="F").resize(
+                    (side, side), Image.BILINEAR
+                ),
+                dtype=np.float64,
+            )
+            for plane in planes
+        ]
     )
 
 
@@ -161,17 +189,34 @@ def paint(
     kind: str,
     rng: np.random.Generator,
     reference: float | None = None,
+    upsampling: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(defective copy, boolean mask) of one tile (C, S, S, float in [0, 1]).
 
     Radii and scratch lengths are fractions of ``reference`` (tile pixels, at most the
-    side; None: the side); scratch widths and blur widths, set for a 64-px reference,
-    grow with a longer one (an upsampled image), never shrink. Pixels outside the mask
-    are returned unchanged, bit for bit; the copy is quantised to the 8-bit levels
-    every stored tile has."""
+    side; None: the side). With ``upsampling`` > 1 (tile pixels per image pixel, see
+    :func:`defect_geometry`) the defect is drawn on the tile shrunk to the image's
+    resolution and its change resampled back, so scratch and blur widths are in image
+    pixels and edges are as soft as the resize makes them. Pixels outside the mask are
+    returned unchanged, bit for bit; the copy is quantised to the 8-bit levels every
+    stored tile has."""
     channels, side = tile.shape[0], tile.shape[-1]
     reference = float(side) if reference is None else min(float(reference), float(side))
-    widen = max(1.0, reference / REFERENCE_PIXELS)
+    if upsampling > 1.0:
+        coarse = max(8, int(round(side / upsampling)))
+        small = _resample(tile, coarse)
+        painted, small_mask = paint(
+            small, _resample(donor, coarse), kind, rng, reference * coarse / side
+        )
+        change = _resample(painted - small, side)
+        # every pixel the resampled change can reach: a tile pixel depends only on the
+        # coarse pixels around it, and those are unchanged outside the coarse mask
+        mask = _resample(small_mask[None].astype(np.float64), side)[0] > 0
+        out = tile.astype(np.float64).copy()
+        out[:, mask] += change[:, mask]
+        out = np.round(np.clip(out, 0.0, 1.0) * 255.0) / 255.0
+        out[:, ~mask] = tile[:, ~mask]
+        return out.astype(np.float32), mask
     out = tile.astype(np.float64).copy()
     if kind == "stain":
         sigma = _radius(rng, reference) / 2 + 1.0
@@ -191,7 +236,7 @@ def paint(
         yy, xx = np.mgrid[:side, :side].astype(np.float64) + 0.5
         along = np.clip((yy - cy) * dy + (xx - cx) * dx, -half, half)
         dist = np.hypot(yy - (cy + along * dy), xx - (cx + along * dx))
-        mask = dist <= rng.choice([0.5, 1.0]) * widen  # 1 or 2 px wide at a 64-px reference
+        mask = dist <= rng.choice([0.5, 1.0])  # 1 or 2 px wide
         if not mask.any():
             mask[min(int(cy), side - 1), min(int(cx), side - 1)] = True
         out[:, mask] += _away(tile, mask) * max(_contrast(rng), 0.2)
@@ -201,7 +246,7 @@ def paint(
             pasted = 1.0 - np.rot90(donor.astype(np.float64), 1, axes=(1, 2))
             out[:, mask] = pasted[:, mask]
         elif kind == "smear":
-            sigma = rng.uniform(1.5, 4.0) * widen
+            sigma = rng.uniform(1.5, 4.0)
             blurred = ndimage.gaussian_filter(out, (0, sigma, sigma), mode="reflect")
             out[:, mask] = blurred[:, mask]
         elif kind == "hole":
@@ -241,11 +286,11 @@ def make_variants(
     donors: np.ndarray,
     seed: int,
     tabular: bool,
-    references: np.ndarray | None = None,
+    geometry: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Defective copies (V, C, S, S float32) of ``tiles`` (the plan's tiles, model input)
-    and their masks (V, S, S bool; None for tables). ``references``: each tile's
-    :func:`reference_lengths` (None: the tile side)."""
+    and their masks (V, S, S bool; None for tables). ``geometry``: each tile's
+    :func:`defect_geometry` (None: the tile side, no resampling)."""
     out = np.empty_like(tiles, dtype=np.float32)
     masks = None if tabular else np.zeros((len(tiles), *tiles.shape[-2:]), dtype=bool)
     for i, row in enumerate(plan.itertuples()):
@@ -253,6 +298,9 @@ def make_variants(
         if tabular:
             out[i] = shift_row(tiles[i], rng)
         else:
-            reference = None if references is None else float(references[i])
-            out[i], masks[i] = paint(tiles[i], donors[i], row.kind, rng, reference)
+            if geometry is None:
+                out[i], masks[i] = paint(tiles[i], donors[i], row.kind, rng)
+            else:
+                reference, upsampling = float(geometry[0][i]), float(geometry[1][i])
+                out[i], masks[i] = paint(tiles[i], donors[i], row.kind, rng, reference, upsampling)
     return out, masks

@@ -14,7 +14,7 @@ from .. import paths
 from ..config_schema import to_dict
 from ..data.store import open_store
 from ..errors import DataError
-from ..evaluation.synthetic import kinds_for, make_variants, plan_variants, reference_lengths
+from ..evaluation.synthetic import defect_geometry, kinds_for, make_variants, plan_variants
 from ..evaluation.value_counts import float16_counts, merge_counts
 from ..io import atomic_dir, atomic_path, read_csv, write_csv, write_json
 from ..models.registry import check_model_params, load_checkpoint
@@ -297,20 +297,18 @@ def _write_synthetic(
     defect_scores, defect_maps = [], []
     masks = None
     if len(plan):
-        references = None
+        geometry = None
         if not store.is_tabular:
-            # defects sized in image pixels, not tile pixels (evaluation/synthetic.py)
+            # defects sized and drawn in image pixels, not tile pixels (evaluation/synthetic.py)
             boxes = rows.iloc[at]
             sizes = images.set_index("image_id").loc[boxes["image_id"], ["height", "width"]]
-            references = reference_lengths(
+            geometry = defect_geometry(
                 boxes[["w", "h"]].to_numpy(),
                 sizes.to_numpy(),
                 store.meta["patch"].get("image_size"),
                 store.tile_size,
             )
-        painted, masks = make_variants(
-            plan, clean, donors, params.seed, store.is_tabular, references
-        )
+        painted, masks = make_variants(plan, clean, donors, params.seed, store.is_tabular, geometry)
         import torch
 
         with torch.no_grad():
