@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from anomaly import pipeline
 from anomaly.evaluation.label_free import label_free_metrics
@@ -57,7 +58,8 @@ def test_colour_defect_keeps_luminance_and_needs_rgb():
     "box,image,image_size,tile_side,reference,upsampling",
     [
         ((64, 64), (128, 512), None, 64, 64.0, 1.0),  # the default fabric: the tile side
-        ((28, 28), (28, 28), None, 28, 28.0, 1.0),  # a digit, one whole-image tile
+        ((28, 28), (28, 28), None, 28, 28.0, 1.0),  # a whole-image tile at its own size
+        ((28, 28), (28, 28), None, 64, 64.0, 64 / 28),  # a digit stored as a 64-px tile
         ((256, 256), (1024, 1024), 256, 64, 64.0, 1.0),  # MVTec at 256: 64-px tiles kept
         ((128, 128), (128, 128), None, 128, 64.0, 1.0),  # a whole 128-px crop: 64 of its px
         ((128, 128), (128, 128), 256, 256, 128.0, 2.0),  # upsampled 2x: drawn at 128, resampled
@@ -95,26 +97,43 @@ def test_a_bigger_tile_gets_the_same_defect_in_image_pixels(kind):
     assert np.median(ratios_old) > 1.6, kind  # what tile-relative sizes did
 
 
-def test_on_an_upsampled_tile_the_defect_is_drawn_at_the_images_resolution():
-    """Drawn at the upsampled resolution, a defect's edges are sharper than anything the
-    upsampled image holds; drawn at the image's own and resampled, they are as soft as
-    the resize makes them, and nothing outside the mask moves."""
-    image = _texture(1, 64, 0)
-    upsampled = _resample(image, 128).astype(np.float32)
-    upsampled = (np.round(upsampled * 255) / 255).astype(np.float32)
+def _upsample_like_patchify(image: np.ndarray, side: int) -> np.ndarray:
+    as_bytes = Image.fromarray(np.round(image[0] * 255).astype(np.uint8))
+    return (np.asarray(as_bytes.resize((side, side), Image.BILINEAR), np.float32) / 255)[None]
 
-    def roughness(tile: np.ndarray) -> float:  # mean absolute second difference
-        return float(np.abs(np.diff(tile[0], 2, axis=1)).mean())
 
-    for seed in range(10):
-        for kind in GRAY_KINDS:
-            out, mask = paint(upsampled, upsampled, kind, np.random.default_rng(seed), 128, 2.0)
-            np.testing.assert_array_equal(out[:, ~mask], upsampled[:, ~mask])
-            assert mask.any() and np.abs(out - upsampled).max() > 0.02, kind
-    # a hole drawn at 128 px has a hard edge; drawn at 64 and resampled, a soft one
-    hard, _ = paint(upsampled, upsampled, "hole", np.random.default_rng(1), 128, 1.0)
-    soft, _ = paint(upsampled, upsampled, "hole", np.random.default_rng(1), 128, 2.0)
-    assert roughness(soft) < roughness(hard)
+@pytest.mark.parametrize("image_side,tile_side", [(128, 256), (28, 64), (100, 256)])
+def test_on_an_upsampled_tile_the_defect_is_what_the_image_would_show(image_side, tile_side):
+    """A defect drawn on a crop of a real photograph and the crop then upsampled as
+    patchify upsamples it, against the defect drawn on the upsampled tile: they agree to
+    about one 8-bit level inside the mask (drawn at the tile's resolution, a defect's
+    edges are sharper than anything an upsampled image holds; drawn on a blurred
+    estimate of the image, the texture shows through it)."""
+    from skimage import data
+
+    photo = data.grass().astype(np.float32) / 255
+    factor = tile_side / image_side
+    for seed in range(15):
+        kind = GRAY_KINDS[seed % len(GRAY_KINDS)]
+        at = np.random.default_rng(seed).integers(0, photo.shape[0] - image_side, 4)
+        crop = photo[at[0] : at[0] + image_side, at[1] : at[1] + image_side][None]
+        donor = photo[at[2] : at[2] + image_side, at[3] : at[3] + image_side][None]
+        reference = min(64.0, image_side)
+        drawn, small_mask = paint(crop, donor, kind, np.random.default_rng(seed), reference)
+        truth = _upsample_like_patchify(drawn, tile_side)
+        tile = _upsample_like_patchify(crop, tile_side)
+        got, mask = paint(
+            tile,
+            _upsample_like_patchify(donor, tile_side),
+            kind,
+            np.random.default_rng(seed),
+            reference * factor,
+            factor,
+        )
+        np.testing.assert_array_equal(got[:, ~mask], tile[:, ~mask])  # exact masks
+        region = _resample(small_mask[None].astype(np.float64), tile_side)[0] > 0
+        assert np.abs(got - truth)[:, region].mean() < 0.005, kind
+        assert np.abs(tile - truth)[:, region].mean() > 0.015, kind  # a real defect
 
 
 def test_the_tile_side_as_reference_paints_what_it_always_did():

