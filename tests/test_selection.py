@@ -105,6 +105,23 @@ def test_rank_by_the_label_free_figure_then_pixels_failed_runs_last():
     assert "test image AUROC (labelled defects)" in labelled and "| 0.950 |" in labelled
 
 
+def test_the_report_says_when_the_figure_does_not_separate_the_top_two():
+    # intervals are [figure - 0.05, figure + 0.02]
+    close = selection.report_markdown(
+        selection.rank([_record("a", 0.90), _record("b", 0.88), _record("c", 0.5)]), [], "a"
+    )
+    assert "does not separate a from b" in close
+    apart = selection.report_markdown(
+        selection.rank([_record("a", 0.95), _record("b", 0.85)]), [], "a"
+    )
+    assert "does not separate" not in apart
+    # without intervals (too few images for a bootstrap) nothing is claimed either way
+    bare = [_record("a", 0.90), _record("b", 0.89)]
+    for r in bare:
+        r["val_synthetic.image.auroc_ci_low"] = r["val_synthetic.image.auroc_ci_high"] = None
+    assert "does not separate" not in selection.report_markdown(selection.rank(bare), [], "a")
+
+
 def test_select_params_are_checked(tmp_path):
     write_params(tmp_path / "params.yaml", tiny_params(select={"candidates": ["padim"]}))
     assert main(["select", "--params", str(tmp_path / "params.yaml"), "--dry-run"]) == 2

@@ -198,6 +198,26 @@ def _fmt(value: Any, low: Any = None, high: Any = None) -> str:
     return text
 
 
+def close_call(ranked: list[dict]) -> str | None:
+    """A sentence when the label-free figure does not separate the winner from the
+    runner-up (the winner's figure lies inside the runner-up's interval, or the
+    runner-up's inside the winner's): the choice between them is then close to a coin
+    toss on this data, and the user should know it before trusting it."""
+    scored = [r for r in ranked if r.get(RANK_KEY) is not None]
+    if len(scored) < 2:
+        return None
+    first, second = scored[0], scored[1]
+    low, high = first.get(RANK_KEY + "_ci_low"), second.get(RANK_KEY + "_ci_high")
+    if low is None or high is None or (second[RANK_KEY] < low and first[RANK_KEY] > high):
+        return None
+    return (
+        f"The figure does not separate {first['candidate']} from {second['candidate']}: "
+        "one's figure lies inside the other's 95% interval, so on this data the "
+        "ranking between them is uncertain; prefer the cheaper one (train s), or compare "
+        "them on a few labelled defects if you have any."
+    )
+
+
 def report_markdown(
     ranked: list[dict], extra: list[str], applied: str | None, failed: list[str] | None = None
 ) -> str:
@@ -236,6 +256,9 @@ def report_markdown(
         row += f" {r['experiment']} |"
         lines.append(row)
     lines.append("")
+    close = close_call(ranked)
+    if close:
+        lines += [close, ""]
     if failed:
         lines += [f"Failed, not ranked: {', '.join(failed)}.", ""]
     if applied:
