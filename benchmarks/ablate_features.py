@@ -171,11 +171,16 @@ def main() -> None:
     parser.add_argument("--digits", nargs="*", default=None, help="mnist: normal digits to run")
     parser.add_argument("-S", "--set", action="append", default=[], help="param override")
     parser.add_argument("--out", type=Path, default=None, help="append JSON lines here")
+    parser.add_argument(
+        "--tag",
+        default="defaults",
+        help="with --model: variant label '<model> (<tag>)', naming what -S changes",
+    )
     args = parser.parse_args()
     for model in args.model:
-        VARIANTS[f"{model} (defaults)"] = (model, {})
+        VARIANTS[f"{model} ({args.tag})"] = (model, {})
     if args.model:
-        args.variants = [f"{m} (defaults)" for m in args.model]
+        args.variants = [f"{m} ({args.tag})" for m in args.model]
     out = args.out.resolve() if args.out else None
     os.environ.setdefault("TQDM_DISABLE", "1")
     if args.dataset == "mnist" and args.digits:
