@@ -704,10 +704,17 @@ def _mean_by_variant(
     names: tuple[str, ...], sets: tuple[str, ...], key: str = "image.auroc"
 ) -> dict[str, float]:
     """Mean ``key`` per variant over ``sets`` (variants measured on all of them)."""
-    found = by_variant([row for name in names for row in _jsonl(name)], key)
+    return complete_means(by_variant([row for name in names for row in _jsonl(name)], key), sets)
+
+
+def complete_means(
+    table: dict[str, dict[str, float]], sets: tuple[str, ...] | list[str]
+) -> dict[str, float]:
+    """``{variant: mean over sets}`` of a :func:`by_variant` table, for the variants
+    measured on every one of ``sets``."""
     return {
         v: statistics.mean(d[x] for x in sets)
-        for v, d in found.items()
+        for v, d in table.items()
         if all(x in d for x in sets)
     }
 
@@ -734,14 +741,13 @@ def sizing_text() -> str:
 
     current = unique([r for name in real for r in _jsonl(name) if r["dataset"] in PHOTOS])
     old = unique([r for r in _jsonl(TILE_SIZED) if r["dataset"] in PHOTOS])
-    variants = sorted(
-        {v for v, d in by_variant(old).items() if all(x in d for x in PHOTOS)}
-        | set(DEFAULT_CANDIDATES[:3])
-    )
     untouched = [r for r in current if r["variant"] in DEFAULT_CANDIDATES[:3]]
-    before = by_variant(old + untouched, "val_synthetic.image.auroc")
-    after = by_variant(current, "val_synthetic.image.auroc")
-    test = by_variant(current, "image.auroc")
+    previous = unique(untouched + old)  # the 64-px defaults are the same either way
+    free = "val_synthetic.image.auroc"
+    test = complete_means(by_variant(current), PHOTOS)
+    before = complete_means(by_variant(previous, free), PHOTOS)
+    after = complete_means(by_variant(current, free), PHOTOS)
+    variants = sorted(set(complete_means(by_variant(old), PHOTOS)) | set(DEFAULT_CANDIDATES[:3]))
     lines = [
         "Why the label-free figure sizes and draws its defects in image pixels "
         f"({_where(TILE_SIZED)}: the rows measured before, with defects sized by the "
@@ -754,42 +760,33 @@ def sizing_text() -> str:
         "| variant | test AUROC | label-free, sized by the tile | label-free, in image pixels |",
         "|---|---|---|---|",
     ]
-    for variant in sorted(variants, key=lambda v: -statistics.mean(test.get(v, {0: 0}).values())):
-        cells = []
-        for table in (test, before, after):
-            values = table.get(variant, {})
-            cells.append(
-                f"{statistics.mean(values[x] for x in PHOTOS):.3f}"
-                if all(x in values for x in PHOTOS)
-                else "-"
-            )
+    for variant in sorted(variants, key=lambda v: -test.get(v, 0.0)):
+        cells = [f"{m[variant]:.3f}" if variant in m else "-" for m in (test, before, after)]
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-    keep = [v for v in variants if all(x in test.get(v, {}) for x in PHOTOS)]
-    picks = []
-    for label, rows in (
-        ("sized by the tile", unique(untouched + old)),
-        ("in image pixels", [r for r in current if r["variant"] in keep]),
-    ):
-        rows = [r for r in rows if r["variant"] in keep]
-        picks.append(f"{label}: {label_free_real.summary_text(rows).rsplit(chr(10), 1)[-1]}")
+    keep = [v for v in variants if v in test]
+    picks = [
+        f"{label}: "
+        + label_free_real.summary_text([r for r in rows if r["variant"] in keep]).rsplit("\n", 1)[
+            -1
+        ]
+        for label, rows in (("sized by the tile", previous), ("in image pixels", current))
+    ]
     lines += [
         "",
         f"Picking among these {len(keep)} variants per photograph by the figure, "
         + "; ".join(picks)
         + ".",
     ]
-    sized_only = by_variant(_jsonl(SIZED_ONLY), "val_synthetic.image.auroc")
-    for variant, values in sized_only.items():
-        if all(x in values for x in PHOTOS) and variant in before and variant in after:
+    sized_only = complete_means(by_variant(_jsonl(SIZED_ONLY), free), PHOTOS)
+    for variant, value in sized_only.items():
+        if variant in before and variant in after:
             lines += [
                 "",
                 f"Sizing alone was not enough for the upsampled candidate: {variant}'s "
-                f"figure went from {statistics.mean(before[variant][x] for x in PHOTOS):.3f} "
-                "to "
-                f"{statistics.mean(values[x] for x in PHOTOS):.3f} with defects sized in "
-                f"image pixels but drawn at the tile's resolution ({_where(SIZED_ONLY)}), "
-                f"and to {statistics.mean(after[variant][x] for x in PHOTOS):.3f} drawn at "
-                "the image's resolution and resampled like the image.",
+                f"figure went from {before[variant]:.3f} to {value:.3f} with defects sized "
+                "in image pixels but drawn at the tile's resolution "
+                f"({_where(SIZED_ONLY)}), and to {after[variant]:.3f} drawn at the image's "
+                "resolution and resampled like the image.",
             ]
     return "\n".join(lines)
 
