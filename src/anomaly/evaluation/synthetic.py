@@ -223,12 +223,15 @@ def paint(
     pixels and edges are as soft as the resize makes them. Pixels outside the mask are
     returned unchanged, bit for bit; the copy is quantised to the 8-bit levels every
     stored tile has."""
-    channels, side = tile.shape[0], tile.shape[-1]
+    side = tile.shape[-1]
     reference = float(side) if reference is None else min(float(reference), float(side))
     if upsampling > 1.0:
         coarse = max(8, int(round(side / upsampling)))
         small = _at_image_resolution(tile, coarse).astype(np.float32)
-        donor_small = _at_image_resolution(donor, coarse).astype(np.float32)
+        # only a foreign body reads the donor
+        donor_small = (
+            _at_image_resolution(donor, coarse).astype(np.float32) if kind == "foreign" else small
+        )
         painted, small_mask = paint(small, donor_small, kind, rng, reference * coarse / side)
         # upsampling is linear: the painted image, upsampled, is the tile plus the
         # upsampled change
@@ -238,9 +241,21 @@ def paint(
         mask = _resample(small_mask[None].astype(np.float64), side)[0] > 0
         out = tile.astype(np.float64).copy()
         out[:, mask] += change[:, mask]
-        out = np.round(np.clip(out, 0.0, 1.0) * 255.0) / 255.0
-        out[:, ~mask] = tile[:, ~mask]
-        return out.astype(np.float32), mask
+    else:
+        out, mask = _draw(tile, donor, kind, rng, reference)
+    out = np.round(np.clip(out, 0.0, 1.0) * 255.0) / 255.0
+    # Only masked pixels may differ (clipping and rounding could touch nothing else, but
+    # the contract is exact masks, so it is enforced, not assumed).
+    out[:, ~mask] = tile[:, ~mask]
+    return out.astype(np.float32), mask
+
+
+def _draw(
+    tile: np.ndarray, donor: np.ndarray, kind: str, rng: np.random.Generator, reference: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """One defect of ``kind`` drawn on a float64 copy of ``tile`` at the tile's own
+    resolution, and its mask; :func:`paint` quantises it and enforces the mask."""
+    channels, side = tile.shape[0], tile.shape[-1]
     out = tile.astype(np.float64).copy()
     if kind == "stain":
         sigma = _radius(rng, reference) / 2 + 1.0
@@ -288,11 +303,7 @@ def paint(
             out[:, mask] += (direction * _contrast(rng))[:, None]
         else:
             raise ValueError(f"unknown synthetic defect kind {kind!r}")
-    out = np.round(np.clip(out, 0.0, 1.0) * 255.0) / 255.0
-    # Only masked pixels may differ (clipping and rounding could touch nothing else, but
-    # the contract is exact masks, so it is enforced, not assumed).
-    out[:, ~mask] = tile[:, ~mask]
-    return out.astype(np.float32), mask
+    return out, mask
 
 
 def shift_row(row: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -322,9 +333,8 @@ def make_variants(
         if tabular:
             out[i] = shift_row(tiles[i], rng)
         else:
-            if geometry is None:
-                out[i], masks[i] = paint(tiles[i], donors[i], row.kind, rng)
-            else:
-                reference, upsampling = float(geometry[0][i]), float(geometry[1][i])
-                out[i], masks[i] = paint(tiles[i], donors[i], row.kind, rng, reference, upsampling)
+            reference, upsampling = (
+                (None, 1.0) if geometry is None else (float(geometry[0][i]), float(geometry[1][i]))
+            )
+            out[i], masks[i] = paint(tiles[i], donors[i], row.kind, rng, reference, upsampling)
     return out, masks
