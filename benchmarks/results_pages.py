@@ -943,18 +943,18 @@ def throughput_section() -> str:
 def simplenet_tuning_section() -> str:
     name = "simplenet_tuning_fabric.jsonl"
     lines = [
-        "## SimpleNet: how its defaults were chosen",
+        "## SimpleNet: its defaults against one change each",
         "",
         f"`benchmarks/ablate_features.py --model simplenet -S ...` ({_where(name)}), "
-        "default fabric, one setting changed per row from the settings of the time "
-        "(the first row):",
+        "default fabric, one setting changed per row from the defaults (the first row); "
+        "how the defaults came about is in the research notes:",
         "",
         "| setting | image AUROC [95% CI] | pixel AUROC | seconds |",
         "|---|---|---|---|",
     ]
     for row in _jsonl(name):
         lines.append(
-            f"| {row['overrides'] or 'as first tried'} | {_interval(row, 'image.auroc')} "
+            f"| {row['overrides'] or 'defaults'} | {_interval(row, 'image.auroc')} "
             f"| {row['pixel.auroc']:.3f} | {row['seconds']:.0f} |"
         )
     return "\n".join(lines)
