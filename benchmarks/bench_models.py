@@ -32,12 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from anomaly.data.store import BatchSource, PatchStore
 from anomaly.io import write_json
 from anomaly.models.registry import available_models, build_model, model_config
 from anomaly.models.training import LossStep, amp_dtype, resolve_device
 from anomaly.params import ScoreConfig
 from anomaly.scoring import resolve_score
+from bench_serve import commit  # noqa: E402  (the commit the rows were measured at)
 
 DEFAULT_TRAIN_TILES = 1408
 
@@ -190,10 +192,20 @@ def _bench_in_child(args: tuple) -> dict:
     return bench(name, resolve_device(device), *rest)
 
 
+# Models made of other models: their cost is their members' (``ensemble``: its members
+# train one after the other in the train stage), so they have no throughput of their own.
+COMPOSITE = ("ensemble",)
+
+
+def benchmarkable() -> list[str]:
+    """Every registered model with a throughput of its own."""
+    return [m for m in available_models() if m not in COMPOSITE]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--models", default=",".join(available_models()))
+    parser.add_argument("--models", default=",".join(benchmarkable()))
     parser.add_argument("--tile", type=int, default=64)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
@@ -202,17 +214,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="also append the JSON lines to this file")
     args = parser.parse_args(argv)
     resolve_device(args.device)  # a bad --device fails here, once
+    names = args.models.split(",")
+    for name in names:
+        if name not in benchmarkable():
+            print(
+                f"--models: {name!r} is not a benchmarkable model (known: "
+                f"{', '.join(benchmarkable())}; {', '.join(COMPOSITE)} costs what its "
+                "members cost)",
+                file=sys.stderr,
+            )
+            return 2
     context = multiprocessing.get_context("spawn")  # a fresh process: its own peak memory
-    rows = []
-    for name in args.models.split(","):
+    for name in names:
         job = (name, args.device, args.tile, args.batch, args.steps, args.amp, args.channels_last)
         with context.Pool(1) as pool:
-            rows.append(pool.apply(_bench_in_child, (job,)))
-    for row in rows:
-        print(json.dumps(row))
-    if args.out:
-        with open(args.out, "a") as handle:
-            for row in rows:
+            row = pool.apply(_bench_in_child, (job,))
+        row.update(commit=commit(), cores=multiprocessing.cpu_count())
+        print(json.dumps(row), flush=True)
+        if args.out:  # each row as it finishes: a long run stopped early keeps its rows
+            with open(args.out, "a") as handle:
                 handle.write(json.dumps(row) + "\n")
     return 0
 

@@ -60,6 +60,28 @@ def test_benchmark_script_reports_every_model(tmp_path):
     assert len({r["peak_memory_mib"] for r in rows}) == 3
 
 
+def test_benchmark_models_default_list_and_composites():
+    """`make bench` runs every model by default; a composite model (the ensemble, whose
+    cost is its members') is left out of the default and refused in one line, not with
+    a traceback from a worker process."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench_models
+    from anomaly.models.registry import available_models
+
+    assert set(bench_models.benchmarkable()) == set(available_models()) - {"ensemble"}
+    result = subprocess.run(
+        [sys.executable, "benchmarks/bench_models.py", "--models", "ensemble"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 2
+    assert "'ensemble' is not a benchmarkable model" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_stage_benchmark_smoke(tmp_path):
     """`make bench`'s stage part on tiny data: every stage's wall time and its own peak
     RSS (a child process each), and the memory-growth check, in one JSON file."""
