@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import py7zr
 import pytest
+from PIL import Image
 
 from anomaly.data import download as download_mod
 from anomaly.data.archives import extract
@@ -193,6 +194,49 @@ def test_mvtec_pipeline_runs_from_a_local_folder(tmp_path, monkeypatch):
     test = pd.read_csv(tmp_path / "data/splits/test.csv")
     assert test["image_id"].nunique() == 4  # the official test set, untouched
     assert (tmp_path / "plots/explore/examples.png").is_file()  # colour images drawn as RGB
+
+
+def _gray_mvtec_folder(root, category="cell", colour_test_image=False):
+    """An MVTec-layout folder with a category of its own (not an official one), its
+    images 16-bit grayscale PNGs as a microscope or an industrial camera writes them."""
+    rng = np.random.default_rng(0)
+    base = root / category
+    for sub in ("train/good", "test/good", "test/spot", "ground_truth/spot"):
+        (base / sub).mkdir(parents=True)
+
+    def gray16(path):
+        pixels = (rng.random((24, 32)) * 20000 + 20000).astype(np.uint16)
+        Image.fromarray(pixels).save(path)
+
+    for i in range(4):
+        gray16(base / f"train/good/{i:03d}.png")
+    gray16(base / "test/good/000.png")
+    gray16(base / "test/spot/000.png")
+    if colour_test_image:
+        save_png(base / "test/spot/001.png", (rng.random((24, 32, 3)) * 255).astype(np.uint8))
+    mask = np.zeros((24, 32), np.uint8)
+    mask[4:10, 4:10] = 255
+    save_png(base / "ground_truth/spot/000_mask.png", mask)
+    if colour_test_image:
+        save_png(base / "ground_truth/spot/001_mask.png", mask)
+    return root
+
+
+@pytest.mark.parametrize("colour_test_image", [False, True])
+def test_mvtec_layout_channels_come_from_the_images(tmp_path, monkeypatch, colour_test_image):
+    """Reported fault: a grayscale folder in MVTec layout whose category is not one of
+    MVTec's was run as three equal channels (three times the memory, and colour defects
+    in its label-free figure that grayscale data cannot have). The images decide: one
+    channel for grayscale, three as soon as one image is in colour."""
+    source = _gray_mvtec_folder(tmp_path / "src", colour_test_image=colour_test_image)
+    monkeypatch.chdir(tmp_path)
+    write_params(
+        tmp_path / "params.yaml",
+        tiny_params(dataset={"name": "mvtec", "category": "cell", "source": str(source)}),
+    )
+    download_mod.download(load_params(), tmp_path / "raw")
+    info = json.loads((tmp_path / "raw/mvtec/dataset.json").read_text())
+    assert info["channels"] == (3 if colour_test_image else 1)
 
 
 def _aitex_archives(tmp_path):

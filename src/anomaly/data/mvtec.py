@@ -31,7 +31,6 @@ OBJECTS = (
     "zipper",
 )
 CATEGORIES = tuple(sorted(TEXTURES + OBJECTS))
-GRAYSCALE = ("grid", "screw", "zipper")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 OFFICIAL_URL = (

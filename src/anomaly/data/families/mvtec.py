@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from ...errors import DataError
-from ..mvtec import CATEGORIES, GRAYSCALE, OBJECTS, OFFICIAL_URL, TEXTURES, read_mvtec
+from ..mvtec import CATEGORIES, OBJECTS, OFFICIAL_URL, TEXTURES, read_mvtec
 from ..sources import Resource, cache_root, local_folder
 from .registry import Family, register
 
@@ -22,7 +22,7 @@ def in_category(member: str, category: str) -> bool:
     )
 
 
-def read(params, out: Path) -> tuple[pd.DataFrame, int, dict]:
+def read(params, out: Path) -> tuple[pd.DataFrame, int | None, dict]:
     categories = params.dataset.categories
     if not categories or len(categories) != 1:
         raise DataError(f"dataset.category: choose one MVTec AD category ({', '.join(CATEGORIES)})")
@@ -40,7 +40,10 @@ def read(params, out: Path) -> tuple[pd.DataFrame, int, dict]:
         key=f"-{category}",
     )
     frame = read_mvtec(root, category)
-    channels = 1 if category in GRAYSCALE else 3
+    # The images decide (grid, screw and zipper are grayscale): a folder in MVTec layout
+    # with a category of its own is often grayscale, and run as three equal channels
+    # it cost three times the memory and got colour defects in its label-free figure.
+    channels = None
     info = {
         "variant": f"MVTec AD {category} from {root}",
         "category_type": frame["category_type"].iloc[0],
