@@ -122,6 +122,20 @@ def test_the_report_says_when_the_figure_does_not_separate_the_top_two():
     assert "does not separate" not in selection.report_markdown(selection.rank(bare), [], "a")
 
 
+def test_the_report_says_when_the_figure_rests_on_few_good_images():
+    """Found on a 30-image folder: 4 good validation images, three candidates tied at
+    one figure; the report says why and what to do."""
+    few = [_record("a", 0.92), _record("b", 0.92)]
+    for r in few:
+        r["val_synthetic.n_good"] = 4
+    text = selection.report_markdown(selection.rank(few), [], "a")
+    assert "rests on 4 good validation images" in text and "split.val_fraction" in text
+    enough = [_record("a", 0.92), _record("b", 0.80)]
+    for r in enough:
+        r["val_synthetic.n_good"] = 36
+    assert "rests on" not in selection.report_markdown(selection.rank(enough), [], "a")
+
+
 def test_select_params_are_checked(tmp_path):
     write_params(tmp_path / "params.yaml", tiny_params(select={"candidates": ["padim"]}))
     assert main(["select", "--params", str(tmp_path / "params.yaml"), "--dry-run"]) == 2

@@ -218,6 +218,27 @@ def close_call(ranked: list[dict]) -> str | None:
     )
 
 
+# Below this many good validation images the label-free figure's intervals are wide (4
+# images and 24 simulated defects: about +/- 0.1) and candidates often tie outright.
+FEW_GOOD = 20
+
+
+def few_good(ranked: list[dict]) -> str | None:
+    """A sentence when the figure rests on few good validation images: its image AUROC
+    compares each simulated defect with every good validation image, so with a handful
+    of them it moves in coarse steps and the user should know why candidates tie."""
+    counts = [r.get("val_synthetic.n_good") for r in ranked]
+    counts = [int(c) for c in counts if isinstance(c, (int, float))]
+    if not counts or min(counts) >= FEW_GOOD:
+        return None
+    return (
+        f"The figure rests on {min(counts)} good validation images (`split.val_fraction` "
+        "of the good training images), so it moves in coarse steps and its intervals are "
+        f"wide; with {FEW_GOOD} or more it separates candidates better: add good images, "
+        "or raise `split.val_fraction` if you can spare them from training."
+    )
+
+
 def report_markdown(
     ranked: list[dict], extra: list[str], applied: str | None, failed: list[str] | None = None
 ) -> str:
@@ -236,7 +257,8 @@ def report_markdown(
         "",
         "Ranked by the label-free figure: each candidate's image AUROC of held-out good "
         "validation images against copies with a simulated defect (foreign texture, stain, "
-        "scratch, smear, hole, colour shift; `val_synthetic.*`), 95% bootstrap intervals.",
+        "scratch, smear, hole, and on colour images a colour shift; `val_synthetic.*`), "
+        "95% bootstrap intervals.",
         "",
         f"Settings: {' '.join(extra) if extra else '(params.yaml as committed)'}",
         "",
@@ -256,9 +278,9 @@ def report_markdown(
         row += f" {r['experiment']} |"
         lines.append(row)
     lines.append("")
-    close = close_call(ranked)
-    if close:
-        lines += [close, ""]
+    for note in (close_call(ranked), few_good(ranked)):
+        if note:
+            lines += [note, ""]
     if failed:
         lines += [f"Failed, not ranked: {', '.join(failed)}.", ""]
     if applied:
