@@ -141,7 +141,8 @@ def photographs_section() -> str:
         "defaults: `whole tile, 256 px` is `patch.side=128` (one tile per crop) with "
         "`input_size=256`; `whole image 256` resizes the crop to 256 and keeps it whole; "
         "`in128` feeds each 64-px tile to the backbone at 128 px; `lite2` is "
-        "EfficientNet-Lite2; `core0.1` keeps 10% of the patches instead of 1%.",
+        "EfficientNet-Lite2; `core0.1` keeps 10% of the patches instead of 1%; `stride32` "
+        "overlaps the 64-px tiles by half (`patch.stride=32`: about three times the tiles).",
         "",
         *photo_table(complete),
     ]
