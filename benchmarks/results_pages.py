@@ -1,8 +1,9 @@
 """Write the docs' results page, and the README's results block, from the results files.
 
 Why: a number copied by hand into a page drifts from the file it came from. This
-script is the only writer of ``docs/results.md`` and of the README between its
-``<!-- results:begin -->`` and ``<!-- results:end -->`` markers. Each table names its
+script is the only writer of ``docs/results.md``, of the README between its
+``<!-- results:begin -->`` and ``<!-- results:end -->`` markers, and of the measured
+tables of ``docs/scaling.md`` (its ``<!-- scaling-*:begin -->`` blocks). Each table names its
 source file; the page opens with every file's commit and machine (from the rows, or
 from ``benchmarks/results/provenance.json`` for files older than that habit) and which
 model files changed since (``git diff``), so a row measured on older code says so.
@@ -28,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks/results"
 PAGE = REPO / "docs/results.md"
 README = REPO / "README.md"
+SCALING = REPO / "docs/scaling.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 FEATURE_MODELS = ("padim", "patchcore", "fastflow", "simplenet")
 DIGITS = [str(d) for d in range(10)]
@@ -1232,11 +1234,134 @@ def readme_text() -> str:
     return head + readme_block() + tail
 
 
+def memory_scaling_block() -> str:
+    """docs/scaling.md: each stage's peak memory on the default data and on k times it."""
+    name = "bench_stages_ae_x4.json"
+    record = _json(name)
+    scaling = record["memory_scaling"]
+    k, target = scaling["data_growth"], scaling["target_max_growth"]
+    lines = [
+        f"Measured with `PYTHONPATH=src python benchmarks/bench_stages.py "
+        f"{' '.join('-S ' + s for s in record['set'])} --scale {k}` (part of `make bench`; "
+        f"each stage as its own process; `{name}`, {_machine(record)}):",
+        "",
+        f"| stage | peak RSS, default data (MiB) | {k}x the rolls (MiB) | growth |",
+        "|---|---|---|---|",
+    ]
+    for stage in scaling["stages"]:
+        lines.append(
+            f"| {stage['stage']} | {stage['peak_rss_mib']} | {stage['peak_rss_mib_x4']} "
+            f"| {stage['growth']:+.0%} |"
+        )
+    worst = max(scaling["stages"], key=lambda st: st["growth"])
+    verdict = "stays within" if worst["growth"] <= target else "does not stay within"
+    lines += [
+        "",
+        f"Every stage {verdict} the +{target:.0%} target (the largest growth: "
+        f"{worst['stage']}, {worst['growth']:+.0%}).",
+    ]
+    return "\n".join(lines)
+
+
+def gpu_block() -> str:
+    """docs/scaling.md: training and scoring rates on one GPU, fp32 against autocast."""
+    name = "bench_models_h100.jsonl"
+    rows = _jsonl(name)
+    first = rows[0]
+    lines = [
+        f"Measured on one {first['gpu']} (torch {first['torch']}, {first['threads']} CPU "
+        "threads; `PYTHONPATH=src python benchmarks/bench_models.py --device cuda --amp "
+        "--channels-last`, 64-px tiles, batches of 64, 20 steps per figure, so read them to "
+        f"about 10%; `{name}`, commit {', '.join(provenance(name)[0])}, model code since: "
+        f"{code_since(name)}):",
+        "",
+        "| model | train tiles/s, fp32 | train tiles/s, bf16 autocast | score tiles/s "
+        "| peak GPU MiB |",
+        "|---|---|---|---|---|",
+    ]
+    trained = sorted(
+        (r for r in rows if "train_tiles_per_s_fp32" in r),
+        key=lambda r: -r["train_tiles_per_s_fp32"],
+    )
+    for r in trained:
+        lines.append(
+            f"| `{r['model']}` | {r['train_tiles_per_s_fp32']:,.0f} | "
+            f"{r['train_tiles_per_s']:,.0f} | {r['score_tiles_per_s']:,.0f} "
+            f"| {r['peak_memory_mib']:.0f} |"
+        )
+    for r in rows:
+        if "bank_build_seconds" in r:
+            lines.append(
+                f"| `{r['model']}` | fitted in {r['bank_build_seconds']:.1f} s "
+                "(the default set) | | "
+                f"{r['score_tiles_per_s']:,.0f} "
+                f"| {r['peak_memory_mib']:.0f} |"
+            )
+    faster = [r["train_tiles_per_s_fp32"] / r["train_tiles_per_s"] for r in trained]
+    wins = [f for f in faster if f > 1]
+    losses = [
+        (r["model"], r["train_tiles_per_s"] / r["train_tiles_per_s_fp32"])
+        for r, f in zip(trained, faster, strict=True)
+        if f <= 1
+    ]
+    sentence = (
+        f"fp32 (with cuDNN's TF32 convolutions) was faster than bfloat16 autocast for "
+        f"{len(wins)} of the {len(trained)} trained models"
+    )
+    if wins:
+        sentence += f" ({min(wins):.2f} to {max(wins):.1f} times"
+        sentence += (
+            "; " + ", ".join(f"`{m}` {x:.2f} times slower" for m, x in losses) + ")"
+            if losses
+            else ")"
+        )
+    epochs = [r["epoch_seconds_default_set"] for r in trained]
+    ratios = [r["loader_ratio"] for r in trained]
+    cpu = {r["model"]: r for r in _jsonl("bench_models.jsonl")}
+    draem_gpu = next(r for r in trained if r["model"] == "draem")
+    draem_cpu = cpu["draem"]
+    low = sorted(trained, key=lambda r: r["loader_ratio"])[:3]
+    return "\n".join(
+        [
+            *lines,
+            "",
+            sentence + ".",
+            "",
+            f"An epoch of the default set's tiles takes {min(epochs):.1f} to "
+            f"{max(epochs):.1f} s on the GPU (DRAEM: {draem_gpu['epoch_seconds_default_set']:.1f}"
+            f" s against {draem_cpu['epoch_seconds_default_set']:.0f} s on "
+            f"{draem_cpu['threads']} CPU threads of an {_short_cpu(draem_cpu['cpu'])}, "
+            "`bench_models.jsonl`). Fed by the loader from host memory instead of "
+            f"GPU-resident tiles, training reached {min(ratios):.2f} to {max(ratios):.1f} "
+            "times the on-device rate (`loader_ratio`; lowest for "
+            + ", ".join(f"`{r['model']}` ({r['loader_ratio']:.2f})" for r in low)
+            + ", whose steps are the shortest).",
+        ]
+    )
+
+
+SCALING_BLOCKS = {"scaling-memory": memory_scaling_block, "scaling-gpu": gpu_block}
+
+
+def scaling_text() -> str:
+    """docs/scaling.md with each ``<!-- name:begin -->`` ... ``<!-- name:end -->`` block of
+    ``SCALING_BLOCKS`` written from its results file (the markers kept)."""
+    text = SCALING.read_text()
+    for name, block in SCALING_BLOCKS.items():
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        if begin not in text or end not in text:
+            raise SystemExit(f"{SCALING}: no {begin} ... {end} block to fill")
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{begin}\n{block()}\n{end}{tail}"
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if a page would change")
     args = parser.parse_args()
-    outputs = {PAGE: page(), README: readme_text()}
+    outputs = {PAGE: page(), README: readme_text(), SCALING: scaling_text()}
     if args.check:
         stale = [p for p, text in outputs.items() if not p.is_file() or p.read_text() != text]
         for path in stale:
