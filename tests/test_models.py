@@ -131,6 +131,13 @@ def test_model_separates_obvious_anomalies_and_round_trips(name, tmp_path):
     auroc = roc_auc_score(labels, np.r_[s_norm.numpy(), s_anom.numpy()])
     assert auroc > 0.9, f"{name} AUROC {auroc:.3f}"
 
+    # `own_tile_score` names exactly the models whose tile score ignores patch_reduce,
+    # so metrics/eval.json records what ran (a patchcore run said "topk_mean").
+    by_max, _ = model.score(anomalous, ScoreConfig(smooth_sigma=1.0, patch_reduce="max"))
+    by_mean, _ = model.score(anomalous, ScoreConfig(smooth_sigma=1.0, patch_reduce="mean"))
+    ignores = torch.allclose(by_max, by_mean)
+    assert ignores == (model.own_tile_score() is not None), model.own_tile_score()
+
     save_checkpoint(model, tmp_path / "model.pt", {"seed": 0})
     loaded, payload = load_checkpoint(tmp_path / "model.pt")
     assert payload["model"] == name
@@ -614,3 +621,14 @@ def test_feature_heads_refuse_a_cache_over_budget_or_a_single_tile(name):
     one = build_model(name, model_config(name, TINY[name]), 1, SIZE)
     with pytest.raises(TrainingError, match="needs at least 2 good training tiles"):
         one.fit_memory(ListSource(stripes(1, rng), 1), torch.device("cpu"), 1, 0)
+
+
+def test_elbo_scoring_is_a_tile_score_of_its_own():
+    """``score: elbo`` scores a tile by its negative ELBO, not by a reduced map: the
+    model says so (``own_tile_score``), and patch_reduce indeed changes nothing."""
+    model = build_model("vae", model_config("vae", {**TINY["vae"], "score": "elbo"}), 1, SIZE)
+    model.eval()
+    x = torch.rand(4, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    by_max, _ = model.score(x, ScoreConfig(smooth_sigma=1.0, patch_reduce="max"))
+    by_mean, _ = model.score(x, ScoreConfig(smooth_sigma=1.0, patch_reduce="mean"))
+    assert torch.allclose(by_max, by_mean) and model.own_tile_score() == "elbo"

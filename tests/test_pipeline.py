@@ -217,3 +217,24 @@ def test_auto_tiles_run_through_the_pipeline_and_predict_cuts_new_images_alike(p
     got = detector.predict(project / "data/raw/synthetic_fabric" / row["image_path"])[0]
     assert got.score == pytest.approx(float(row["score"]), rel=1e-5, abs=1e-6)
     assert got.anomaly_map.shape == (64, 256)
+
+
+def test_a_models_own_tile_score_is_what_eval_records(project, caplog):
+    """Reported fault: PatchCore scores a tile by the paper's re-weighted maximum patch
+    distance, never by ``score.patch_reduce``, yet metrics/eval.json said
+    ``score.patch_reduce: topk_mean`` for every patchcore run, and a patch_reduce set
+    for it changed nothing without a word. Now eval.json records the rule that ran, the
+    score stage says when the setting does not apply, and the bundle still builds."""
+    data = tiny_params(model="patchcore")
+    data["score"]["patch_reduce"] = "max"
+    write_params(project / "params.yaml", data)
+    params = load_params()
+    with caplog.at_level(logging.WARNING):
+        for name in ("download", "patchify", "split", "train", "score", "threshold"):
+            pipeline.STAGES[name](params)
+    assert "score.patch_reduce=max does not apply to patchcore" in caplog.text
+    for name in ("export", "evaluate"):
+        pipeline.STAGES[name](params)
+    metrics = json.loads((project / "metrics/eval.json").read_text())
+    assert metrics["score.patch_reduce"] == "reweighted_max"
+    assert (project / "models/patchcore.bundle").is_file()

@@ -109,7 +109,7 @@ def bundle_from_pipeline(params: Any) -> dict:
     settings = read_json(settings_file)  # what the score stage ran, `auto` resolved
     return build_bundle(
         checkpoint,
-        {k: v for k, v in settings.items() if k != "origin"},
+        {k: v for k, v in settings.items() if k not in ("origin", "tile_score")},
         read_json(norm_file),
         read_json(paths.THRESHOLD),
         params.dataset.name,

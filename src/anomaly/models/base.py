@@ -100,6 +100,23 @@ class AnomalyModel(nn.Module):
         now = self.code_fingerprint()
         return [name for name, digest in now.items() if (recorded or {}).get(name) != digest]
 
+    def own_tile_score(self) -> str | None:
+        """The rule of a model whose tile score is its own, not its map reduced by
+        ``score.patch_reduce`` (None: it reduces its map like the others). The score
+        stage records it, so ``metrics/eval.json`` says what ran instead of a
+        ``patch_reduce`` that did not, and warns when ``score.patch_reduce`` was set for
+        such a model. Kept here by name rather than in each model's module because the
+        results pages date every results row by its model's module (a test checks this
+        table against what each model's score actually does)."""
+        config = self.config
+        if self.name == "patchcore":
+            return "reweighted_max"  # the paper's: the largest patch distance, re-weighted
+        if self.name == "draem" and getattr(config, "image_score", "recon") != "recon":
+            return f"segmentation_{config.image_score}"
+        if getattr(config, "score", None) == "elbo":  # the variational models' option
+            return "elbo"
+        return None
+
     def prepare_scoring(self, cfg: Any, device: torch.device | None = None) -> Any:
         """State a model fits lazily per ``score.*`` setting (an ensemble's member
         standardisation); export calls it before tracing so the graph holds it."""

@@ -90,6 +90,8 @@ def run(params: Params) -> None:
         settings = read_json(settings_file)
         for key in ("patch_reduce", "smooth_sigma"):
             flat[f"score.{key}"] = settings[key]
+        if settings.get("tile_score"):  # a model's own rule: patch_reduce did not run
+            flat["score.patch_reduce"] = settings["tile_score"]
     for key, value in classification_metrics(y, s, cut).items():
         flat[f"image.{key}"] = value
         if key == "auroc":  # 95% bootstrap interval next to the value it qualifies

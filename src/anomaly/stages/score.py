@@ -56,9 +56,18 @@ def run(params: Params) -> None:
         # Table rows have no spatial neighbourhood: per-feature squared error, averaged.
         score_cfg = replace(score_cfg, map="mse", smooth_sigma=0.0, patch_reduce="mean")
         origin.update(map="tables", smooth_sigma="tables", patch_reduce="tables")
+    own = model.own_tile_score()
+    if own and origin.get("patch_reduce") == "params":
+        log.warning(
+            "score.patch_reduce=%s does not apply to %s: its tile score is its own (%s)",
+            score_cfg.patch_reduce,
+            params.model,
+            own,
+        )
     with atomic_dir(paths.score_dir(params.model)) as tmp:
         # The settings that ran (auto resolved): export bundles them, evaluate reports them.
-        write_json(tmp / "score_settings.json", {**to_dict(score_cfg), "origin": origin})
+        settings = {**to_dict(score_cfg), "origin": origin, "tile_score": own}
+        write_json(tmp / "score_settings.json", settings)
         log.info(
             "score %s: patch_reduce %s, smooth_sigma %s (%s)",
             params.model,
