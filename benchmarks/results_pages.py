@@ -565,6 +565,7 @@ MNIST_SOURCES = (
     ("fastflow_mnist.jsonl", "", "in one process"),
     ("simplenet_mnist.jsonl", "", "in one process"),
     ("mnist_sweep.jsonl", "", "`make sweep`"),
+    ("draem_mnist.jsonl", "", "in one process"),
     ("anogan_score.jsonl", "anogan (defaults) through make sweep", "`make sweep`"),
     ("vit_vae_tokens.jsonl", "vit_vae", "in one process"),
 )
