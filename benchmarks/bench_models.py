@@ -214,12 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="also append the JSON lines to this file")
     args = parser.parse_args(argv)
     resolve_device(args.device)  # a bad --device fails here, once
-    names = args.models.split(",")
+    names, known = args.models.split(","), benchmarkable()
     for name in names:
-        if name not in benchmarkable():
+        if name not in known:
             print(
                 f"--models: {name!r} is not a benchmarkable model (known: "
-                f"{', '.join(benchmarkable())}; {', '.join(COMPOSITE)} costs what its "
+                f"{', '.join(known)}; {', '.join(COMPOSITE)} costs what its "
                 "members cost)",
                 file=sys.stderr,
             )

@@ -30,7 +30,6 @@ RESULTS = REPO / "benchmarks/results"
 PAGE = REPO / "docs/results.md"
 README = REPO / "README.md"
 SCALING = REPO / "docs/scaling.md"
-BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 FEATURE_MODELS = ("padim", "patchcore", "fastflow", "simplenet")
 DIGITS = [str(d) for d in range(10)]
 PHOTOS = ["brick", "grass", "gravel", "moon", "ihc", "hubble", "retina"]
@@ -1147,7 +1146,7 @@ def page() -> str:
 
 def readme_block() -> str:
     """The README's short results: the default fabric, the photographs, production."""
-    lines = [BEGIN]
+    lines = []
     if (RESULTS / "fabric_models.jsonl").is_file():
         lines += [
             "",
@@ -1221,18 +1220,22 @@ def readme_block() -> str:
         f"{biggest['side']} image takes {biggest['seconds']:.1f} s at "
         f"{biggest['peak_rss_mib']} MiB peak.",
         "",
-        END,
     ]
     return "\n".join(lines)
 
 
-def readme_text() -> str:
-    text = README.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{README}: no {BEGIN} ... {END} block to fill")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return head + readme_block() + tail
+def fill_blocks(path: Path, blocks: dict) -> str:
+    """``path``'s text with each ``<!-- name:begin -->`` ... ``<!-- name:end -->`` block of
+    ``blocks`` (name -> function giving its text) rewritten, the markers kept."""
+    text = path.read_text()
+    for name, block in blocks.items():
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        if begin not in text or end not in text:
+            raise SystemExit(f"{path}: no {begin} ... {end} block to fill")
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{begin}\n{block()}\n{end}{tail}"
+    return text
 
 
 def memory_scaling_block() -> str:
@@ -1318,9 +1321,8 @@ def gpu_block() -> str:
         )
     epochs = [r["epoch_seconds_default_set"] for r in trained]
     ratios = [r["loader_ratio"] for r in trained]
-    cpu = {r["model"]: r for r in _jsonl("bench_models.jsonl")}
     draem_gpu = next(r for r in trained if r["model"] == "draem")
-    draem_cpu = cpu["draem"]
+    draem_cpu = next(r for r in _jsonl("bench_models.jsonl") if r["model"] == "draem")
     low = sorted(trained, key=lambda r: r["loader_ratio"])[:3]
     return "\n".join(
         [
@@ -1344,25 +1346,15 @@ def gpu_block() -> str:
 SCALING_BLOCKS = {"scaling-memory": memory_scaling_block, "scaling-gpu": gpu_block}
 
 
-def scaling_text() -> str:
-    """docs/scaling.md with each ``<!-- name:begin -->`` ... ``<!-- name:end -->`` block of
-    ``SCALING_BLOCKS`` written from its results file (the markers kept)."""
-    text = SCALING.read_text()
-    for name, block in SCALING_BLOCKS.items():
-        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-        if begin not in text or end not in text:
-            raise SystemExit(f"{SCALING}: no {begin} ... {end} block to fill")
-        head, rest = text.split(begin, 1)
-        _, tail = rest.split(end, 1)
-        text = f"{head}{begin}\n{block()}\n{end}{tail}"
-    return text
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if a page would change")
     args = parser.parse_args()
-    outputs = {PAGE: page(), README: readme_text(), SCALING: scaling_text()}
+    outputs = {
+        PAGE: page(),
+        README: fill_blocks(README, {"results": readme_block}),
+        SCALING: fill_blocks(SCALING, SCALING_BLOCKS),
+    }
     if args.check:
         stale = [p for p, text in outputs.items() if not p.is_file() or p.read_text() != text]
         for path in stale:

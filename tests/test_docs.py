@@ -84,8 +84,8 @@ def test_docs_site_builds_strictly(tmp_path):
 
 def test_generated_results_page_is_what_the_results_files_say():
     """docs/results.md, the README's results block and docs/scaling.md's measured
-    tables are written by benchmarks/results_pages.py alone: regenerating them from benchmarks/results/ gives
-    the committed text, byte for byte. The pages name which model files changed since
+    tables are written by benchmarks/results_pages.py alone: regenerating them from
+    benchmarks/results/ gives the committed text, byte for byte. The pages name which model files changed since
     each results file's commit (``git diff``), so a clone without that history cannot
     regenerate them."""
     shallow = subprocess.run(

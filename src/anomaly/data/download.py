@@ -27,17 +27,17 @@ log = logging.getLogger(__name__)
 
 def check_files(
     frame: pd.DataFrame, root: Path, policy: str
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, tuple[int, int]], str | None]:
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, tuple[int, int]], bool]:
     """Decode every image and mask once, before any stage relies on them.
 
     Returns the rows that read, the skipped rows (``dataset.on_bad_file: skip``) with
-    the reason, each image's (width, height) and the Pillow mode that decides the
-    channels: the first colour image's, else the first image's (one colour image makes
-    the data colour; grayscale data stays one channel, whatever its folder layout).
+    the reason, each image's (width, height) and whether any image is in colour (one
+    colour image makes the data colour; grayscale data stays one channel, whatever its
+    folder layout).
     With ``error`` (the default) the first bad file stops the stage with one line naming
     it: a zero-byte or truncated PNG is found here, not as a traceback three stages later.
     """
-    keep, skipped, sizes, first_mode, colour_mode = [], [], {}, None, None
+    keep, skipped, sizes, colour = [], [], {}, False
     for index, row in frame.iterrows():
         problem = None
         parts = [("image", row["image_path"])]
@@ -51,9 +51,7 @@ def check_files(
                     decode_check(img, str(path))
                     if kind == "image":
                         sizes[row["image_path"]] = oriented_size(img)
-                        first_mode = first_mode or img.mode
-                        if not is_single_channel(img.mode):
-                            colour_mode = colour_mode or img.mode
+                        colour = colour or not is_single_channel(img.mode)
             except DataError as exc:
                 problem = str(exc)
             except FileNotFoundError:
@@ -72,8 +70,7 @@ def check_files(
         log.warning("skipping %s", problem)
         skipped.append({"image_path": row["image_path"], "reason": problem})
     skipped_frame = pd.DataFrame(skipped, columns=["image_path", "reason"])
-    mode = colour_mode or first_mode
-    return frame.loc[keep].reset_index(drop=True), skipped_frame, sizes, mode
+    return frame.loc[keep].reset_index(drop=True), skipped_frame, sizes, colour
 
 
 def _warn_odd_sizes(sizes: dict[str, tuple[int, int]]) -> None:
@@ -105,11 +102,11 @@ def download(params: Params, raw_root: str | Path = "data/raw") -> Path:
         raise DataError(f"dataset {params.dataset.name}: no images found")
     skipped = pd.DataFrame(columns=["image_path", "reason"])
     if info.get("kind") != "tabular":
-        frame, skipped, sizes, mode = check_files(frame, out, params.dataset.on_bad_file)
+        frame, skipped, sizes, colour = check_files(frame, out, params.dataset.on_bad_file)
         if frame.empty:
             raise DataError(f"dataset {params.dataset.name}: no readable images")
         if channels is None:
-            channels = 1 if is_single_channel(mode) else 3
+            channels = 3 if colour else 1
         _warn_odd_sizes(sizes)
     if len(skipped):
         log.warning(

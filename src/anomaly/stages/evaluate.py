@@ -88,10 +88,9 @@ def run(params: Params) -> None:
     settings_file = base / "score_settings.json"
     if settings_file.is_file():  # what `score.*: auto` resolved to, for `dvc exp show`
         settings = read_json(settings_file)
-        for key in ("patch_reduce", "smooth_sigma"):
-            flat[f"score.{key}"] = settings[key]
-        if settings.get("tile_score"):  # a model's own rule: patch_reduce did not run
-            flat["score.patch_reduce"] = settings["tile_score"]
+        # a model's own tile score when it has one: patch_reduce did not run then
+        flat["score.patch_reduce"] = settings.get("tile_score") or settings["patch_reduce"]
+        flat["score.smooth_sigma"] = settings["smooth_sigma"]
     for key, value in classification_metrics(y, s, cut).items():
         flat[f"image.{key}"] = value
         if key == "auroc":  # 95% bootstrap interval next to the value it qualifies
