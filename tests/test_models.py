@@ -632,3 +632,77 @@ def test_elbo_scoring_is_a_tile_score_of_its_own():
     by_max, _ = model.score(x, ScoreConfig(smooth_sigma=1.0, patch_reduce="max"))
     by_mean, _ = model.score(x, ScoreConfig(smooth_sigma=1.0, patch_reduce="mean"))
     assert torch.allclose(by_max, by_mean) and model.own_tile_score() == "elbo"
+
+
+def test_patchcore_bank_keeps_the_levels_own_channels():
+    """feature_dim above the levels' channels (Lite0 stage2 + stage3: 64) keeps the 64:
+    pooling up to 256 only repeated each channel, four times the bank's memory and the
+    coreset's work. Below, channels are averaged down to feature_dim."""
+    rng = np.random.default_rng(0)
+    wide = build_model("patchcore", model_config("patchcore", {"feature_dim": 256}), 1, SIZE)
+    wide.fit_memory(ListSource(stripes(8, rng), 8), torch.device("cpu"), 8, 0)
+    assert wide.memory_bank.shape[1] == 64
+    narrow = build_model("patchcore", model_config("patchcore", {"feature_dim": 16}), 1, SIZE)
+    narrow.fit_memory(ListSource(stripes(8, rng), 8), torch.device("cpu"), 8, 0)
+    assert narrow.memory_bank.shape[1] == 16
+
+
+def test_greedy_coreset_covers_every_cluster_and_stays_on_cpu_without_gpu():
+    """k-center greedy reaches every separated cluster before a second point of any
+    (its point), and the CPU keeps the work when no GPU is named."""
+    from anomaly.models.patchcore import coreset_device, greedy_coreset
+
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.eye(8) * 100
+    points = (centres[:, None, :] + torch.randn(8, 50, 8, generator=gen)).reshape(-1, 8)
+    keep = greedy_coreset(points, 8, 128, torch.Generator().manual_seed(1))
+    assert sorted(set((keep // 50).tolist())) == list(range(8))
+    assert coreset_device(points, torch.device("cpu")) == torch.device("cpu")
+    assert coreset_device(points, None) == torch.device("cpu")
+
+
+@pytest.mark.parametrize(("channels", "width"), [(64, 256), (144, 256), (3, 4), (64, 64), (64, 16)])
+def test_patchcore_channel_map_keeps_the_pooled_distances(channels, width):
+    """Bank features ``x @ channel_map`` are as far apart as the pooled ones were."""
+    from anomaly.models.patchcore import channel_map, pooling_matrix
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 50, channels, generator=gen, dtype=torch.float64)
+    pooled = torch.linalg.norm((x - y) @ pooling_matrix(channels, width), dim=1)
+    mapped = channel_map(channels, width).double()
+    assert mapped.shape[1] == min(channels, width)
+    assert torch.allclose(torch.linalg.norm((x - y) @ mapped, dim=1), pooled, rtol=1e-5)
+
+
+def test_patchcore_loads_a_bank_saved_with_repeated_channels():
+    """A checkpoint written before channel_map (256 pooled columns for 64 channels)
+    loads as today's 64-column bank with the same distances: old bundles keep scoring."""
+    from anomaly.models.patchcore import pooling_matrix
+
+    rng = np.random.default_rng(0)
+    model = build_model("patchcore", model_config("patchcore", {"feature_dim": 256}), 1, SIZE)
+    model.fit_memory(ListSource(stripes(8, rng), 8), torch.device("cpu"), 8, 0)
+    state = model.state_dict()
+    lift = torch.linalg.inv(model.channel_map.double()) @ pooling_matrix(64, 256)
+    old = {**state, "memory_bank": (state["memory_bank"].double() @ lift).float()}
+    assert old["memory_bank"].shape[1] == 256
+    loaded = build_model("patchcore", model_config("patchcore", {"feature_dim": 256}), 1, SIZE)
+    loaded.load_state_dict(old)
+    assert torch.allclose(loaded.memory_bank, model.memory_bank, atol=1e-4)
+
+
+def test_coreset_in_pieces_is_one_greedy_pass_below_a_piece_and_covers_above():
+    """Up to ``piece`` rows the coreset is the single greedy pass (every measured default
+    is one piece); above, each consecutive piece keeps its share and its clusters."""
+    from anomaly.models.patchcore import coreset, greedy_coreset
+
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.eye(8) * 100
+    points = (centres[:, None, :] + torch.randn(8, 60, 8, generator=gen)).reshape(-1, 8)
+    one = coreset(points, 0.05, 128, torch.Generator().manual_seed(1), piece=len(points))
+    assert torch.equal(one, greedy_coreset(points, 24, 128, torch.Generator().manual_seed(1)))
+    pieces = coreset(points, 0.05, 128, torch.Generator().manual_seed(1), piece=120)
+    assert len(pieces) == 4 * 6 and len(set(pieces.tolist())) == 24
+    for k in range(4):  # each piece of 120 rows holds two clusters and keeps both
+        inside = pieces[(pieces >= 120 * k) & (pieces < 120 * (k + 1))]
+        assert len(inside) == 6 and set((inside // 60).tolist()) == {2 * k, 2 * k + 1}

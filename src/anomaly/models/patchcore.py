@@ -3,7 +3,9 @@
 No gradient training. A frozen CNN (``backbone``) gives mid-level features
 (``layers``, e.g. ``stage2`` and ``stage3``); each is averaged over a 3 x 3 neighbourhood so a
 patch feature sees its surroundings, the deeper level is upsampled to the first's grid and
-both are concatenated and pooled over channels to ``feature_dim``. Every
+both are concatenated and averaged in channel groups to ``feature_dim`` (``channel_map``:
+where the levels have fewer channels, the bank keeps their own count with the same
+distances, a quarter of the memory and search for Lite0's 64). Every
 training tile contributes its grid of patch features to a memory bank, which
 greedy k-center coreset selection (on a random projection) shrinks to
 ``coreset_ratio`` of its size. A test patch scores its distance to the nearest
@@ -28,6 +30,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..distributed import SINGLE, Cluster
 from ..errors import ParamsError, TrainingError
@@ -59,22 +62,43 @@ class PatchCoreConfig(TrainOverrides):
 
 
 def greedy_coreset(
-    features: torch.Tensor, count: int, projection_dim: int, generator: torch.Generator
+    features: torch.Tensor,
+    count: int,
+    projection_dim: int,
+    generator: torch.Generator,
+    device: torch.device | None = None,
+    expand: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Indices of ``count`` rows chosen by k-center greedy on a random projection.
 
     Distances to the newest centre come from one matrix-vector product
     (``|p - c|^2 = |p|^2 - 2 p.c + |c|^2``) instead of materialising ``points - c``:
     on 360k patches x 128 dims that is ~25x faster and allocates nothing per step.
+    The work is (patches x count x width), quadratic in the data, so the loop runs on
+    ``device`` (a GPU's) when the projected points fit there; the random draws stay on
+    the CPU generator, so every device picks from the same projection.
+
+    ``expand`` (width x nominal) maps the rows to the features they stand for, whose
+    projection this is (PatchCore's ``channel_map``: its rows have the distances of
+    ``feature_dim`` pooled columns in fewer dimensions). A projection to more dimensions
+    than the rows have is replaced by its Cholesky factor: the same distances, so the
+    same picks, in ``width`` columns (half the work for Lite0's 64 against 128).
     """
-    n = features.shape[0]
+    n, width = features.shape
     if count >= n:
         return torch.arange(n)
-    if features.shape[1] > projection_dim:
-        proj = torch.randn(features.shape[1], projection_dim, generator=generator)
-        points = features @ (proj / math.sqrt(projection_dim)).to(features)
+    nominal = width if expand is None else expand.shape[1]
+    if nominal > projection_dim:
+        proj = torch.randn(nominal, projection_dim, generator=generator)
+        proj = (proj / math.sqrt(projection_dim)).double()
+        if expand is not None:
+            proj = expand.double().cpu() @ proj
+        if width < projection_dim:
+            proj = torch.linalg.cholesky(proj @ proj.T)
+        points = features @ proj.to(features)
     else:
         points = features
+    points = points.to(coreset_device(points, device))
     squared = (points * points).sum(1)
 
     def distances(index: int) -> torch.Tensor:
@@ -87,6 +111,83 @@ def greedy_coreset(
         chosen.append(pick)
         torch.minimum(nearest, distances(pick), out=nearest)
     return torch.tensor(chosen)
+
+
+# Patch features per greedy pass. Greedy k-center costs (features x kept entries), the
+# square of the bank; a bank above this is cut into equal consecutive pieces (training
+# tiles in order, so whole images together), each keeping ``coreset_ratio`` of its own:
+# linear in the bank, the union of per-piece covers (a composable coreset). Every
+# measured default (the fabric's 360k features, the photographs') is one piece.
+CORESET_PIECE = 2**19
+
+
+def coreset(
+    bank: torch.Tensor,
+    ratio: float,
+    projection_dim: int,
+    generator: torch.Generator,
+    device: torch.device | None = None,
+    expand: torch.Tensor | None = None,
+    piece: int = CORESET_PIECE,
+) -> torch.Tensor:
+    """Indices of the rows kept: ``ratio`` of ``bank`` by greedy k-center, one pass per
+    piece of at most ``piece`` rows (see ``CORESET_PIECE``)."""
+    n = bank.shape[0]
+    bounds = torch.linspace(0, n, math.ceil(n / piece) + 1).round().long().tolist()
+    kept = []
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        count = max(1, int(round((stop - start) * ratio)))
+        picks = greedy_coreset(bank[start:stop], count, projection_dim, generator, device, expand)
+        kept.append(picks.cpu() + start)
+    return torch.cat(kept)
+
+
+@torch.no_grad()
+def level_channels(extractor: nn.Module) -> int:
+    """Channels of the extractor's chosen levels together, from one small probe in eval
+    mode (in training mode it would move the BatchNorm statistics)."""
+    was_training = extractor.training
+    extractor.eval()
+    feats = extractor(torch.zeros(1, 3, 64, 64, device=extractor.mean.device))
+    extractor.train(was_training)
+    return sum(fmap.shape[1] for fmap in feats.values())
+
+
+def pooling_matrix(channels: int, width: int) -> torch.Tensor:
+    """(channels, width): ``x @ P`` is ``adaptive_avg_pool1d(x, width)`` over channels."""
+    eye = torch.eye(channels, dtype=torch.float64).reshape(channels, 1, channels)
+    return F.adaptive_avg_pool1d(eye, width).reshape(channels, width)
+
+
+def channel_map(channels: int, width: int) -> torch.Tensor:
+    """The matrix that turns concatenated level channels into bank features.
+
+    Fewer bank dimensions than channels: the channel-group average (``pooling_matrix``).
+    More: averaging *up* only repeats channels (Lite0's stage2 + stage3 are 64, and
+    ``feature_dim`` 256 copied each four times), which costs memory and search time and
+    adds nothing. Distances after it are ``|(x - y) P|``; with ``L`` the Cholesky factor of
+    ``P P^T`` (channels x channels), ``|(x - y) L|`` is the same number in ``channels``
+    dimensions, so neighbours, distances and the paper's re-weighting (which depends on
+    their scale) are unchanged.
+    """
+    pool = pooling_matrix(channels, width)
+    if width < channels:
+        return pool.float()
+    return torch.linalg.cholesky(pool @ pool.T).float()
+
+
+def coreset_device(points: torch.Tensor, device: torch.device | None) -> torch.device:
+    """``device`` when it is a GPU with room for three copies of ``points`` (points,
+    their norms and the running distances, with slack), else the CPU."""
+    if device is None or torch.device(device).type != "cuda":
+        return torch.device("cpu")
+    free, _ = torch.cuda.mem_get_info(device)
+    if 3 * points.element_size() * points.numel() > free:
+        log.info(
+            "patchcore: the coreset runs on the CPU (%d patches do not fit the GPU)", len(points)
+        )
+        return torch.device("cpu")
+    return torch.device(device)
 
 
 def _faiss():
@@ -160,8 +261,26 @@ class PatchCore(FeatureMemoryModel):
         input_shape: tuple[int, int, int] | None = None,
     ) -> None:
         super().__init__(config, in_channels, image_size, input_shape)
-        self.register_buffer("memory_bank", torch.zeros(0, config.feature_dim))
+        self.channels = level_channels(self.extractor)
+        mapping = channel_map(self.channels, config.feature_dim)
+        self.register_buffer("channel_map", mapping, persistent=False)
+        self.register_buffer("memory_bank", torch.zeros(0, mapping.shape[1]))
         self._indexes: dict[tuple, BankIndex] = {}
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):
+        """Banks saved before ``channel_map`` (``feature_dim`` columns of repeated channels)
+        are mapped to today's width: the pooled features ``x P`` times ``pinv(P) L`` are
+        ``x L``, the same distances."""
+        bank = state_dict.get("memory_bank")
+        width = self.channel_map.shape[1]
+        if bank is not None and bank.shape[1] != width and bank.shape[1] == self.config.feature_dim:
+            pool = pooling_matrix(self.channels, self.config.feature_dim)
+            lift = torch.linalg.pinv(pool) @ self.channel_map.double().cpu()
+            state_dict = {
+                **state_dict,
+                "memory_bank": (bank.double() @ lift.to(bank.device)).to(bank.dtype),
+            }
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _index(self, bank: torch.Tensor) -> BankIndex:
         """The search index of ``bank``, built on first use; a new bank (refit, load,
@@ -183,8 +302,8 @@ class PatchCore(FeatureMemoryModel):
         feats = local_patch_features(self.extractor(x), self.extractor.layers)
         feats = feats.permute(0, 2, 3, 1)  # B, h, w, C
         b, gh, gw, c = feats.shape
-        pooled = F.adaptive_avg_pool1d(feats.reshape(-1, 1, c), self.config.feature_dim)
-        return pooled.reshape(b, gh, gw, self.config.feature_dim)
+        mapped = feats.reshape(-1, c) @ self.channel_map.to(feats.dtype)
+        return mapped.reshape(b, gh, gw, -1)
 
     @torch.no_grad()
     def fit_memory(
@@ -202,11 +321,11 @@ class PatchCore(FeatureMemoryModel):
             feats = self.features(x.to(device))
             if not chunks:
                 per_tile = feats.shape[1] * feats.shape[2]
-                need = n_tiles * per_tile * self.config.feature_dim * 4 / 2**30
+                need = n_tiles * per_tile * feats.shape[-1] * 4 / 2**30
                 if need > self.config.max_memory_gb:
                     raise TrainingError(
                         f"patchcore: the memory bank before coreset needs {need:.1f} GiB "
-                        f"({n_tiles} tiles x {per_tile} patches x {self.config.feature_dim} "
+                        f"({n_tiles} tiles x {per_tile} patches x {feats.shape[-1]} "
                         f"floats), over models.patchcore.max_memory_gb="
                         f"{self.config.max_memory_gb}; set train.max_train_patches or a "
                         "smaller feature_dim"
@@ -214,11 +333,18 @@ class PatchCore(FeatureMemoryModel):
             chunks.append(feats.reshape(-1, feats.shape[-1]).float().cpu())
         # Distributed: the ranks' contiguous blocks, in rank order, are the full bank.
         bank = cluster.gather_rows(torch.cat(chunks))
-        count = max(1, int(round(bank.shape[0] * self.config.coreset_ratio)))
         generator = torch.Generator().manual_seed(seed)
-        keep = greedy_coreset(bank, count, self.config.projection_dim, generator)
+        expand = (
+            torch.linalg.inv(self.channel_map.double().cpu())
+            @ pooling_matrix(self.channels, self.config.feature_dim)
+            if self.channel_map.shape[0] == self.channel_map.shape[1]
+            else None
+        )
+        keep = coreset(
+            bank, self.config.coreset_ratio, self.config.projection_dim, generator, device, expand
+        )
         self.memory_bank = bank[keep].to(device)
-        return {"patch_features": int(bank.shape[0]), "memory_bank": int(count)}
+        return {"patch_features": int(bank.shape[0]), "memory_bank": len(keep)}
 
     @torch.no_grad()
     def score(self, x: torch.Tensor, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
