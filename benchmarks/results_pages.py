@@ -106,6 +106,38 @@ def huge_section() -> str:
     return "\n".join(lines)
 
 
+def patchcore_fit_section() -> str:
+    rows = _jsonl("patchcore_fit_scaling.jsonl")
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    commits = ", ".join(dict.fromkeys(r["commit"] for r in rows))
+    lines = [
+        "## PatchCore's fit on large photographs",
+        "",
+        "`benchmarks/bench_patchcore_fit.py` (`patchcore_fit_scaling.jsonl`, commit "
+        f"{commits}, {_machine(rows[0])}): the memory-bank fit with default params "
+        "(feature extraction and coreset) on the 64-px tiles of 1024-px colour "
+        "photographs (`coffee` from scikit-image, cropped and upsampled), seconds by "
+        "variant. `before` is the code that averaged Lite0's 64 channels up to 256 "
+        "columns and ran one greedy pass over the whole bank; `channel_map` keeps the 64 "
+        "with the same distances and cuts banks above 524,288 features into pieces.",
+        "",
+        "| 1024-px images | tiles | patch features | entries kept | " + " | ".join(variants) + " |",
+        "|---|---|---|---|" + "---|" * len(variants),
+    ]
+    sizes = sorted({r["images_1024px"] for r in rows})
+    for images in sizes:
+        found = {r["variant"]: r for r in rows if r["images_1024px"] == images}
+        first = next(iter(found.values()))
+        kept = "/".join(dict.fromkeys(str(r["memory_bank"]) for r in found.values()))
+        cells = [f"{found[v]['seconds']:.1f}" if v in found else "-" for v in variants]
+        lines.append(
+            f"| {images} | {first['tiles']} | {first['patch_features']:,} | {kept} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 REAL_FILES = (
     "label_free_real.jsonl",  # the default candidates and the whole-image variants
     "patchcore_variants_real.jsonl",  # PatchCore ablation: resolution, backbone, coreset
@@ -1139,6 +1171,7 @@ def page() -> str:
     add(tabular_section, "tabular.jsonl")
     add(serve_section, "bench_serve.json", "bench_serve_1worker.json")
     add(huge_section, "bench_huge.json")
+    add(patchcore_fit_section, "patchcore_fit_scaling.jsonl")
     add(throughput_section, "bench_models.jsonl", "bench_models_h100.jsonl")
     used.append("bench_stages_default.json")
     return header + "\n" + "\n\n".join([provenance_section(used), *sections]) + "\n"
