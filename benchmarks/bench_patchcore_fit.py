@@ -8,8 +8,10 @@ photograph that ships with scikit-image (``coffee``, colour, upsampled to 1024 p
 for growing numbers of 1024-px images, so the cost of a large folder is a measured
 line, not a guess.
 
-    PYTHONPATH=src python benchmarks/bench_patchcore_fit.py --images 2 4 8
-    PYTHONPATH=src python benchmarks/bench_patchcore_fit.py -S feature_dim=256 --tag before
+    PYTHONPATH=src python benchmarks/bench_patchcore_fit.py --images 2 4 8 16 32 --tag channel_map
+    PYTHONPATH=src python benchmarks/bench_patchcore_fit.py -S coreset_ratio=0.1 --tag core0.1
+
+The ``before`` rows ran this script on a checkout of the commit before ``channel_map``.
 
 Appends one JSON line per size to ``benchmarks/results/patchcore_fit_scaling.jsonl``
 (``--out``) with the commit and machine.
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {}
     for item in args.set:
         key, _, value = item.partition("=")
-        overrides[key] = json.loads(value) if value[:1].isdigit() or value[:1] == "[" else value
+        overrides[key] = yaml.safe_load(value)
     for images in args.images:
         row = {
             "variant": args.tag,

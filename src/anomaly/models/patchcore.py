@@ -272,15 +272,25 @@ class PatchCore(FeatureMemoryModel):
         are mapped to today's width: the pooled features ``x P`` times ``pinv(P) L`` are
         ``x L``, the same distances."""
         bank = state_dict.get("memory_bank")
-        width = self.channel_map.shape[1]
-        if bank is not None and bank.shape[1] != width and bank.shape[1] == self.config.feature_dim:
-            pool = pooling_matrix(self.channels, self.config.feature_dim)
-            lift = torch.linalg.pinv(pool) @ self.channel_map.double().cpu()
-            state_dict = {
-                **state_dict,
-                "memory_bank": (bank.double() @ lift.to(bank.device)).to(bank.dtype),
-            }
+        pooled = self.pooled_columns()
+        if (
+            pooled is not None
+            and bank is not None
+            and bank.shape[1] == pooled.shape[1] != pooled.shape[0]
+        ):
+            lift = torch.linalg.pinv(pooled).to(bank.device)
+            state_dict = {**state_dict, "memory_bank": (bank.double() @ lift).to(bank.dtype)}
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def pooled_columns(self) -> torch.Tensor | None:
+        """(bank width, ``feature_dim``): bank features times it are the averaged columns
+        they stand for (``L^-1 P``); None when the bank *is* those columns (``feature_dim``
+        below the channels). The coreset projects through it, and its pseudo-inverse
+        maps a bank saved as those columns to today's."""
+        if self.channel_map.shape[0] != self.channel_map.shape[1]:
+            return None
+        pool = pooling_matrix(self.channels, self.config.feature_dim)
+        return torch.linalg.inv(self.channel_map.double().cpu()) @ pool
 
     def _index(self, bank: torch.Tensor) -> BankIndex:
         """The search index of ``bank``, built on first use; a new bank (refit, load,
@@ -334,14 +344,13 @@ class PatchCore(FeatureMemoryModel):
         # Distributed: the ranks' contiguous blocks, in rank order, are the full bank.
         bank = cluster.gather_rows(torch.cat(chunks))
         generator = torch.Generator().manual_seed(seed)
-        expand = (
-            torch.linalg.inv(self.channel_map.double().cpu())
-            @ pooling_matrix(self.channels, self.config.feature_dim)
-            if self.channel_map.shape[0] == self.channel_map.shape[1]
-            else None
-        )
         keep = coreset(
-            bank, self.config.coreset_ratio, self.config.projection_dim, generator, device, expand
+            bank,
+            self.config.coreset_ratio,
+            self.config.projection_dim,
+            generator,
+            device,
+            self.pooled_columns(),
         )
         self.memory_bank = bank[keep].to(device)
         return {"patch_features": int(bank.shape[0]), "memory_bank": len(keep)}
