@@ -65,6 +65,19 @@ def _crop(image: np.ndarray, rows: tuple[int, int], rng: np.random.Generator) ->
     return image[top : top + CROP, left : left + CROP].copy()
 
 
+def draw_defect(
+    crop: np.ndarray, kind: str, donor: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """(defective (H, W, C) crop, (H, W) mask): ``real_textures.draw_defect`` with the
+    same draws in every channel, so a colour defect is one defect, not three."""
+    state = rng.bit_generator.state
+    out = np.empty_like(crop)
+    for c in range(crop.shape[-1]):
+        rng.bit_generator.state = state
+        out[..., c], mask = real_textures.draw_defect(crop[..., c], kind, donor[..., c], rng)
+    return out, mask
+
+
 def make_dataset(root: Path, name: str, n_train: int, n_test: int, seed: int) -> Path:
     """``root/<name>`` in MVTec layout (see the module docstring)."""
     rng = np.random.default_rng([seed, PHOTOS.index(name)])
@@ -80,12 +93,7 @@ def make_dataset(root: Path, name: str, n_train: int, n_test: int, seed: int) ->
         _save(_crop(image, (half, image.shape[0]), rng), base / "test" / "good" / f"{i:03d}.png")
     for i in range(n_test):
         kind = real_textures.DEFECTS[i % len(real_textures.DEFECTS)]
-        crop = _crop(image, (half, image.shape[0]), rng)
-        state = rng.bit_generator.state
-        out = np.empty_like(crop)
-        for c in range(crop.shape[-1]):  # the same defect (same draws) in every channel
-            rng.bit_generator.state = state
-            out[..., c], mask = real_textures.draw_defect(crop[..., c], kind, donor[..., c], rng)
+        out, mask = draw_defect(_crop(image, (half, image.shape[0]), rng), kind, donor, rng)
         _save(out, base / "test" / kind / f"{i:03d}.png")
         _save(
             mask[..., None].astype(np.float32), base / "ground_truth" / kind / f"{i:03d}_mask.png"
