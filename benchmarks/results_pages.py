@@ -183,17 +183,19 @@ def photographs_section() -> str:
 
 
 def photo_table(
-    table: dict[str, dict[str, float]], extra: dict[str, dict] | None = None
+    table: dict[str, dict[str, float]],
+    extra: dict[str, dict] | None = None,
+    columns: list[str] | tuple[str, ...] = tuple(PHOTOS),
 ) -> list[str]:
-    """Variant rows of image AUROC per photograph and their mean, best mean first;
-    ``extra``: {column: {variant: value}} appended after the mean."""
+    """Variant rows of image AUROC per photograph (``columns``) and their mean, best
+    mean first; ``extra``: {column: {variant: value}} appended after the mean."""
     extra = extra or {}
     lines = [
-        "| variant | " + " | ".join(PHOTOS) + " | mean |" + "".join(f" {c} |" for c in extra),
-        "|---|" + "---|" * (len(PHOTOS) + 1 + len(extra)),
+        "| variant | " + " | ".join(columns) + " | mean |" + "".join(f" {c} |" for c in extra),
+        "|---|" + "---|" * (len(columns) + 1 + len(extra)),
     ]
     for variant in sorted(table, key=lambda v: -statistics.mean(table[v].values())):
-        values = [table[variant][p] for p in PHOTOS]
+        values = [table[variant][p] for p in columns]
         lines.append(
             f"| {variant} | "
             + " | ".join(f"{v:.3f}" for v in values)
@@ -732,6 +734,42 @@ def selection_section() -> str:
     )
 
 
+PARTS_FILE = "label_free_parts.jsonl"
+
+
+def parts_rows() -> list[dict]:
+    """The held-out parts' rows of ``DEFAULT_CANDIDATES``."""
+    return [r for r in _jsonl(PARTS_FILE) if r["variant"] in DEFAULT_CANDIDATES]
+
+
+def parts_section() -> str:
+    """The held-out photographs as parts: each candidate, and the pick against the best."""
+    import label_free_parts
+    import label_free_real
+
+    rows = parts_rows()
+    return "\n".join(
+        [
+            "## Held-out parts: does the pick hold on photographs no choice was made on?",
+            "",
+            f"`benchmarks/label_free_parts.py` ({_where(PARTS_FILE)}): seven photographs "
+            "that took no part in choosing a default, a candidate or the figure's design "
+            "(camera, coins, cell in grayscale; coffee, chelsea, flower, hopper in colour; "
+            "from the scikit-image, scikit-learn and matplotlib wheels), each as a part "
+            "under a camera: 128-px views shifted, turned and scaled a little, with "
+            "lighting and sensor noise, 100 for training and 40 + 40 for the test, the "
+            "same four defect kinds as the textures. `anomaly select`'s default "
+            "candidates, image AUROC:",
+            "",
+            *photo_table(by_variant(rows), columns=label_free_parts.PARTS),
+            "",
+            label_free_real.summary_text(rows, DEFAULT_CANDIDATES).replace(
+                "| photograph |", "| part |"
+            ),
+        ]
+    )
+
+
 TILING_FILES = ("auto_tiles_real.jsonl", "auto_tiles_fabric.jsonl")
 
 
@@ -1155,6 +1193,7 @@ def page() -> str:
         "label_free_fabric.jsonl",
         "label_free_mnist.jsonl",
     )
+    add(parts_section, PARTS_FILE)
     real = [f for f in REAL_FILES if (RESULTS / f).is_file()]
     add(photographs_section, *real)
     add(tiling_section, *TILING_FILES, TILE_SIZED, SIZED_ONLY)
@@ -1223,6 +1262,16 @@ def readme_block() -> str:
         "`anomaly select` picks among its default candidates without labels, against the "
         "best candidate per photograph: " + summary.rsplit("\n", 1)[-1] + ".",
     ]
+    if (RESULTS / PARTS_FILE).is_file():
+        held_out = label_free_real.summary_text(parts_rows(), DEFAULT_CANDIDATES)
+        lines += [
+            "",
+            "Seven other photographs, held out from every choice, as parts under a camera "
+            f"(shifted, turned, lit; {_where(PARTS_FILE)}; [results]"
+            "(docs/results.md#held-out-parts-does-the-pick-hold-on-photographs-no-choice-was-made-on)): "
+            + held_out.rsplit("\n", 1)[-1]
+            + ".",
+        ]
     if ensembles:
 
         def mean_of(variant: str) -> float:
