@@ -23,12 +23,13 @@ matplotlib's sample data). Rows, ``--summary`` and ``--montage`` as in
     PYTHONPATH=src python benchmarks/label_free_parts.py --model patchcore --tag "whole image 256" \\
         -S patch.image_size=256 -S patch.side=256 -S patch.stride=256 --out ...
     PYTHONPATH=src python benchmarks/label_free_parts.py --summary benchmarks/results/label_free_parts.jsonl
+    PYTHONPATH=src python benchmarks/label_free_parts.py --parts hopper --folder /tmp/parts
+    python -m anomaly select -S dataset.name=mvtec -S dataset.source=/tmp/parts -S dataset.category=hopper
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -37,7 +38,6 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import ablate_features  # noqa: E402
 import label_free_real  # noqa: E402
 import real_textures  # noqa: E402
 
@@ -130,6 +130,9 @@ def main() -> None:
         "--summary", type=Path, nargs="+", default=None, help="summarise results files"
     )
     parser.add_argument("--montage", type=Path, default=None, help="draw every part's views")
+    parser.add_argument(
+        "--folder", type=Path, default=None, help="only write the parts here, in MVTec layout"
+    )
     parser.add_argument("--rule", choices=list(label_free_real.RULES), default="image")
     parser.add_argument(
         "--candidates", nargs="*", default=None, help="with --summary: only these variants"
@@ -141,18 +144,11 @@ def main() -> None:
     if args.montage:
         montage(args.parts, args.montage, args.seed)
         return
-    models = args.model or ["patchcore", "padim", "cae"]
-    for model in models:
-        ablate_features.VARIANTS[f"{model} ({args.tag})"] = (model, {})
-    variants = [f"{m} ({args.tag})" for m in models]
-    out = args.out.resolve() if args.out else None
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    with tempfile.TemporaryDirectory() as data_root:
+    if args.folder:
         for name in args.parts:
-            base = make_dataset(Path(data_root), name, args.train, args.test, args.seed)
-            ablate_features.run(
-                "folder", variants, [*args.set, f"dataset.source={base}"], out, label=name
-            )
+            print(make_dataset(args.folder, name, args.train, args.test, args.seed))
+        return
+    label_free_real.run_candidates(make_dataset, args.parts, args.model, args.tag, args)
 
 
 def montage(names: list[str], out: Path, seed: int = 0) -> None:

@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +197,36 @@ def summary(paths: list[Path], only: list[str] | None = None, rule: str = "image
     print(summary_text(rows, only, rule))
 
 
+def run_candidates(
+    make: Callable[[Path, str, int, int, int], Path],
+    names: list[str],
+    models: list[str],
+    tag: str,
+    args: argparse.Namespace,
+    keep_scores: Path | None = None,
+) -> None:
+    """Each of ``models`` (default: patchcore, padim, cae) as ``'<model> (<tag>)'`` on
+    each dataset ``make(root, name, args.train, args.test, args.seed)`` writes, under
+    ``args.set`` overrides, one row each appended to ``args.out``."""
+    models = models or ["patchcore", "padim", "cae"]
+    for model in models:
+        ablate_features.VARIANTS[f"{model} ({tag})"] = (model, {})
+    variants = [f"{m} ({tag})" for m in models]
+    out = args.out.resolve() if args.out else None
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    with tempfile.TemporaryDirectory() as data_root:
+        for name in names:
+            base = make(Path(data_root), name, args.train, args.test, args.seed)
+            ablate_features.run(
+                "folder",
+                variants,
+                [*args.set, f"dataset.source={base}"],
+                out,
+                label=name,
+                keep_scores=keep_scores,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", nargs="*", default=list(PHOTOS), choices=PHOTOS)
@@ -226,23 +257,14 @@ def main() -> None:
     if args.montage:
         montage(args.photos[0], args.montage, seed=args.seed)
         return
-    models = args.model or ["patchcore", "padim", "cae"]
-    for model in models:
-        ablate_features.VARIANTS[f"{model} ({args.tag})"] = (model, {})
-    variants = [f"{m} ({args.tag})" for m in models]
-    out = args.out.resolve() if args.out else None
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    with tempfile.TemporaryDirectory() as data_root:
-        for name in args.photos:
-            base = make_dataset(Path(data_root), name, args.train, args.test, args.seed)
-            ablate_features.run(
-                "folder",
-                variants,
-                [*args.set, f"dataset.source={base}"],
-                out,
-                label=name,
-                keep_scores=args.keep_scores.resolve() if args.keep_scores else None,
-            )
+    run_candidates(
+        make_dataset,
+        args.photos,
+        args.model,
+        args.tag,
+        args,
+        keep_scores=args.keep_scores.resolve() if args.keep_scores else None,
+    )
 
 
 if __name__ == "__main__":
