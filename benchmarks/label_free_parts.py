@@ -42,14 +42,15 @@ import label_free_real  # noqa: E402
 import real_textures  # noqa: E402
 
 PARTS = ("camera", "coins", "cell", "coffee", "chelsea", "flower", "hopper")
-CROP = real_textures.CROP
-SIDE = 160  # the part's side: room for a 128-px view moved, turned and scaled
+CROP = real_textures.CROP  # the view's side; --view changes it
+MARGIN = 1.25  # the part's side over the view's: room to move, turn and scale it
 SHIFT, ANGLE, SCALE = 8.0, 5.0, 0.04  # placement: +-pixels, +-degrees, +-fraction
 GAIN, OFFSET, NOISE = 0.05, 0.02, 0.01  # lighting (+-gain, +-offset) and sensor noise (std)
 
 
-def part(name: str) -> np.ndarray:
-    """(SIDE, SIDE, C) float in [0, 1]: the photograph shrunk and cut square, C = 1 or 3."""
+def part(name: str, view_side: int = CROP) -> np.ndarray:
+    """(S, S, C) float in [0, 1], S = ``MARGIN * view_side``: the photograph resized and
+    cut square, C = 1 or 3."""
     if name == "flower":
         from sklearn.datasets import load_sample_image
 
@@ -62,29 +63,32 @@ def part(name: str) -> np.ndarray:
         import skimage.data
 
         image = Image.fromarray(getattr(skimage.data, name)())
-    scale = SIDE / min(image.size)
+    side = round(MARGIN * view_side)
+    scale = side / min(image.size)
     width, height = round(image.width * scale), round(image.height * scale)
     image = image.resize((width, height), Image.Resampling.LANCZOS)
-    left, top = (width - SIDE) // 2, (height - SIDE) // 2
-    array = np.asarray(image.crop((left, top, left + SIDE, top + SIDE)), dtype=np.float32)
+    left, top = (width - side) // 2, (height - side) // 2
+    array = np.asarray(image.crop((left, top, left + side, top + side)), dtype=np.float32)
     array /= 255.0
     return array[..., None] if array.ndim == 2 else array
 
 
 def view(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One photograph of the part: placed, lit and noisy (see the module docstring)."""
+    """One photograph of the part: placed, lit and noisy (see the module docstring); the
+    view's side is the part's over ``MARGIN``, its shift in proportion."""
     from scipy import ndimage
 
     angle = np.deg2rad(rng.uniform(-ANGLE, ANGLE))
     scale = 1 + rng.uniform(-SCALE, SCALE)
-    shift = rng.uniform(-SHIFT, SHIFT, size=2)
+    side = round(image.shape[0] / MARGIN)
+    shift = rng.uniform(-SHIFT, SHIFT, size=2) * side / CROP
     # the view's pixel (y, x) samples the part at centre + scale * rotation @ (y, x) - ...
     rotation = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    centre = (SIDE - 1) / 2 + shift
-    offset = centre - rotation @ np.full(2, (CROP - 1) / 2)
+    centre = (image.shape[0] - 1) / 2 + shift
+    offset = centre - rotation @ np.full(2, (side - 1) / 2)
     crop = np.stack(
         [
-            ndimage.affine_transform(image[..., c], rotation, offset, (CROP, CROP), order=1)
+            ndimage.affine_transform(image[..., c], rotation, offset, (side, side), order=1)
             for c in range(image.shape[-1])
         ],
         axis=-1,
@@ -94,11 +98,14 @@ def view(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(noisy, 0, 1).astype(np.float32)
 
 
-def make_dataset(root: Path, name: str, n_train: int, n_test: int, seed: int) -> Path:
-    """``root/<name>`` in MVTec layout: training views, good and defective test views."""
+def make_dataset(
+    root: Path, name: str, n_train: int, n_test: int, seed: int, view_side: int = CROP
+) -> Path:
+    """``root/<name>`` in MVTec layout: training views, good and defective test views of
+    ``view_side`` pixels (the defects keep their sizes in pixels)."""
     rng = np.random.default_rng([seed, len(label_free_real.PHOTOS) + PARTS.index(name)])
-    image = part(name)
-    donor = part(PARTS[(PARTS.index(name) + 1) % len(PARTS)])
+    image = part(name, view_side)
+    donor = part(PARTS[(PARTS.index(name) + 1) % len(PARTS)], view_side)
     if donor.shape[-1] != image.shape[-1]:
         donor = donor.mean(axis=2, keepdims=True).repeat(image.shape[-1], axis=2)
     base = root / name
@@ -123,6 +130,9 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=100, help="good training views")
     parser.add_argument("--test", type=int, default=40, help="good and defective test views")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--view", type=int, default=CROP, help="the views' side in pixels (rows tag the part)"
+    )
     parser.add_argument("-S", "--set", action="append", default=[], help="param override")
     parser.add_argument("--out", type=Path, default=None, help="append JSON lines here")
     parser.add_argument("--tag", default="defaults", help="variant label: '<model> (<tag>)'")
@@ -146,9 +156,14 @@ def main() -> None:
         return
     if args.folder:
         for name in args.parts:
-            print(make_dataset(args.folder, name, args.train, args.test, args.seed))
+            print(make_dataset(args.folder, name, args.train, args.test, args.seed, args.view))
         return
-    label_free_real.run_candidates(make_dataset, args.parts, args.model, args.tag, args)
+
+    def make(root: Path, label: str, n_train: int, n_test: int, seed: int) -> Path:
+        return make_dataset(root, label.split("@")[0], n_train, n_test, seed, args.view)
+
+    names = [p if args.view == CROP else f"{p}@{args.view}" for p in args.parts]
+    label_free_real.run_candidates(make, names, args.model, args.tag, args)
 
 
 def montage(names: list[str], out: Path, seed: int = 0) -> None:

@@ -47,30 +47,34 @@ def _photo(name: str) -> np.ndarray:
     return getattr(skimage.data, name)().astype(np.float32) / 255.0
 
 
-def _crop(photo: np.ndarray, rows: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    top = rng.integers(rows[0], rows[1] - CROP + 1)
-    left = rng.integers(0, photo.shape[1] - CROP + 1)
-    return photo[top : top + CROP, left : left + CROP].copy()
+def _crop(
+    photo: np.ndarray, rows: tuple[int, int], rng: np.random.Generator, side: int = CROP
+) -> np.ndarray:
+    top = rng.integers(rows[0], rows[1] - side + 1)
+    left = rng.integers(0, photo.shape[1] - side + 1)
+    return photo[top : top + side, left : left + side].copy()
 
 
-def _disc(rng: np.random.Generator, radius: float) -> np.ndarray:
-    cy, cx = rng.uniform(radius + 4, CROP - radius - 4, size=2)
-    yy, xx = np.mgrid[:CROP, :CROP]
+def _disc(rng: np.random.Generator, radius: float, side: int = CROP) -> np.ndarray:
+    cy, cx = rng.uniform(radius + 4, side - radius - 4, size=2)
+    yy, xx = np.mgrid[:side, :side]
     return (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
 
 
 def draw_defect(
     crop: np.ndarray, kind: str, other: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(defective crop, boolean mask) for one defect of ``kind`` on a real texture crop."""
+    """(defective crop, boolean mask) for one defect of ``kind`` on a square real texture
+    crop; sizes in pixels whatever the crop's side (a defect has a physical size)."""
     out = crop.copy()
+    side = crop.shape[0]
     if kind == "foreign":
-        mask = _disc(rng, rng.uniform(6, 14))
-        out[mask] = _crop(other, (0, other.shape[0]), rng)[mask]
+        mask = _disc(rng, rng.uniform(6, 14), side)
+        out[mask] = _crop(other, (0, other.shape[0]), rng, side)[mask]
     elif kind == "stain":
         sigma = rng.uniform(5, 10)
         blob = np.zeros_like(crop)
-        cy, cx = rng.uniform(3 * sigma, CROP - 3 * sigma, size=2).astype(int)
+        cy, cx = rng.uniform(3 * sigma, side - 3 * sigma, size=2).astype(int)
         blob[cy, cx] = 1.0
         blob = ndimage.gaussian_filter(blob, sigma)
         blob /= blob.max()
@@ -78,7 +82,7 @@ def draw_defect(
         mask = blob > 0.3
     elif kind == "scratch":
         length, angle = rng.uniform(25, 60), rng.uniform(0, np.pi)
-        cy, cx = rng.uniform(length / 2 + 2, CROP - length / 2 - 2, size=2)
+        cy, cx = rng.uniform(length / 2 + 2, side - length / 2 - 2, size=2)
         t = np.linspace(-length / 2, length / 2, int(length) * 3)
         line = np.zeros_like(crop, dtype=bool)
         line[
@@ -88,7 +92,7 @@ def draw_defect(
         mask = ndimage.binary_dilation(line) if rng.random() < 0.5 else line  # 1 or 3 px
         out[mask] = np.clip(crop[mask] + rng.choice([-1, 1]) * rng.uniform(0.25, 0.45), 0, 1)
     elif kind == "smear":
-        mask = _disc(rng, rng.uniform(8, 14))
+        mask = _disc(rng, rng.uniform(8, 14), side)
         out[mask] = ndimage.gaussian_filter(crop, 3.0)[mask]
     else:
         raise ValueError(kind)
