@@ -59,7 +59,8 @@ def test_plan_names_runs_by_candidate_and_settings(git_project, monkeypatch):
     assert names == [f"select-padim-{tag}", f"select-cae-{tag}"]
     assert selection.tag(list(reversed(extra))) == tag  # order of -S does not matter
     assert selection.tag(["dataset.category=grid"]) != tag  # other data, other runs
-    assert all(c[-4:] == ["-S", extra[0], "-S", extra[1]] for c in commands)
+    pin = ["-S", "score.synthetic_resolution=native"]  # the defects' size, alike for all
+    assert all(c[-6:] == ["-S", extra[0], "-S", extra[1], *pin] for c in commands)
     # a candidate that already ran from this commit is reused, not rerun
     monkeypatch.setattr(selection, "_existing", lambda repo: {f"select-padim-{tag}": False})
     assert len(selection.plan(git_project, params, candidates, extra)) == 1
@@ -70,6 +71,35 @@ def test_plan_names_runs_by_candidate_and_settings(git_project, monkeypatch):
     (git_project / "new.py").write_text("x = 1\n")
     with pytest.raises(SweepError, match=r"untracked files .*new\.py"):
         selection.plan(git_project, params, candidates, extra)
+
+
+def test_every_candidate_is_graded_on_defects_of_one_size(git_project):
+    """The fault this guards against: sized at each candidate's own working resolution,
+    the whole image shrunk to 256 px got larger defects in image pixels than 64-px tiles
+    at full resolution, and won the figure on 512-px parts where its test AUROC was
+    lower (label_free_parts_512.jsonl). select pins one resolution for all."""
+    params = load_params(git_project / "params.yaml")
+    candidates = selection.parse_candidates(
+        ["padim", {"model": "patchcore", "name": "whole", "set": {"patch.image_size": 256}}]
+    )
+
+    def pins(extra):
+        return [
+            [c[i + 1] for i in range(len(c) - 1) if c[i] == "-S" and "synthetic_res" in c[i + 1]]
+            for c in selection.plan(git_project, params, candidates, extra)
+        ]
+
+    native = ["score.synthetic_resolution=native"]
+    assert pins([]) == [native, native]  # not the whole-image candidate's 256
+    at_256 = ["score.synthetic_resolution=256"]
+    assert pins(["patch.image_size=256"]) == [at_256, at_256]  # the user's working size
+    assert pins(["score.synthetic_resolution=128"]) == [["score.synthetic_resolution=128"]] * 2
+    own = selection.parse_candidates(
+        ["padim", {"model": "cae", "set": {"score.synthetic_resolution": 64}}]
+    )
+    commands = selection.plan(git_project, params, own, [])
+    assert "score.synthetic_resolution=64" in commands[1]
+    assert "score.synthetic_resolution=native" not in commands[1]
 
 
 def _record(name, label_free, pixel=None, test=None):

@@ -323,6 +323,11 @@ class ScoreConfig:
     # the label-free figure (val_synthetic.* in metrics/eval.json): simulated defects per
     # good validation image, drawn from `seed` (evaluation/synthetic.py)
     synthetic_per_image: int = 6
+    # the image side at which the figure's defects are sized (64 px there, never finer
+    # than the image's own pixels): auto = patch.image_size (the run's working images),
+    # native = the images' own, N = N px. `anomaly select` pins it for every candidate,
+    # so candidates that resize the images differently are graded on the same defects
+    synthetic_resolution: int | Literal["auto", "native"] = "auto"
 
     def validate(self, where: str, source: str) -> None:
         require(
@@ -330,6 +335,17 @@ class ScoreConfig:
             source,
             f"{where}.synthetic_per_image",
             "must be >= 1 (the label-free figure needs simulated defects)",
+        )
+        require(
+            self.synthetic_resolution in ("auto", "native")
+            or (
+                isinstance(self.synthetic_resolution, int)
+                and not isinstance(self.synthetic_resolution, bool)
+                and self.synthetic_resolution >= 8
+            ),
+            source,
+            f"{where}.synthetic_resolution",
+            f"must be auto, native or an image side >= 8, got {self.synthetic_resolution!r}",
         )
         require(
             self.ssim_window >= 3 and self.ssim_window % 2 == 1,

@@ -36,6 +36,8 @@ not depend on batch sizes, devices or the order tiles are scored in.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -96,21 +98,32 @@ def defect_geometry(
     image_hw: np.ndarray,
     image_size: int | None,
     tile_side: int,
+    reference_size: int | None | Literal["working"] = "working",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each tile's (reference length, upsampling), both in stored tile pixels.
 
     ``box_wh`` holds each tile's box width and height in original image pixels
     (``patches.csv``), ``image_hw`` its image's height and width (``images.csv``),
     ``image_size`` is ``patch.image_size`` (the working image is that square) and
-    ``tile_side`` the stored tile side.
+    ``tile_side`` the stored tile side. ``reference_size`` is the square side at which
+    the reference is measured (``score.synthetic_resolution``): ``"working"`` the
+    working image's, None the image's own.
 
     The reference, what ``SIZES`` and the scratch length are fractions of, is 64 pixels
-    of the coarser of the image's own and the working resolution (an upsampled image
-    keeps 64 of its own pixels, a downsampled one 64 working pixels), capped at the
+    of the coarser of the image's own and the reference resolution (an upsampled image
+    keeps 64 of its own pixels, a downsampled one 64 reference pixels), capped at the
     working image's shorter side and at the tile. So a 64-px tile at the image's
     resolution, a tile smaller than that and a whole image smaller than 64 px keep the
     tile side; tiles at or below the image's resolution (the default fabric, MVTec at
     ``image_size: 256``) get the figures tile-relative sizes gave, byte for byte.
+
+    Why the reference resolution is separate from the working one: candidates that
+    resize the images differently must be graded on the same defects. Measured at the
+    working resolution, the whole image shrunk from 512 to 256 px got defects twice as
+    large in image pixels as 64-px tiles at the image's resolution, and the figure
+    ranked it first on three of four 512-px parts where its test AUROC was lower
+    (``label_free_parts_512.jsonl``). ``anomaly select`` therefore pins one reference
+    resolution for every candidate.
 
     The upsampling is how many tile pixels one image pixel became (1 when the tile is
     at or below the image's resolution): :func:`paint` draws the defect at the image's
@@ -122,8 +135,18 @@ def defect_geometry(
     h0, w0 = image_hw[:, 0], image_hw[:, 1]
     work_h = np.full_like(h0, image_size) if image_size else h0
     work_w = np.full_like(w0, image_size) if image_size else w0
-    upscale = np.minimum(work_h / h0, work_w / w0)
-    in_work = np.minimum(REFERENCE_PIXELS * np.maximum(1.0, upscale), np.minimum(work_h, work_w))
+    upscale = np.minimum(work_h / h0, work_w / w0)  # working pixels per image pixel
+    if reference_size == "working":
+        reference_size = image_size
+    ref_h = np.full_like(h0, reference_size) if reference_size else h0
+    ref_w = np.full_like(w0, reference_size) if reference_size else w0
+    ref_scale = np.minimum(ref_h / h0, ref_w / w0)  # reference pixels per image pixel
+    # 64 px at the coarser of the image's own and the reference resolution, in working
+    # pixels (written so that a reference at the working resolution gives 64 exactly)
+    in_reference = np.where(
+        ref_scale >= 1.0, REFERENCE_PIXELS * upscale, REFERENCE_PIXELS * (upscale / ref_scale)
+    )
+    in_work = np.minimum(in_reference, np.minimum(work_h, work_w))
     tile_in_work = np.maximum(box_wh[:, 0] * work_w / w0, box_wh[:, 1] * work_h / h0)
     reference = np.minimum(in_work * tile_side / tile_in_work, float(tile_side))
     upsampling = np.maximum(1.0, tile_side / box_wh.max(axis=1))

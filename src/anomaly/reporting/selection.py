@@ -111,6 +111,30 @@ def experiment_name(candidate: Candidate, extra: list[str]) -> str:
     return f"{PREFIX}{candidate.name}-{tag(extra)}"
 
 
+PINNED = "score.synthetic_resolution"
+
+
+def pinned_resolution(params: Params, extra: list[str]) -> str:
+    """The one resolution every candidate's label-free defects are sized at: the user's
+    ``score.synthetic_resolution`` (``-S`` or params.yaml) when not ``auto``, else the
+    working resolution the user's settings give (``patch.image_size``; ``native`` when
+    it is null), never a candidate's own. Why: measured at each candidate's working
+    resolution, a candidate that shrinks the images is graded on larger defects in
+    image pixels than one that tiles them at full resolution, and wins the figure where
+    it finds fewer real defects (``evaluation/synthetic.defect_geometry``)."""
+    import yaml
+
+    settings = {}
+    for item in extra:
+        key, _, value = item.partition("=")
+        settings[key.strip()] = yaml.safe_load(value)
+    chosen = settings.get(PINNED, params.score.synthetic_resolution)
+    if chosen != "auto":
+        return str(chosen)
+    size = settings.get("patch.image_size", params.patch.image_size)
+    return "native" if size is None else str(size)
+
+
 def plan(
     repo: Path,
     params: Params,
@@ -124,6 +148,8 @@ def plan(
     untracked = [f for f in untracked_files(repo) if not _is_output(f, outputs)]
     copies = run_copies(repo, params, untracked, copy_untracked, "the candidates' runs")
     existing = _existing(repo)
+    resolution = pinned_resolution(params, extra)
+    user_pinned = any(item.partition("=")[0].strip() == PINNED for item in extra)
     commands = []
     for candidate in candidates:
         name = experiment_name(candidate, extra)
@@ -133,6 +159,8 @@ def plan(
         args = ["exp", "run", "--queue", "-n", name, *candidate.set_params()]
         for setting in extra:
             args += ["-S", setting]
+        if PINNED not in candidate.overrides and not user_pinned:
+            args += ["-S", f"{PINNED}={resolution}"]
         for path in copies:
             args += ["-C", path]
         if name in existing:  # a rerun, or a failed run tried again under its name
@@ -258,7 +286,8 @@ def report_markdown(
         "Ranked by the label-free figure: each candidate's image AUROC of held-out good "
         "validation images against copies with a simulated defect (foreign texture, stain, "
         "scratch, smear, hole, and on colour images a colour shift; `val_synthetic.*`), "
-        "95% bootstrap intervals.",
+        "95% bootstrap intervals. The defects are sized alike for every candidate "
+        f"(`{PINNED}`, the same in each experiment), whatever size it resizes the images to.",
         "",
         f"Settings: {' '.join(extra) if extra else '(params.yaml as committed)'}",
         "",
