@@ -770,6 +770,57 @@ def parts_section() -> str:
     )
 
 
+PARTS_512 = ("label_free_parts_512_working.jsonl", "label_free_parts_512.jsonl")
+
+
+def parts_512_section() -> str:
+    """Larger parts: the whole image shrunk to 256 px against 64-px tiles at full
+    resolution, the label-free defects sized per candidate (before) and pinned (after)."""
+    import label_free_real
+
+    before, after = (_jsonl(name) for name in PARTS_512)
+    table = by_variant(after)
+    parts = sorted(next(iter(table.values())), key=lambda p: label_free_parts_index(p))
+    figure_before = by_variant(before, "val_synthetic.image.auroc")
+    figure_after = by_variant(after, "val_synthetic.image.auroc")
+    lines = [
+        "## Larger parts: one defect size for every candidate",
+        "",
+        "`benchmarks/label_free_parts.py --view 512` (four of the held-out parts as 512-px "
+        "views, the test defects the same size in pixels as on the 128-px views; "
+        f"{_where(PARTS_512[0])}, then {_where(PARTS_512[1])}): `patchcore` with 64-px "
+        "tiles at full resolution against the whole image shrunk to 256 px. The "
+        "label-free figure's defects were sized at each candidate's working resolution, "
+        "so the shrunk candidate was graded on defects twice as large in image pixels; "
+        "`anomaly select` now pins `score.synthetic_resolution` (here `native`) for every "
+        "candidate. Test image AUROC, and the figure before and after:",
+        "",
+        "| variant | " + " | ".join(parts) + " | mean |",
+        "|---|" + "---|" * (len(parts) + 1),
+    ]
+    for name, values in (
+        *((f"{v}: test AUROC", table[v]) for v in sorted(table)),
+        *((f"{v}: figure, per candidate", figure_before[v]) for v in sorted(figure_before)),
+        *((f"{v}: figure, pinned", figure_after[v]) for v in sorted(figure_after)),
+    ):
+        cells = [values[p] for p in parts]
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{c:.3f}" for c in cells)
+            + f" | {statistics.mean(cells):.3f} |"
+        )
+    for label, rows in (("Per candidate", before), ("Pinned", after)):
+        lines += ["", f"{label}: " + label_free_real.summary_text(rows).rsplit("\n", 1)[-1] + "."]
+    return "\n".join(lines)
+
+
+def label_free_parts_index(dataset: str) -> int:
+    """Order of a part's rows (``camera@512`` sorts as ``camera``)."""
+    import label_free_parts
+
+    return label_free_parts.PARTS.index(dataset.split("@")[0])
+
+
 TILING_FILES = ("auto_tiles_real.jsonl", "auto_tiles_fabric.jsonl")
 
 
@@ -1194,6 +1245,7 @@ def page() -> str:
         "label_free_mnist.jsonl",
     )
     add(parts_section, PARTS_FILE)
+    add(parts_512_section, *PARTS_512)
     real = [f for f in REAL_FILES if (RESULTS / f).is_file()]
     add(photographs_section, *real)
     add(tiling_section, *TILING_FILES, TILE_SIZED, SIZED_ONLY)
@@ -1270,6 +1322,23 @@ def readme_block() -> str:
             f"(shifted, turned, lit; {_where(PARTS_FILE)}; [results]"
             "(docs/results.md#held-out-parts-does-the-pick-hold-on-photographs-no-choice-was-made-on)): "
             + held_out.rsplit("\n", 1)[-1]
+            + ".",
+        ]
+    if all((RESULTS / name).is_file() for name in PARTS_512):
+        before, after = (
+            label_free_real.summary_text(_jsonl(name)).rsplit("\n", 1)[-1] for name in PARTS_512
+        )
+        lines += [
+            "",
+            "On four of them as 512-px views, where one candidate shrinks the images to 256 px "
+            "and the others tile them at full size, `anomaly select` grades every candidate on "
+            f"defects of one size ({_where(PARTS_512[1])}; [results]"
+            "(docs/results.md#larger-parts-one-defect-size-for-every-candidate)): "
+            + after
+            + "; sized per candidate, as before, "
+            + before.replace(
+                "mean real AUROC of the pick", "the pick's mean real AUROC was", 1
+            ).split("; pooled")[0]
             + ".",
         ]
     if ensembles:

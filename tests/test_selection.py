@@ -77,7 +77,7 @@ def test_every_candidate_is_graded_on_defects_of_one_size(git_project):
     """The fault this guards against: sized at each candidate's own working resolution,
     the whole image shrunk to 256 px got larger defects in image pixels than 64-px tiles
     at full resolution, and won the figure on 512-px parts where its test AUROC was
-    lower (label_free_parts_512.jsonl). select pins one resolution for all."""
+    lower (label_free_parts_512_working.jsonl). select pins one resolution for all."""
     params = load_params(git_project / "params.yaml")
     candidates = selection.parse_candidates(
         ["padim", {"model": "patchcore", "name": "whole", "set": {"patch.image_size": 256}}]

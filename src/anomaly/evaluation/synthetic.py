@@ -122,7 +122,7 @@ def defect_geometry(
     working resolution, the whole image shrunk from 512 to 256 px got defects twice as
     large in image pixels as 64-px tiles at the image's resolution, and the figure
     ranked it first on three of four 512-px parts where its test AUROC was lower
-    (``label_free_parts_512.jsonl``). ``anomaly select`` therefore pins one reference
+    (``label_free_parts_512_working.jsonl``). ``anomaly select`` therefore pins one reference
     resolution for every candidate.
 
     The upsampling is how many tile pixels one image pixel became (1 when the tile is
