@@ -201,7 +201,10 @@ def test_select_runs_ranks_and_applies_the_clearly_better_model(tmp_path):
     assert best["val_synthetic.image.auroc"] > other["val_synthetic.image.auroc"] + 0.1
     assert best["image.auroc"] >= other["image.auroc"]  # the real defects do not disagree
     # the workspace is the winner's
-    assert yaml.safe_load((repo / "params.yaml").read_text())["model"] == "padim"
+    applied = yaml.safe_load((repo / "params.yaml").read_text())
+    assert applied["model"] == "padim"
+    # graded at the resolution select pinned for both (the images' own: no image_size)
+    assert applied["score"]["synthetic_resolution"] == "native"
     metrics = json.loads((repo / "metrics/eval.json").read_text())
     assert metrics["model"] == "padim"
     assert metrics["val_synthetic.image.auroc"] == best["val_synthetic.image.auroc"]
