@@ -63,3 +63,23 @@ def test_training_prints_one_line_per_epoch_when_not_a_terminal(caplog):
     ]
     assert "val loss" in lines[0] and "s elapsed" in lines[0] and "s left" in lines[0]
     assert "best val loss" in lines[-1]
+
+
+def test_a_stage_that_loads_faiss_prints_no_import_errors(tmp_path):
+    """The fault: faiss's loader logs a ModuleNotFoundError, at INFO, for each CPU build
+    it tries before the one that loads; in `anomaly select`'s output they read as errors.
+    A fresh interpreter, as a stage runs: our INFO lines stay, faiss's are gone."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging; from anomaly.logging_utils import setup_logging; "
+        "setup_logging(logging.INFO); import faiss; "
+        "logging.getLogger('anomaly.x').info('ours')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
+    text = out.stdout + out.stderr
+    assert "INFO anomaly.x: ours" in text
+    assert "faiss" not in text and "ModuleNotFoundError" not in text, text

@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .logging_utils import setup_logging
 from .stages.common import run_guarded
 
 
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "quiet", False)
         else logging.INFO
     )
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(level)
     return run_guarded(lambda: _dispatch(args))
 
 

@@ -18,6 +18,18 @@ from .io import write_text
 
 log = logging.getLogger(__name__)
 
+# Loggers of libraries that are chatty at INFO. faiss's loader logs a
+# ModuleNotFoundError for every CPU-specific build it tries before the one that loads:
+# harmless, but read by users as an error in the middle of a run.
+QUIET_LIBRARIES = ("faiss",)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """The CLI's and the stages' log format and level, libraries' INFO chatter off."""
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+
 
 class EpochLogger(Protocol):
     def log(self, metrics: dict[str, float]) -> None: ...

@@ -12,6 +12,7 @@ import pandas as pd
 from .. import paths
 from ..errors import AnomalyError
 from ..io import is_disk_full, read_csv
+from ..logging_utils import setup_logging
 from ..params import Params, load_params
 
 
@@ -46,7 +47,7 @@ def entry(name: str, run: Callable[[Params], None], argv: list[str] | None = Non
         "--params", default="params.yaml", help="params file (default: %(default)s)"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.INFO)
     return run_guarded(lambda: run(load_params(args.params)))
 
 
