@@ -77,27 +77,27 @@ def test_defects_are_sized_in_image_pixels(
 
 
 @pytest.mark.parametrize(
-    "box,image,image_size,tile_side,reference_size,reference",
+    "box,image,image_size,tile_side,resolution,reference",
     [
         # the whole 512-px image shrunk to 256, sized at the images' own resolution:
         # 64 image px = 32 working px, as 64-px tiles at full resolution see them
-        ((512, 512), (512, 512), 256, 256, None, 32.0),
-        ((64, 64), (512, 512), None, 64, None, 64.0),
+        ((512, 512), (512, 512), 256, 256, "native", 32.0),
+        ((64, 64), (512, 512), None, 64, "native", 64.0),
         # at the working resolution (the default, auto): 64 working px = 128 image px
-        ((512, 512), (512, 512), 256, 256, "working", 64.0),
+        ((512, 512), (512, 512), 256, 256, "auto", 64.0),
         ((512, 512), (512, 512), 256, 256, 256, 64.0),
         # MVTec 1024 px at 256 graded at full resolution: 16 working px
-        ((256, 256), (1024, 1024), 256, 64, None, 16.0),
+        ((256, 256), (1024, 1024), 256, 64, "native", 16.0),
         # a reference coarser than the tiles: 64 px at 256 = 128 image px, capped at the tile
         ((64, 64), (512, 512), None, 64, 256, 64.0),
         # upsampled crops keep 64 of their own pixels at any reference
-        ((128, 128), (128, 128), 256, 256, None, 128.0),
+        ((128, 128), (128, 128), 256, 256, "native", 128.0),
     ],
 )
 def test_the_reference_resolution_sets_the_defects_size(
-    box, image, image_size, tile_side, reference_size, reference
+    box, image, image_size, tile_side, resolution, reference
 ):
-    got = defect_geometry(np.array([box]), np.array([image]), image_size, tile_side, reference_size)
+    got = defect_geometry(np.array([box]), np.array([image]), image_size, tile_side, resolution)
     assert got[0].tolist() == [reference]
 
 

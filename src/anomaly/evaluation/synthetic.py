@@ -98,16 +98,16 @@ def defect_geometry(
     image_hw: np.ndarray,
     image_size: int | None,
     tile_side: int,
-    reference_size: int | None | Literal["working"] = "working",
+    resolution: int | Literal["auto", "native"] = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each tile's (reference length, upsampling), both in stored tile pixels.
 
     ``box_wh`` holds each tile's box width and height in original image pixels
     (``patches.csv``), ``image_hw`` its image's height and width (``images.csv``),
     ``image_size`` is ``patch.image_size`` (the working image is that square) and
-    ``tile_side`` the stored tile side. ``reference_size`` is the square side at which
-    the reference is measured (``score.synthetic_resolution``): ``"working"`` the
-    working image's, None the image's own.
+    ``tile_side`` the stored tile side. ``resolution`` is ``score.synthetic_resolution``,
+    the square side at which the reference is measured: ``auto`` the working image's
+    (``image_size``), ``native`` the image's own, or that side.
 
     The reference, what ``SIZES`` and the scratch length are fractions of, is 64 pixels
     of the coarser of the image's own and the reference resolution (an upsampled image
@@ -136,8 +136,7 @@ def defect_geometry(
     work_h = np.full_like(h0, image_size) if image_size else h0
     work_w = np.full_like(w0, image_size) if image_size else w0
     upscale = np.minimum(work_h / h0, work_w / w0)  # working pixels per image pixel
-    if reference_size == "working":
-        reference_size = image_size
+    reference_size = {"auto": image_size, "native": None}.get(resolution, resolution)
     ref_h = np.full_like(h0, reference_size) if reference_size else h0
     ref_w = np.full_like(w0, reference_size) if reference_size else w0
     ref_scale = np.minimum(ref_h / h0, ref_w / w0)  # reference pixels per image pixel

@@ -114,23 +114,26 @@ def experiment_name(candidate: Candidate, extra: list[str]) -> str:
 PINNED = "score.synthetic_resolution"
 
 
-def pinned_resolution(params: Params, extra: list[str]) -> str:
-    """The one resolution every candidate's label-free defects are sized at: the user's
-    ``score.synthetic_resolution`` (``-S`` or params.yaml) when not ``auto``, else the
-    working resolution the user's settings give (``patch.image_size``; ``native`` when
-    it is null), never a candidate's own. Why: measured at each candidate's working
-    resolution, a candidate that shrinks the images is graded on larger defects in
-    image pixels than one that tiles them at full resolution, and wins the figure where
-    it finds fewer real defects (``evaluation/synthetic.defect_geometry``)."""
+def pinned_resolution(params: Params, extra: list[str]) -> str | None:
+    """The one resolution every candidate's label-free defects are sized at, to add to
+    each candidate's settings; None when the user's ``-S`` already sets it (it travels
+    with their settings). Else params.yaml's ``score.synthetic_resolution`` when not
+    ``auto``, else the working resolution the user's settings give (``patch.image_size``;
+    ``native`` when it is null), never a candidate's own. Why: measured at each
+    candidate's working resolution, a candidate that shrinks the images is graded on
+    larger defects in image pixels than one that tiles them at full resolution, and
+    wins the figure where it finds fewer real defects
+    (``evaluation/synthetic.defect_geometry``)."""
     import yaml
 
     settings = {}
     for item in extra:
         key, _, value = item.partition("=")
         settings[key.strip()] = yaml.safe_load(value)
-    chosen = settings.get(PINNED, params.score.synthetic_resolution)
-    if chosen != "auto":
-        return str(chosen)
+    if PINNED in settings:
+        return None
+    if params.score.synthetic_resolution != "auto":
+        return str(params.score.synthetic_resolution)
     size = settings.get("patch.image_size", params.patch.image_size)
     return "native" if size is None else str(size)
 
@@ -149,7 +152,6 @@ def plan(
     copies = run_copies(repo, params, untracked, copy_untracked, "the candidates' runs")
     existing = _existing(repo)
     resolution = pinned_resolution(params, extra)
-    user_pinned = any(item.partition("=")[0].strip() == PINNED for item in extra)
     commands = []
     for candidate in candidates:
         name = experiment_name(candidate, extra)
@@ -159,7 +161,7 @@ def plan(
         args = ["exp", "run", "--queue", "-n", name, *candidate.set_params()]
         for setting in extra:
             args += ["-S", setting]
-        if PINNED not in candidate.overrides and not user_pinned:
+        if resolution is not None and PINNED not in candidate.overrides:
             args += ["-S", f"{PINNED}={resolution}"]
         for path in copies:
             args += ["-C", path]

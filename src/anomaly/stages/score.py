@@ -311,14 +311,12 @@ def _write_synthetic(
             # defects sized and drawn in image pixels, not tile pixels (evaluation/synthetic.py)
             boxes = rows.iloc[at]
             sizes = images.set_index("image_id").loc[boxes["image_id"], ["height", "width"]]
-            image_size = store.meta["patch"].get("image_size")
-            resolution = params.score.synthetic_resolution
             geometry = defect_geometry(
                 boxes[["w", "h"]].to_numpy(),
                 sizes.to_numpy(),
-                image_size,
+                store.meta["patch"].get("image_size"),
                 store.tile_size,
-                {"auto": image_size, "native": None}.get(resolution, resolution),
+                params.score.synthetic_resolution,
             )
         painted, masks = make_variants(plan, clean, donors, params.seed, store.is_tabular, geometry)
         import torch
