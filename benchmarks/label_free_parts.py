@@ -3,13 +3,14 @@
 ``label_free_real.py``'s seven texture photographs chose the defaults, the candidate
 list and the label-free figure's design. These seven photographs never took part in a
 choice, and they ask what textures do not: where things belong. Each is a *part*, the
-way inspection photographs one (MVTec's object categories): the photograph shrunk to
-``SIDE`` pixels on its shorter side and cut square is the part, and every sample is a
-128-px view of it as the part lies under the camera (shifted up to 8 px each way,
-turned up to 5 degrees, 4% nearer or farther), with a random gain and offset on
-brightness (lighting) and Gaussian sensor noise. Without the turn and the scale every
-candidate found nearly every defect (image AUROC 0.97-1.0): the part never varied. Training views, good test views and defective test views are all drawn this way,
-independently; the defects are ``real_textures.draw_defect``'s (a disc of the next
+way inspection photographs one (MVTec's object categories): the photograph resized to
+``MARGIN`` times the view's side on its shorter side and cut square is the part, and
+every sample is a 128-px view of it (``--view``) as the part lies under the camera
+(shifted up to 8 px each way, turned up to 5 degrees, 4% nearer or farther), with a
+random gain and offset on brightness (lighting) and Gaussian sensor noise. Without the
+turn and the scale every candidate found nearly every defect (image AUROC 0.97-1.0):
+the part never varied. Training views, good test views and defective test views are
+all drawn this way, independently; the defects are ``real_textures.draw_defect``'s (a disc of the next
 photograph pasted in, a stain, a scratch, a smear), in every channel of a colour
 photograph, with exact masks.
 
@@ -126,26 +127,13 @@ def make_dataset(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", nargs="*", default=list(PARTS), choices=PARTS)
-    parser.add_argument("--model", action="append", default=[], help="a candidate, defaults")
-    parser.add_argument("--train", type=int, default=100, help="good training views")
-    parser.add_argument("--test", type=int, default=40, help="good and defective test views")
-    parser.add_argument("--seed", type=int, default=0)
+    label_free_real.candidate_arguments(parser, "views")
     parser.add_argument(
         "--view", type=int, default=CROP, help="the views' side in pixels (rows tag the part)"
-    )
-    parser.add_argument("-S", "--set", action="append", default=[], help="param override")
-    parser.add_argument("--out", type=Path, default=None, help="append JSON lines here")
-    parser.add_argument("--tag", default="defaults", help="variant label: '<model> (<tag>)'")
-    parser.add_argument(
-        "--summary", type=Path, nargs="+", default=None, help="summarise results files"
     )
     parser.add_argument("--montage", type=Path, default=None, help="draw every part's views")
     parser.add_argument(
         "--folder", type=Path, default=None, help="only write the parts here, in MVTec layout"
-    )
-    parser.add_argument("--rule", choices=list(label_free_real.RULES), default="image")
-    parser.add_argument(
-        "--candidates", nargs="*", default=None, help="with --summary: only these variants"
     )
     args = parser.parse_args()
     if args.summary:
@@ -169,8 +157,6 @@ def main() -> None:
 def montage(names: list[str], out: Path, seed: int = 0) -> None:
     """Per part: two training views, then one defective test view of each kind with its
     mask outlined in red. Evidence of what the benchmark asks."""
-    from scipy import ndimage
-
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
@@ -180,14 +166,8 @@ def montage(names: list[str], out: Path, seed: int = 0) -> None:
                 for f in sorted((base / "train" / "good").glob("*.png"))
             ]
             for kind in real_textures.DEFECTS:
-                file = next(iter(sorted((base / "test" / kind).glob("*.png"))))
-                pixels = np.asarray(Image.open(file).convert("RGB")).copy()
-                mask = np.asarray(
-                    Image.open(base / "ground_truth" / kind / f"{file.stem}_mask.png")
-                )
-                mask = mask > 0
-                pixels[mask ^ ndimage.binary_erosion(mask)] = (255, 0, 0)
-                cells.append(pixels)
+                file = sorted((base / "test" / kind).glob("*.png"))[0]
+                cells.append(label_free_real.outlined(base, kind, file)[1])
             rows.append(np.concatenate(cells, axis=1))
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows, axis=0)).save(out)

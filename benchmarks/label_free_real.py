@@ -102,12 +102,22 @@ def make_dataset(root: Path, name: str, n_train: int, n_test: int, seed: int) ->
     return base
 
 
+def outlined(base: Path, kind: str, file: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(RGB pixels, the same with the mask outlined in red) of one defective test image
+    of a dataset ``make_dataset`` wrote: what the montages show."""
+    from scipy import ndimage
+
+    pixels = np.asarray(Image.open(file).convert("RGB"))
+    mask = np.asarray(Image.open(base / "ground_truth" / kind / f"{file.stem}_mask.png")) > 0
+    marked = pixels.copy()
+    marked[mask ^ ndimage.binary_erosion(mask)] = (255, 0, 0)
+    return pixels, marked
+
+
 def montage(name: str, out: Path, per_kind: int = 4, seed: int = 0) -> None:
     """A picture of ``name``'s test defects: per kind, each defective crop beside a copy
     with its mask outlined in red. Evidence of what the test asks, e.g. that on grass a
     pasted gravel disc, a stain or a scratch is hard to see even for a person."""
-    from scipy import ndimage
-
     kinds = real_textures.DEFECTS
     with tempfile.TemporaryDirectory() as tmp:
         base = make_dataset(Path(tmp), name, 1, per_kind * len(kinds), seed)
@@ -115,14 +125,7 @@ def montage(name: str, out: Path, per_kind: int = 4, seed: int = 0) -> None:
         for kind in kinds:
             cells = []
             for file in sorted((base / "test" / kind).glob("*.png"))[:per_kind]:
-                pixels = np.asarray(Image.open(file).convert("RGB"))
-                mask = np.asarray(
-                    Image.open(base / "ground_truth" / kind / f"{file.stem}_mask.png")
-                )
-                mask = mask > 0
-                outlined = pixels.copy()
-                outlined[mask ^ ndimage.binary_erosion(mask)] = (255, 0, 0)
-                cells += [pixels, outlined]
+                cells += outlined(base, kind, file)
             rows.append(np.concatenate(cells, axis=1))
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows, axis=0)).save(out)
@@ -227,28 +230,34 @@ def run_candidates(
             )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--photos", nargs="*", default=list(PHOTOS), choices=PHOTOS)
+def candidate_arguments(parser: argparse.ArgumentParser, samples: str) -> None:
+    """The options this script and ``label_free_parts.py`` share: the candidates, the
+    datasets' sizes (``samples``: what one image is called), the rows and the summary."""
     parser.add_argument("--model", action="append", default=[], help="a candidate, defaults")
-    parser.add_argument("--train", type=int, default=100, help="good training crops")
-    parser.add_argument("--test", type=int, default=40, help="good and defective test crops")
+    parser.add_argument("--train", type=int, default=100, help=f"good training {samples}")
+    parser.add_argument("--test", type=int, default=40, help=f"good and defective test {samples}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-S", "--set", action="append", default=[], help="param override")
     parser.add_argument("--out", type=Path, default=None, help="append JSON lines here")
-    parser.add_argument(
-        "--keep-scores", type=Path, default=None, help="copy each run's image scores here"
-    )
     parser.add_argument("--tag", default="defaults", help="variant label: '<model> (<tag>)'")
     parser.add_argument(
         "--summary", type=Path, nargs="+", default=None, help="summarise results files"
     )
-    parser.add_argument(
-        "--montage", type=Path, default=None, help="draw the first photograph's test defects"
-    )
     parser.add_argument("--rule", choices=list(RULES), default="image", help="pick by")
     parser.add_argument(
         "--candidates", nargs="*", default=None, help="with --summary: only these variants"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", nargs="*", default=list(PHOTOS), choices=PHOTOS)
+    candidate_arguments(parser, "crops")
+    parser.add_argument(
+        "--keep-scores", type=Path, default=None, help="copy each run's image scores here"
+    )
+    parser.add_argument(
+        "--montage", type=Path, default=None, help="draw the first photograph's test defects"
     )
     args = parser.parse_args()
     if args.summary:
