@@ -814,6 +814,60 @@ def parts_512_section() -> str:
     return "\n".join(lines)
 
 
+CAE_STEPS = "cae_training_steps.jsonl"
+
+
+def cae_steps_section() -> str:
+    """The cae against its optimiser steps per epoch: capped large sets, lifted small ones,
+    beside the same data's rows at the defaults from the files they were measured for."""
+    steps = _jsonl(CAE_STEPS)
+    reference = [
+        r
+        for name in (PARTS_FILE, "fabric_models.jsonl")
+        for r in _jsonl(name)
+        if r["variant"] == "cae (defaults)"
+        and r["dataset"] in {row["dataset"] for row in steps}
+        and "n_good" not in str(r.get("overrides", ""))
+    ]
+    lines = [
+        "## The cae's training steps",
+        "",
+        f"`benchmarks/label_free_parts.py` and `benchmarks/ablate_features.py --model cae` "
+        f"({_where(CAE_STEPS)}; the rows at the defaults from `{PARTS_FILE}` and "
+        "`fabric_models.jsonl` where the data is the same): the `cae`'s image AUROC, its "
+        "label-free figure and its seconds (train + score) against the optimiser steps per "
+        "epoch, 15 epochs of batches of 64 throughout. An epoch of the 512-px parts is 85 "
+        "batches (85 views of 64 tiles), of the 128-px parts 20 (`min_steps_per_epoch` "
+        "repeats their 6), of the default fabric 22, of the fabric with five times the good "
+        "rolls about five times that. `max_steps_per_epoch=N` caps an epoch at N batches, "
+        "the next epoch going on through the tiles; `min_steps_per_epoch=N` repeats a small "
+        "set up to N.",
+        "",
+        "| data | setting | image AUROC | label-free | seconds |",
+        "|---|---|---|---|---|",
+    ]
+    order = {"defaults": 0}
+    for row in sorted(
+        [*reference, *steps],
+        key=lambda r: (
+            r["dataset"].split("@")[0],
+            r["dataset"],
+            "n_good" in str(r.get("overrides", "")),
+            order.get(r["variant"][5:-1], 1),
+            r["variant"],
+        ),
+    ):
+        data = row["dataset"] + (
+            ", 1200 good rolls" if "n_good=1200" in str(row.get("overrides", "")) else ""
+        )
+        setting = row["variant"][len("cae (") : -1].replace("1200 rolls, ", "")
+        lines.append(
+            f"| {data} | {setting} | {row['image.auroc']:.3f} | "
+            f"{row['val_synthetic.image.auroc']:.3f} | {row['seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def label_free_parts_index(dataset: str) -> int:
     """Order of a part's rows (``camera@512`` sorts as ``camera``)."""
     import label_free_parts
@@ -1246,6 +1300,7 @@ def page() -> str:
     )
     add(parts_section, PARTS_FILE)
     add(parts_512_section, *PARTS_512)
+    add(cae_steps_section, CAE_STEPS, PARTS_FILE)
     real = [f for f in REAL_FILES if (RESULTS / f).is_file()]
     add(photographs_section, *real)
     add(tiling_section, *TILING_FILES, TILE_SIZED, SIZED_ONLY)

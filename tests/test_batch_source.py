@@ -95,3 +95,60 @@ def test_small_sets_repeat_until_an_epoch_has_enough_steps(store):
     assert counts == [3] * 10
     # A set that already has enough batches is read once.
     assert BatchSource(store, np.arange(23), 4, True, 0, min_batches=5).passes == 1
+
+
+def _tile_indices(store: PatchStore, batches: list[torch.Tensor]) -> list[int]:
+    tiles = torch.stack([store.read(np.array([i]))[0] for i in range(len(store.tiles))])
+    seen = torch.cat(batches)
+    return [int((tiles == t).flatten(1).all(1).nonzero()[0]) for t in seen]
+
+
+def test_large_sets_cap_an_epoch_and_walk_on_through_the_tiles(store):
+    ids = np.arange(23)  # batches of 4: 6 steps per pass; capped at 2 (8 tiles)
+    capped = BatchSource(store, ids, 4, True, seed=0, max_batches=2)
+    epochs = _epochs(capped, 3)
+    assert len(capped) == 2 and [len(e) for e in epochs] == [2, 2, 2]
+    order = _tile_indices(store, [b for e in epochs for b in e])
+    # Epochs continue one permutation: the first 23 draws are every tile once.
+    assert sorted(order[:23]) == list(range(23))
+    assert len(order) == 24
+    # Different epochs see different tiles, not the same share again.
+    assert set(order[:8]) != set(order[8:16])
+
+
+def test_the_cap_leaves_sets_below_it_exactly_as_they_were(store):
+    ids = np.arange(23)
+    plain = _epochs(BatchSource(store, ids, 4, True, seed=3), 3)
+    roomy = _epochs(BatchSource(store, ids, 4, True, seed=3, max_batches=6), 3)
+    assert all(
+        torch.equal(a, b)
+        for e, f in zip(plain, roomy, strict=True)
+        for a, b in zip(e, f, strict=True)
+    )
+    # With the small-set repeats too, the cap only bites above their total.
+    both = BatchSource(store, np.arange(10), 4, True, 0, min_batches=7, max_batches=8)
+    assert (both.passes, both.cap, len(both)) == (3, 0, 8)
+    # Validation (no shuffle) is never capped: early stopping compares whole passes.
+    assert len(BatchSource(store, ids, 4, False, 0, max_batches=2)) == 6
+
+
+def test_capped_epochs_split_across_ranks_like_one_process(store):
+    ids = np.arange(23)
+    single = _epochs(BatchSource(store, ids, 8, True, 1, max_batches=2))
+    ranks = [
+        _epochs(BatchSource(store, ids, 8, True, 1, rank, 2, "batch", max_batches=2))
+        for rank in range(2)
+    ]
+    for epoch, whole in enumerate(single):
+        for step, batch in enumerate(whole):
+            joined = torch.cat([ranks[r][epoch][step] for r in range(2)])
+            assert torch.equal(joined, batch)
+
+
+def test_max_steps_per_epoch_must_leave_room_for_the_minimum():
+    from anomaly.errors import ParamsError
+    from anomaly.params import TrainConfig
+
+    TrainConfig(max_steps_per_epoch=20).validate("train", "params.yaml")
+    with pytest.raises(ParamsError, match="train.max_steps_per_epoch"):
+        TrainConfig(max_steps_per_epoch=5).validate("train", "params.yaml")

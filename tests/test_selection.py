@@ -40,6 +40,27 @@ def test_candidates_parse_name_and_check():
             selection.parse_candidates(bad)
 
 
+def test_candidates_on_the_command_line_by_the_names_the_report_shows():
+    configured = [
+        "patchcore",
+        "cae",
+        {"model": "patchcore", "name": "whole", "set": {"patch.side": 256}},
+    ]
+    # dropping the cae: the configured entry keeps its settings, a model gets its defaults
+    chosen = selection.named_candidates(["patchcore", "whole", "padim"], configured)
+    assert [(c.name, c.model, c.overrides) for c in chosen] == [
+        ("patchcore", "patchcore", {}),
+        ("whole", "patchcore", {"patch.side": 256}),
+        ("padim", "padim", {}),
+    ]
+    with pytest.raises(
+        ParamsError, match=r"--candidates nope: neither .*\(patchcore, cae, whole\)"
+    ):
+        selection.named_candidates(["patchcore", "nope"], configured)
+    with pytest.raises(ParamsError, match=r"^anomaly select: --candidates needs at least two"):
+        selection.named_candidates(["whole"], configured)
+
+
 @pytest.fixture
 def git_project(tmp_path, monkeypatch):
     write_params(tmp_path / "params.yaml", tiny_params())

@@ -185,7 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         help="param for every candidate, e.g. -S dataset.name=mvtec (repeatable)",
     )
     sel.add_argument(
-        "--candidates", nargs="+", default=None, help="model names (default: select.candidates)"
+        "--candidates",
+        nargs="+",
+        default=None,
+        help="candidates by name: a select.candidates entry (patchcore-whole256) or a model (default: all of select.candidates)",
     )
     sel.add_argument("-j", "--jobs", type=int, default=None, help="workers (default: select.jobs)")
     sel.add_argument("--no-apply", action="store_true", help="rank only; leave the workspace")

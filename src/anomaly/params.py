@@ -285,6 +285,9 @@ class TrainConfig:
     amp: bool = False
     max_train_patches: int | None = None
     min_steps_per_epoch: int = 20
+    # large sets: an epoch is at most this many batches, walking on through the tiles
+    # from epoch to epoch (gradient-trained models; null: a full pass per epoch)
+    max_steps_per_epoch: int | None = None
     distributed: bool = False
     processes: int | Literal["auto"] = "auto"
     resident_store: bool | Literal["auto"] = "auto"
@@ -295,6 +298,13 @@ class TrainConfig:
         require(self.batch_size >= 1, source, f"{where}.batch_size", "must be >= 1")
         require(self.lr > 0, source, f"{where}.lr", "must be > 0")
         require(self.patience >= 1, source, f"{where}.patience", "must be >= 1")
+        require(
+            self.max_steps_per_epoch is None
+            or self.max_steps_per_epoch >= max(1, self.min_steps_per_epoch),
+            source,
+            f"{where}.max_steps_per_epoch",
+            f"must be null or >= train.min_steps_per_epoch ({self.min_steps_per_epoch})",
+        )
         require(
             self.processes == "auto" or self.processes >= 1,
             source,

@@ -93,6 +93,11 @@ class BatchSource:
     ``min_batches``: an epoch of a small set repeats the set (fresh permutations) until
     it has at least that many batches (``train.min_steps_per_epoch``).
 
+    ``max_batches``: an epoch of a large set is the next ``max_batches`` batches of one
+    running stream of permutations (``train.max_steps_per_epoch``), so successive epochs
+    walk through every tile before any repeats, and the cost of an epoch (and of early
+    stopping's patience) stops growing with the pixels.
+
     ``to_device`` keeps the tiles of ``ids`` on the training device as uint8 (a GPU-
     resident store: no host copies per step); ``pin`` pins host batches for
     asynchronous copies.
@@ -109,6 +114,7 @@ class BatchSource:
         world: int = 1,
         split: str = "batch",
         min_batches: int = 0,
+        max_batches: int = 0,
     ) -> None:
         if split not in ("batch", "block"):
             raise ValueError(f"split must be batch or block, got {split!r}")
@@ -120,6 +126,12 @@ class BatchSource:
         self.passes = 1
         if min_batches and len(ids):
             self.passes = max(1, -(-min_batches * batch_size // len(ids)))
+        # Large training sets: the per-epoch cost is capped instead (only when shuffled:
+        # a fixed order would train on the same share every epoch).
+        self.cap = 0
+        if shuffle and max_batches and len(ids) * self.passes > max_batches * batch_size:
+            self.cap, self.passes = max_batches * batch_size, 1
+        self._stream = np.empty(0, dtype=np.int64)
         self.rng = np.random.default_rng([seed, 11])
         self.resident: torch.Tensor | None = None
         self.pin = False
@@ -132,7 +144,11 @@ class BatchSource:
 
     def _chunks(self) -> list[np.ndarray]:
         ids = np.asarray(self.ids, dtype=np.int64)
-        if self.shuffle:
+        if self.cap:
+            while len(self._stream) < self.cap:
+                self._stream = np.concatenate([self._stream, self.rng.permutation(len(ids))])
+            order, self._stream = self._stream[: self.cap], self._stream[self.cap :]
+        elif self.shuffle:
             order = np.concatenate([self.rng.permutation(len(ids)) for _ in range(self.passes)])
         else:
             order = np.tile(np.arange(len(ids)), self.passes)
@@ -159,7 +175,7 @@ class BatchSource:
             yield batch.pin_memory() if self.pin else batch
 
     def __len__(self) -> int:
-        n = len(self.ids) * self.passes
+        n = self.cap or len(self.ids) * self.passes
         if self.world > 1 and self.split == "block":
             n = len(np.array_split(np.arange(n), self.world)[self.rank])
         full, rest = divmod(n, self.batch_size)

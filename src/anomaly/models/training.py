@@ -357,6 +357,7 @@ def train_model(
         world,
         "block" if memory else "batch",
         min_batches=0 if memory else cfg.min_steps_per_epoch,
+        max_batches=0 if memory else (cfg.max_steps_per_epoch or 0),
     )
     val_src = BatchSource(store, val_ids, cfg.batch_size, False, seed, rank, world, "block")
     placement = _place_tiles([train_src, val_src], device, cfg.resident_store)

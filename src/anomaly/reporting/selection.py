@@ -72,33 +72,54 @@ def parse_candidates(entries: list[Any], where: str = "select.candidates") -> li
     from ..models.registry import available_models
 
     known = set(available_models())
+    source = "anomaly select" if where.startswith("--") else "params.yaml"
     out = []
     for i, entry in enumerate(entries):
         if isinstance(entry, str):
             entry = {"model": entry}
         if not isinstance(entry, dict) or "model" not in entry:
             raise ParamsError(
-                f"params.yaml: {where}[{i}] must be a model name or a mapping with 'model' "
+                f"{source}: {where}[{i}] must be a model name or a mapping with 'model' "
                 "(and optional 'set' and 'name')"
             )
         unknown = set(entry) - {"model", "set", "name"}
         if unknown:
-            raise ParamsError(f"params.yaml: {where}[{i}] has unknown keys {sorted(unknown)}")
+            raise ParamsError(f"{source}: {where}[{i}] has unknown keys {sorted(unknown)}")
         if entry["model"] not in known:
             raise ParamsError(
-                f"params.yaml: {where}[{i}].model is {entry['model']!r}, not a known model "
+                f"{source}: {where}[{i}].model is {entry['model']!r}, not a known model "
                 f"(known: {', '.join(sorted(known))})"
             )
         overrides = entry.get("set") or {}
         if not isinstance(overrides, dict):
-            raise ParamsError(f"params.yaml: {where}[{i}].set must map param keys to values")
+            raise ParamsError(f"{source}: {where}[{i}].set must map param keys to values")
         out.append(Candidate(entry["model"], dict(overrides), entry.get("name")))
     names = [c.name for c in out]
     if len(set(names)) != len(names):
-        raise ParamsError(f"params.yaml: {where} names a candidate twice ({', '.join(names)})")
+        raise ParamsError(f"{source}: {where} names a candidate twice ({', '.join(names)})")
     if len(out) < 2:
-        raise ParamsError(f"params.yaml: {where} needs at least two candidates to choose from")
+        raise ParamsError(f"{source}: {where} needs at least two candidates to choose from")
     return out
+
+
+def named_candidates(names: list[str], configured: list[Any]) -> list[Candidate]:
+    """``--candidates``: a name the report shows for an entry of ``select.candidates``
+    (``patchcore-whole256``) stands for that entry with its settings, so a user can drop
+    one candidate by listing the others; any other name is a model with its defaults."""
+    from ..models.registry import available_models
+
+    by_name = {
+        c.name: entry for c, entry in zip(parse_candidates(configured), configured, strict=True)
+    }
+    known = set(available_models())
+    unknown = [n for n in names if n not in by_name and n not in known]
+    if unknown:
+        raise ParamsError(
+            f"anomaly select: --candidates {', '.join(unknown)}: neither a candidate of "
+            f"select.candidates ({', '.join(by_name)}) nor a model "
+            f"(known: {', '.join(sorted(known))})"
+        )
+    return parse_candidates([by_name.get(n, n) for n in names], "--candidates")
 
 
 def tag(extra: list[str]) -> str:
@@ -412,7 +433,10 @@ def select(
     ``reports/selection.{md,json}`` and (``apply``) ``dvc exp apply`` the winner."""
     repo = Path(repo)
     extra = list(extra or [])
-    chosen = parse_candidates(candidates if candidates else params.select.candidates)
+    configured = params.select.candidates
+    chosen = (
+        named_candidates(candidates, configured) if candidates else parse_candidates(configured)
+    )
     commands = plan(repo, params, chosen, extra, copy_untracked, rerun)
     if commands and not dry_run:
         ensure_cached(repo)
