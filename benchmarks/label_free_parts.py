@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -99,29 +100,26 @@ def view(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(noisy, 0, 1).astype(np.float32)
 
 
-def make_dataset(
-    root: Path, name: str, n_train: int, n_test: int, seed: int, view_side: int = CROP
-) -> Path:
-    """``root/<name>`` in MVTec layout: training views, good and defective test views of
-    ``view_side`` pixels (the defects keep their sizes in pixels)."""
+def samples(
+    name: str, n_train: int, n_test: int, seed: int, view_side: int = CROP
+) -> Iterator[label_free_real.Sample]:
+    """Part ``name``'s dataset, view by view: training views, good and defective test
+    views of ``view_side`` pixels (the defects keep their sizes in pixels)."""
     rng = np.random.default_rng([seed, len(label_free_real.PHOTOS) + PARTS.index(name)])
     image = part(name, view_side)
     donor = part(PARTS[(PARTS.index(name) + 1) % len(PARTS)], view_side)
     if donor.shape[-1] != image.shape[-1]:
         donor = donor.mean(axis=2, keepdims=True).repeat(image.shape[-1], axis=2)
-    base = root / name
-    for i in range(n_train):
-        label_free_real._save(view(image, rng), base / "train" / "good" / f"{i:03d}.png")
-    for i in range(n_test):
-        label_free_real._save(view(image, rng), base / "test" / "good" / f"{i:03d}.png")
-    for i in range(n_test):
-        kind = real_textures.DEFECTS[i % len(real_textures.DEFECTS)]
-        out, mask = label_free_real.draw_defect(view(image, rng), kind, donor, rng)
-        label_free_real._save(out, base / "test" / kind / f"{i:03d}.png")
-        label_free_real._save(
-            mask[..., None].astype(np.float32), base / "ground_truth" / kind / f"{i:03d}_mask.png"
-        )
-    return base
+    return label_free_real.draw_samples(lambda _: view(image, rng), donor, rng, n_train, n_test)
+
+
+def make_dataset(
+    root: Path, name: str, n_train: int, n_test: int, seed: int, view_side: int = CROP
+) -> Path:
+    """``root/<name>`` in MVTec layout: :func:`samples`, written."""
+    return label_free_real.write_samples(
+        root / name, samples(name, n_train, n_test, seed, view_side)
+    )
 
 
 def main() -> None:

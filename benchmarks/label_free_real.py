@@ -26,8 +26,9 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -79,27 +80,67 @@ def draw_defect(
     return out, mask
 
 
-def make_dataset(root: Path, name: str, n_train: int, n_test: int, seed: int) -> Path:
-    """``root/<name>`` in MVTec layout (see the module docstring)."""
+class Sample(NamedTuple):
+    """One image of a benchmark dataset before it is written: where it goes and, for a
+    defective test image, its clean original and exact mask (what
+    ``defect_visibility.py`` compares)."""
+
+    split: str  # "train" or "test"
+    kind: str  # "good" or the defect kind
+    index: int
+    image: np.ndarray  # (H, W, C) float in [0, 1]
+    clean: np.ndarray | None = None
+    mask: np.ndarray | None = None
+
+
+def draw_samples(
+    take: Callable[[str], np.ndarray],
+    donor: np.ndarray,
+    rng: np.random.Generator,
+    n_train: int,
+    n_test: int,
+) -> Iterator[Sample]:
+    """The draws both photograph benchmarks share, in one fixed order so that a seed is
+    one dataset: ``n_train`` training images, ``n_test`` good test images, then
+    ``n_test`` defective ones cycling over ``real_textures.DEFECTS``. ``take(split)``
+    draws one image of that split from ``rng``."""
+    for i in range(n_train):
+        yield Sample("train", "good", i, take("train"))
+    for i in range(n_test):
+        yield Sample("test", "good", i, take("test"))
+    for i in range(n_test):
+        kind = real_textures.DEFECTS[i % len(real_textures.DEFECTS)]
+        clean = take("test")
+        image, mask = draw_defect(clean, kind, donor, rng)
+        yield Sample("test", kind, i, image, clean, mask)
+
+
+def write_samples(base: Path, samples: Iterable[Sample]) -> Path:
+    """``base`` in MVTec layout: ``train/good``, ``test/<kind>``, ``ground_truth/<kind>``."""
+    for sample in samples:
+        name = f"{sample.index:03d}"
+        _save(sample.image, base / sample.split / sample.kind / f"{name}.png")
+        if sample.mask is not None:
+            mask = sample.mask[..., None].astype(np.float32)
+            _save(mask, base / "ground_truth" / sample.kind / f"{name}_mask.png")
+    return base
+
+
+def samples(name: str, n_train: int, n_test: int, seed: int) -> Iterator[Sample]:
+    """Photograph ``name``'s dataset (see the module docstring), image by image."""
     rng = np.random.default_rng([seed, PHOTOS.index(name)])
     image = photo(name)
     donor = photo(PHOTOS[(PHOTOS.index(name) + 1) % len(PHOTOS)])
     if donor.shape[-1] != image.shape[-1]:
         donor = donor.mean(axis=2, keepdims=True).repeat(image.shape[-1], axis=2)
     half = image.shape[0] // 2
-    base = root / name
-    for i in range(n_train):
-        _save(_crop(image, (0, half), rng), base / "train" / "good" / f"{i:03d}.png")
-    for i in range(n_test):
-        _save(_crop(image, (half, image.shape[0]), rng), base / "test" / "good" / f"{i:03d}.png")
-    for i in range(n_test):
-        kind = real_textures.DEFECTS[i % len(real_textures.DEFECTS)]
-        out, mask = draw_defect(_crop(image, (half, image.shape[0]), rng), kind, donor, rng)
-        _save(out, base / "test" / kind / f"{i:03d}.png")
-        _save(
-            mask[..., None].astype(np.float32), base / "ground_truth" / kind / f"{i:03d}_mask.png"
-        )
-    return base
+    rows = {"train": (0, half), "test": (half, image.shape[0])}
+    return draw_samples(lambda split: _crop(image, rows[split], rng), donor, rng, n_train, n_test)
+
+
+def make_dataset(root: Path, name: str, n_train: int, n_test: int, seed: int) -> Path:
+    """``root/<name>`` in MVTec layout (see the module docstring)."""
+    return write_samples(root / name, samples(name, n_train, n_test, seed))
 
 
 def outlined(base: Path, kind: str, file: Path) -> tuple[np.ndarray, np.ndarray]:

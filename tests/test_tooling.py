@@ -163,6 +163,41 @@ def test_real_texture_benchmark_writes_an_mvtec_folder_of_real_photos(tmp_path):
     assert set(np.unique(mask_png)) <= {0, 255}
 
 
+def test_defect_visibility_counts_a_smear_on_a_flat_region_as_invisible():
+    """benchmarks/defect_visibility.py: a smear on a flat crop changes nothing and is
+    counted invisible; a scratch is not; the ceiling puts the invisible ones at chance.
+    The samples it measures are the ones label_free_real writes (same draws)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import numpy as np
+
+    import defect_visibility
+    import label_free_real
+
+    rng = np.random.default_rng(0)
+    flat = np.full((128, 128, 1), 0.5, dtype=np.float32)
+    draws = {
+        kind: label_free_real.draw_defect(flat, kind, flat, rng) for kind in ("smear", "scratch")
+    }
+    samples = [
+        label_free_real.Sample("test", kind, 0, image, flat, mask)
+        for kind, (image, mask) in draws.items()
+    ]
+    rows = {r["kind"]: r for r in defect_visibility.visibility_rows("t", "flat", samples)}
+    assert rows["smear"]["invisible"] == 1 and rows["smear"]["median_change"] == 0.0
+    assert rows["scratch"]["invisible"] == 0 and rows["scratch"]["min_change"] > 50
+    assert defect_visibility.ceiling(list(rows.values())) == 0.75
+
+    drawn = list(label_free_real.samples("moon", 2, 4, seed=0))
+    assert [(s.split, s.kind) for s in drawn[:6]] == [("train", "good")] * 2 + [
+        ("test", "good")
+    ] * 4
+    assert [s.kind for s in drawn[6:]] == list(label_free_real.real_textures.DEFECTS)
+    for sample in drawn[6:]:
+        assert np.array_equal(sample.image[~sample.mask], sample.clean[~sample.mask]) or (
+            sample.kind == "stain"  # a stain fades out past its mask
+        )
+
+
 def test_ensemble_study_standardises_on_good_validation_and_combines(tmp_path):
     """benchmarks/ensemble_real.py: each member's scores are standardised on its good
     validation images, then averaged or maxed; the label-free set gets the same
