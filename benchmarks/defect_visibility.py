@@ -35,14 +35,10 @@ from bench_stages import machine  # noqa: E402
 INVISIBLE = 3.0  # grey levels (of 255): a mean change below this counts as invisible
 
 
-def grey_levels(image: np.ndarray) -> np.ndarray:
-    """The 8-bit levels ``label_free_real._save`` stores, as floats."""
-    return np.round(np.clip(image, 0, 1) * 255).astype(np.float64)
-
-
 def mean_change(sample: label_free_real.Sample) -> float:
     """Mean absolute change inside the mask, over channels, in grey levels."""
-    change = np.abs(grey_levels(sample.image) - grey_levels(sample.clean)).mean(axis=-1)
+    stored = [label_free_real.eight_bit(x).astype(np.float64) for x in (sample.image, sample.clean)]
+    change = np.abs(stored[0] - stored[1]).mean(axis=-1)
     return float(change[sample.mask].mean())
 
 

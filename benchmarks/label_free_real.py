@@ -55,9 +55,14 @@ def photo(name: str) -> np.ndarray:
     return array[..., None] if array.ndim == 2 else array
 
 
+def eight_bit(array: np.ndarray) -> np.ndarray:
+    """The 8-bit levels a benchmark image is stored with (floats in [0, 1] in)."""
+    return np.round(np.clip(array, 0, 1) * 255).astype(np.uint8)
+
+
 def _save(array: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.round(np.clip(array, 0, 1) * 255).astype(np.uint8)
+    pixels = eight_bit(array)
     Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(path)
 
 
