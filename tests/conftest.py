@@ -23,6 +23,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
     torch.set_num_threads(1)
 
+# DVC posts a usage report after every command unless told not to: a daemon per command
+# that tries the network and, offline, leaves its report in the temp directory. The tests
+# must never reach the network; this project's .dvc/config says `analytics = false`, but
+# the repositories the tests `dvc init` do not.
+os.environ["DVC_NO_ANALYTICS"] = "1"
+
 TINY = {
     "dataset": {
         "synthetic": {

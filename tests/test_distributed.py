@@ -29,12 +29,17 @@ def _prepare(root, **overrides):
 
 
 def _train_in_subprocess(root, distributed: bool) -> subprocess.CompletedProcess:
+    """Train in a fresh process whose temporary directory is ``root/tmp``: the tests
+    assert that a run leaves nothing there (torchrun's launcher keeps per-worker log
+    folders under the system temp directory unless told otherwise)."""
     params = (root / "params.yaml").read_text()
     params = params.replace("distributed: true", "distributed: false")
     if distributed:
         params = params.replace("distributed: false", "distributed: true")
     (root / "params.yaml").write_text(params)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    temp = root / "tmp"
+    temp.mkdir(exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(temp)}
     return subprocess.run(
         [sys.executable, "-m", "anomaly.stages.train"],
         cwd=root,
@@ -42,6 +47,14 @@ def _train_in_subprocess(root, distributed: bool) -> subprocess.CompletedProcess
         capture_output=True,
         text=True,
         timeout=600,
+    )
+
+
+def _left_in_temp(root) -> list[str]:
+    """What a run left in its temporary directory, less torch's compile cache (one per
+    user, reused by every run)."""
+    return sorted(
+        p.name for p in (root / "tmp").iterdir() if not p.name.startswith("torchinductor_")
     )
 
 
@@ -75,6 +88,7 @@ def test_two_gloo_processes_match_one_process(project, model):
     both = _train_in_subprocess(project, distributed=True)
     assert both.returncode == 0, both.stderr
     assert "launching 2 worker processes" in both.stderr
+    assert _left_in_temp(project) == []  # no launcher logs left behind
     summary = json.loads((project / f"models/{model}/train_summary.json").read_text())
     # Both ranks ended with identical weights (the stage compares their digests and
     # fails otherwise), and they are the weights rank 0 saved.
@@ -121,3 +135,4 @@ def test_a_failing_worker_stops_the_run_with_one_line(project):
     assert "error: train: worker rank" in result.stderr
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in project.glob("models/*")) == before
+    assert _left_in_temp(project) == []

@@ -35,6 +35,21 @@ def sh(*cmd, cwd):
     return result.stdout + result.stderr
 
 
+def test_dvc_commands_in_the_tests_never_reach_the_network(tmp_path, monkeypatch):
+    """conftest turns DVC's usage reports off: a repository of `dvc init` would otherwise
+    post one per command, and leave it in the temp directory when offline."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    sh("git", "init", "-q", cwd=repo)
+    sh(DVC, "init", "-q", cwd=repo)
+    sh(DVC, "status", cwd=repo)
+    assert "analytics" not in (repo / ".dvc/config").read_text()  # on, as DVC ships it
+    assert sorted(p.name for p in temp.iterdir()) == []
+
+
 def test_dvc_repro_end_to_end(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import sys
+import tempfile
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -135,12 +136,17 @@ def launch(processes: int, argv: list[str]) -> None:
     torchrun's launcher on this machine (rendezvous on a free local port); return when
     all succeed. A failed worker stops the others and raises one error line (its own
     ``error:`` line was already printed)."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     cores = os.cpu_count() or 1
     # torch starts one thread per core in every process: N workers would oversubscribe.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // processes)))
+    # The launcher keeps per-worker log folders in a new /tmp/torchelastic_* on every
+    # run and never removes them; the workers print to this process's stderr anyway, so
+    # their folder lives only as long as the run.
+    logs = tempfile.TemporaryDirectory(prefix="anomaly-train-workers-")
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -150,6 +156,7 @@ def launch(processes: int, argv: list[str]) -> None:
         rdzv_endpoint="localhost:0",
         max_restarts=0,
         monitor_interval=0.2,
+        logs_specs=DefaultLogsSpecs(log_dir=logs.name),
     )
     log.info("train: launching %d worker processes (torchrun)", processes)
     # The launcher logs each failed worker with its pid; the worker's own line says why.
@@ -162,6 +169,8 @@ def launch(processes: int, argv: list[str]) -> None:
             f"train: worker rank {rank} of {processes} failed with exit code "
             f"{failure.exitcode}; its message is above"
         ) from None
+    finally:
+        logs.cleanup()
 
 
 def state_digest(module: torch.nn.Module) -> str:
