@@ -22,6 +22,11 @@ no longer lined up. The rules, applied in this order:
    whose values use only part of the container (12-bit cameras writing 16-bit files:
    ``[0, 4095]``): values are mapped linearly from [low, high] to [0, 255] and clipped.
    8-bit images ignore it (their range is their container's).
+   A dataset of 16-bit single-band images whose values all stay below a quarter of the
+   range (a 12-bit camera's 0..4095) would keep 64 grey levels or fewer and look
+   almost black: :func:`check_deep_range` refuses it, naming ``patch.intensity_range``
+   and the bits its values use (patchify runs it on the whole dataset, so one dark frame
+   of real 16-bit data is not mistaken for a 12-bit camera).
    Pillow reads 16-bit-per-channel RGB PNGs as 8-bit RGB itself (the high byte).
 4. **Modes.** Palette images are expanded through their palette; alpha is dropped (the
    stored colour is kept, not composited); CMYK and YCbCr are converted to RGB by Pillow;
@@ -36,7 +41,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +55,9 @@ SINGLE_BAND_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N
 _EXIF_ORIENTATION = 0x0112
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # a quarter turn: width and height trade places
 _FLOAT_TOLERANCE = 1e-6
+# 16-bit data that never reaches a quarter of its range uses 14 bits or fewer: read by
+# the container's depth it loses two bits or more (12-bit: 17 grey levels of 256)
+DEEP_PEAK_MIN = 1 << 14
 
 IntensityRange = Sequence[float] | None
 
@@ -170,6 +178,49 @@ def _open_and_decode(
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{name}: corrupt or unreadable image ({exc})") from exc
+
+
+def deep_peak(path: str | Path) -> int | None:
+    """The largest value of a 16-bit single-band image file; None for any other image
+    (8-bit, colour, or a TIFF that declares fewer bits, already scaled by them)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            if not img.mode.startswith("I;16") or _bit_depth(img) != 16:
+                return None
+            return int(np.asarray(img).max())
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: corrupt or unreadable image ({exc})") from exc
+
+
+def check_deep_range(paths: Iterable[str | Path], intensity_range: IntensityRange) -> None:
+    """Refuse a dataset whose 16-bit single-band images all stay below ``DEEP_PEAK_MIN``
+    unless ``patch.intensity_range`` says what their values mean: a 12-bit camera's
+    files read by their 16-bit container would train on near-black images, silently.
+    Stops at the first image that reaches the bound, so real 16-bit data costs a read
+    or two."""
+    if intensity_range is not None:
+        return
+    peak, deep, first = 0, 0, None
+    for path in paths:
+        value = deep_peak(path)
+        if value is None:
+            continue
+        deep += 1
+        first = first or path
+        peak = max(peak, value)
+        if peak >= DEEP_PEAK_MIN:
+            return
+    if deep == 0:
+        return
+    bits = max(8, peak.bit_length())
+    levels = round(peak / 65535 * 255) + 1
+    raise DataError(
+        f"{first}: the dataset's {deep} 16-bit images reach only {peak} of 65535 (at most "
+        f"{bits} bits): read as 16-bit data they keep {levels} of 256 grey levels and look "
+        f"almost black; set patch.intensity_range: [0, {2**bits - 1}] for a {bits}-bit "
+        "camera, or [0, 65535] to read them as 16-bit data"
+    )
 
 
 def read_mask(path: str | Path, expected_shape: tuple[int, int] | None = None) -> np.ndarray:

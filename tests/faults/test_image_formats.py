@@ -184,3 +184,57 @@ def test_download_check_names_a_multi_page_file(tmp_path, monkeypatch):
     write_params(tmp_path / "params.yaml", params)
     with pytest.raises(DataError, match=r"stack.tif: has 2 pages.*dataset.on_bad_file"):
         download(load_params(tmp_path / "params.yaml"), tmp_path / "raw")
+
+
+def _camera_folder(root, peak: int, dark_frame: bool = False):
+    """A folder dataset of 16-bit single-band PNGs whose values reach ``peak`` (4095: a
+    12-bit camera), with one all-but-black frame when ``dark_frame``."""
+    folder = root / "camera"
+    (folder / "good").mkdir(parents=True)
+    for i in range(6):
+        values = np.round(_gradient(32, 32).astype(np.float64) * peak / 255).astype(np.uint16)
+        Image.fromarray(values).save(folder / "good" / f"{i}.png")
+    if dark_frame:
+        Image.fromarray(np.full((32, 32), 40, np.uint16)).save(folder / "good" / "dark.png")
+    return folder
+
+
+def _run_patchify(root, monkeypatch, folder, intensity_range=None) -> int:
+    monkeypatch.chdir(root)
+    patch = {"side": 16, "stride": 16, "intensity_range": intensity_range}
+    params = tiny_params(dataset={"name": "folder", "source": str(folder)}, patch=patch)
+    write_params(root / "params.yaml", params)
+    assert main(["download"]) == 0
+    return main(["patchify"])
+
+
+def test_a_12_bit_camera_in_16_bit_files_is_refused_until_its_range_is_named(
+    tmp_path, monkeypatch, capsys
+):
+    """Read by their 16-bit container, a 12-bit camera's images keep 17 grey levels and
+    look black: a model would train on them without a word. Patchify refuses the dataset
+    in one line naming the key and the 12-bit range, before any tile is written."""
+    folder = _camera_folder(tmp_path, 4095)
+    capsys.readouterr()
+    assert _run_patchify(tmp_path, monkeypatch, folder) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "reach only 4095 of 65535 (at most 12 bits)" in err
+    assert "17 of 256 grey levels" in err
+    assert "patch.intensity_range: [0, 4095]" in err
+    assert not (tmp_path / "data/patches").exists()
+    # naming the range reads them like the 8-bit images they stand for
+    assert _run_patchify(tmp_path, monkeypatch, folder, [0, 4095]) == 0
+    tiles = np.load(tmp_path / "data/patches/patches.npy")
+    assert tiles.max() > 200
+    # [0, 65535] says "these are 16-bit data": accepted as asked, dark
+    assert _run_patchify(tmp_path, monkeypatch, folder, [0, 65535]) == 0
+    assert np.load(tmp_path / "data/patches/patches.npy").max() <= 16
+
+
+def test_real_16_bit_data_with_a_dark_frame_is_read_as_16_bit(tmp_path, monkeypatch):
+    """The check is on the dataset, not each file: a dark frame among real 16-bit images
+    is not a 12-bit camera."""
+    folder = _camera_folder(tmp_path, 65535, dark_frame=True)
+    assert _run_patchify(tmp_path, monkeypatch, folder) == 0
+    assert np.load(tmp_path / "data/patches/patches.npy").max() > 200

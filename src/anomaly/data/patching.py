@@ -38,7 +38,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import DataError
-from ..image_reader import image_size
+from ..image_reader import check_deep_range, image_size
 from ..io import NpyWriter, atomic_dir, check_free_space, write_csv, write_json
 from ..params import PatchConfig
 from .manifest import load_image_and_mask, resolve
@@ -153,6 +153,10 @@ def patchify(
         if not path.is_file():
             raise DataError(f"{path}: image listed in the manifest is missing")
         sizes.append(image_size(path))  # as displayed (EXIF orientation applied)
+    # a 12-bit camera's 16-bit files are refused here, before any tile is cut
+    check_deep_range(
+        (resolve(manifest, relative) for relative in manifest["image_path"]), cfg.intensity_range
+    )
     requested = {"side": cfg.side, "stride": cfg.stride, "auto_side_max": cfg.auto_side_max}
     cfg = cfg.resolve_tiling(sizes)
     plans = [_plan(h, w, cfg) for h, w in sizes]
