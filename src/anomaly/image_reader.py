@@ -22,12 +22,13 @@ no longer lined up. The rules, applied in this order:
    whose values use only part of the container (12-bit cameras writing 16-bit files:
    ``[0, 4095]``): values are mapped linearly from [low, high] to [0, 255] and clipped.
    8-bit images ignore it (their range is their container's).
-   A dataset of 16-bit single-band images whose values all stay below a quarter of the
-   range (a 12-bit camera's 0..4095) would keep 64 grey levels or fewer and look
-   almost black: :func:`check_deep_range` refuses it, naming ``patch.intensity_range``
-   and the bits its values use (patchify runs it on the whole dataset, so one dark frame
-   of real 16-bit data is not mistaken for a 12-bit camera).
    Pillow reads 16-bit-per-channel RGB PNGs as 8-bit RGB itself (the high byte).
+   A dataset of 16-bit images whose values all stay below a quarter of the range (a
+   12-bit camera's 0..4095) would keep 64 grey levels or fewer and look almost black:
+   :func:`check_deep_range` refuses it, naming ``patch.intensity_range`` and the bits
+   its values use for single-band images, and asking for full-range (or 8-bit) files
+   for colour ones, whose lost low bits no range can restore (patchify runs it on the
+   whole dataset, so one dark frame of real 16-bit data is not a 12-bit camera).
 4. **Modes.** Palette images are expanded through their palette; alpha is dropped (the
    stored colour is kept, not composited); CMYK and YCbCr are converted to RGB by Pillow;
    colour becomes grayscale by ITU-R 601 luma (Pillow's ``L``); grayscale becomes RGB by
@@ -180,47 +181,80 @@ def _open_and_decode(
         raise DataError(f"{name}: corrupt or unreadable image ({exc})") from exc
 
 
-def deep_peak(path: str | Path) -> int | None:
-    """The largest value of a 16-bit single-band image file; None for any other image
-    (8-bit, colour, or a TIFF that declares fewer bits, already scaled by them)."""
-    path = Path(path)
+def _deep_kind(img: Image.Image) -> str | None:
+    """ "gray" for a 16-bit single-band image, "colour" for 16 bits per colour channel
+    (which Pillow decodes to 8 bits, keeping the high byte), None for anything else
+    (8-bit, 32-bit, float, or a TIFF that declares fewer bits and is scaled by them)."""
+    if img.mode.startswith("I;16"):
+        return "gray" if _bit_depth(img) == 16 else None
+    if img.mode not in ("RGB", "RGBA") or not img.tile:
+        return None
+    args = img.tile[0][3]  # the decoder's raw mode: "RGB;16B" for 48-bit PNG
+    rawmode = args[0] if isinstance(args, tuple) and args else args
+    return "colour" if isinstance(rawmode, str) and ";16" in rawmode else None
+
+
+def _deep_peak(
+    path: Path, peaks: dict[str, int], intensity_range: IntensityRange
+) -> tuple[str, int] | None:
+    """(kind, peak) of a 16-bit image file whose kind :func:`check_deep_range` still has
+    to measure: the largest raw value of a single-band one; for colour, the largest
+    value its 8-bit reading can stand for (high byte, low byte all ones). None without
+    reading values for any other image, for single-band images when
+    ``intensity_range`` is set, and once a kind has reached the bound."""
     try:
         with Image.open(path) as img:
-            if not img.mode.startswith("I;16") or _bit_depth(img) != 16:
+            kind = _deep_kind(img)
+            if kind is None or (kind == "gray" and intensity_range is not None):
                 return None
-            return int(np.asarray(img).max())
+            if peaks.get(kind, 0) >= DEEP_PEAK_MIN:
+                return None
+            peak = int(np.asarray(img).max())
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: corrupt or unreadable image ({exc})") from exc
+    return kind, peak if kind == "gray" else (peak << 8) | 0xFF
 
 
 def check_deep_range(paths: Iterable[str | Path], intensity_range: IntensityRange) -> None:
-    """Refuse a dataset whose 16-bit single-band images all stay below ``DEEP_PEAK_MIN``
-    unless ``patch.intensity_range`` says what their values mean: a 12-bit camera's
-    files read by their 16-bit container would train on near-black images, silently.
-    Stops at the first image that reaches the bound, so real 16-bit data costs a read
-    or two."""
-    if intensity_range is not None:
-        return
-    peak, deep, first = 0, 0, None
-    for path in paths:
-        value = deep_peak(path)
-        if value is None:
+    """Refuse a dataset whose 16-bit images all stay below ``DEEP_PEAK_MIN``: a 12-bit
+    camera's files read by their 16-bit container would train on near-black images,
+    silently. Single-band images pass when ``patch.intensity_range`` says what their
+    values mean; colour ones always need the full range, since Pillow reads them by
+    their high byte and no range can bring the lost bits back. Values are read only
+    until a kind reaches the bound, so real 16-bit data costs a read or two."""
+    peaks: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    first: dict[str, Path] = {}
+    for path in map(Path, paths):
+        measured = _deep_peak(path, peaks, intensity_range)
+        if measured is None:
             continue
-        deep += 1
-        first = first or path
-        peak = max(peak, value)
+        kind, peak = measured
+        counts[kind] = counts.get(kind, 0) + 1
+        first.setdefault(kind, path)
+        peaks[kind] = max(peaks.get(kind, 0), peak)
+    for kind, peak in peaks.items():
         if peak >= DEEP_PEAK_MIN:
-            return
-    if deep == 0:
-        return
-    bits = max(8, peak.bit_length())
-    levels = round(peak / 65535 * 255) + 1
-    raise DataError(
-        f"{first}: the dataset's {deep} 16-bit images reach only {peak} of 65535 (at most "
-        f"{bits} bits): read as 16-bit data they keep {levels} of 256 grey levels and look "
-        f"almost black; set patch.intensity_range: [0, {2**bits - 1}] for a {bits}-bit "
-        "camera, or [0, 65535] to read them as 16-bit data"
-    )
+            continue
+        bits = max(8, peak.bit_length())
+        # levels read: 16-bit values scaled to 8 bits (gray), or the high byte (colour)
+        levels = (round(peak * 255 / 65535) if kind == "gray" else peak >> 8) + 1
+        what = "single-band images reach only" if kind == "gray" else "colour images reach at most"
+        said = (
+            f"{first[kind]}: the dataset's {counts[kind]} 16-bit {what} "
+            f"{peak} of 65535 (at most {bits} bits): read as 16-bit data they keep "
+            f"{levels} of 256 grey levels and look almost black; "
+        )
+        if kind == "gray":
+            raise DataError(
+                said + f"set patch.intensity_range: [0, {2**bits - 1}] for a {bits}-bit "
+                "camera, or [0, 65535] to read them as 16-bit data"
+            )
+        raise DataError(
+            said + "colour images are read by their high byte, which "
+            "patch.intensity_range cannot rescale: save them scaled to the full 16-bit "
+            "range, or as 8-bit images"
+        )
 
 
 def read_mask(path: str | Path, expected_shape: tuple[int, int] | None = None) -> np.ndarray:

@@ -53,11 +53,11 @@ def test_intensity_range_for_12_bit_data_in_16_bit_files(tmp_path):
     np.testing.assert_array_equal(read_image(tmp_path / "12.png", "L", [0, 4095]), gray)
 
 
-def test_48_bit_rgb_png_reads_as_8_bit_rgb(tmp_path):
-    """16 bits per channel RGB, written by hand (Pillow cannot write it)."""
-    rgb = np.stack([_gradient(), _gradient()[::-1], 255 - _gradient()], axis=2)
-    deep = rgb.astype(">u2") * 257
-    h, w = rgb.shape[:2]
+def _png48(values: np.ndarray) -> bytes:
+    """A 48-bit RGB PNG of (H, W, 3) 16-bit ``values``, written by hand (Pillow cannot
+    write it)."""
+    deep = values.astype(">u2")
+    h, w = values.shape[:2]
     raw = b"".join(b"\x00" + deep[y].tobytes() for y in range(h))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -65,8 +65,12 @@ def test_48_bit_rgb_png_reads_as_8_bit_rgb(tmp_path):
         return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
 
     png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
-    png += chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
-    (tmp_path / "48.png").write_bytes(png)
+    return png + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def test_48_bit_rgb_png_reads_as_8_bit_rgb(tmp_path):
+    rgb = np.stack([_gradient(), _gradient()[::-1], 255 - _gradient()], axis=2)
+    (tmp_path / "48.png").write_bytes(_png48(rgb.astype(np.uint16) * 257))
     np.testing.assert_array_equal(read_image(tmp_path / "48.png", "RGB"), rgb)
 
 
@@ -236,5 +240,28 @@ def test_real_16_bit_data_with_a_dark_frame_is_read_as_16_bit(tmp_path, monkeypa
     """The check is on the dataset, not each file: a dark frame among real 16-bit images
     is not a 12-bit camera."""
     folder = _camera_folder(tmp_path, 65535, dark_frame=True)
+    assert _run_patchify(tmp_path, monkeypatch, folder) == 0
+    assert np.load(tmp_path / "data/patches/patches.npy").max() > 200
+
+
+def test_a_12_bit_colour_camera_in_48_bit_pngs_is_refused(tmp_path, monkeypatch, capsys):
+    """Colour at 16 bits per channel is read by its high byte (Pillow): 12-bit values
+    become 16 grey levels, and no patch.intensity_range can restore the low bits, so
+    the refusal asks for full-range files whatever the range says; full-range ones
+    pass."""
+    folder = tmp_path / "colour"
+    (folder / "good").mkdir(parents=True)
+    for i in range(6):
+        rgb = np.stack([_gradient(32, 32)] * 3, axis=2).astype(np.float64)
+        (folder / "good" / f"{i}.png").write_bytes(_png48(np.round(rgb * 4095 / 255)))
+    capsys.readouterr()
+    assert _run_patchify(tmp_path, monkeypatch, folder, [0, 4095]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "colour images reach at most 4095 of 65535 (at most 12 bits)" in err
+    assert "16 of 256 grey levels" in err and "save them scaled to the full 16-bit" in err
+    for i in range(6):
+        rgb = np.stack([_gradient(32, 32)] * 3, axis=2).astype(np.uint16) * 257
+        (folder / "good" / f"{i}.png").write_bytes(_png48(rgb))
     assert _run_patchify(tmp_path, monkeypatch, folder) == 0
     assert np.load(tmp_path / "data/patches/patches.npy").max() > 200
