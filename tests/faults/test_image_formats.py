@@ -265,3 +265,30 @@ def test_a_12_bit_colour_camera_in_48_bit_pngs_is_refused(tmp_path, monkeypatch,
         (folder / "good" / f"{i}.png").write_bytes(_png48(rgb))
     assert _run_patchify(tmp_path, monkeypatch, folder) == 0
     assert np.load(tmp_path / "data/patches/patches.npy").max() > 200
+
+
+def test_a_real_scan_stored_in_16_bits_is_refused_then_read_by_its_range(
+    tmp_path, monkeypatch, capsys
+):
+    """Real data: matplotlib's sample MRI slice (s1045.ima, 256 x 256 big-endian 16-bit,
+    values 0..215) saved as 16-bit PNGs. Read by the container it would be black; the
+    refusal names the 8 bits its values use, and that range reads it at full contrast."""
+    import gzip
+
+    import matplotlib.cbook
+
+    with gzip.open(matplotlib.cbook.get_sample_data("s1045.ima.gz", asfileobj=False)) as f:
+        scan = np.frombuffer(f.read(), ">u2").reshape(256, 256).astype(np.uint16)
+    assert scan.max() == 215
+    folder = tmp_path / "mri"
+    (folder / "good").mkdir(parents=True)
+    for i in range(6):  # six overlapping 128-px views of the slice
+        view = scan[64 + 8 * i : 192 + 8 * i, 64:192]
+        Image.fromarray(np.ascontiguousarray(view)).save(folder / "good" / f"{i}.png")
+    capsys.readouterr()
+    assert _run_patchify(tmp_path, monkeypatch, folder) == 2
+    err = capsys.readouterr().err
+    assert "(at most 8 bits)" in err and "patch.intensity_range: [0, 255]" in err
+    assert _run_patchify(tmp_path, monkeypatch, folder, [0, 255]) == 0
+    tiles = np.load(tmp_path / "data/patches/patches.npy")
+    assert tiles.max() == scan[64:232, 64:192].max()  # 215: each value as it is
