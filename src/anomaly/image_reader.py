@@ -185,7 +185,7 @@ def _deep_kind(img: Image.Image) -> str | None:
     """ "gray" for a 16-bit single-band image, "colour" for 16 bits per colour channel
     (which Pillow decodes to 8 bits, keeping the high byte), None for anything else
     (8-bit, 32-bit, float, or a TIFF that declares fewer bits and is scaled by them)."""
-    if img.mode.startswith("I;16"):
+    if img.mode == "I" or img.mode.startswith("I;16"):  # some Pillow versions: "I"
         return "gray" if _bit_depth(img) == 16 else None
     if img.mode not in ("RGB", "RGBA") or not img.tile:
         return None

@@ -292,3 +292,19 @@ def test_a_real_scan_stored_in_16_bits_is_refused_then_read_by_its_range(
     assert _run_patchify(tmp_path, monkeypatch, folder, [0, 255]) == 0
     tiles = np.load(tmp_path / "data/patches/patches.npy")
     assert tiles.max() == scan[64:232, 64:192].max()  # 215: each value as it is
+
+
+def test_the_range_check_knows_16_bit_pngs_in_either_pillow_mode(tmp_path):
+    """Pillow 13 opens a 16-bit grey PNG as "I;16"; other versions open it as "I" (32-bit
+    signed). Either is a 16-bit image to the check; a real 32-bit TIFF is not."""
+    from anomaly.image_reader import _deep_kind
+
+    Image.fromarray(np.full((8, 8), 4095, np.uint16)).save(tmp_path / "16.png")
+    with Image.open(tmp_path / "16.png") as img:
+        assert _deep_kind(img) == "gray"
+        as_int32 = img.convert("I")
+        as_int32.format = "PNG"  # what such a Pillow hands over
+        assert as_int32.mode == "I" and _deep_kind(as_int32) == "gray"
+    Image.fromarray(np.zeros((8, 8), np.int32)).save(tmp_path / "32.tif")
+    with Image.open(tmp_path / "32.tif") as img:
+        assert img.mode == "I" and _deep_kind(img) is None
