@@ -59,6 +59,8 @@ _FLOAT_TOLERANCE = 1e-6
 # 16-bit data that never reaches a quarter of its range uses 14 bits or fewer: read by
 # the container's depth it loses two bits or more (12-bit: 17 grey levels of 256)
 DEEP_PEAK_MIN = 1 << 14
+# patch.intensity_range's clipping warning: images sampled, share of pixels cut off
+CLIP_SAMPLE, CLIP_SHARE = 20, 0.01
 
 IntensityRange = Sequence[float] | None
 
@@ -215,17 +217,59 @@ def _deep_peak(
     return kind, peak if kind == "gray" else (peak << 8) | 0xFF
 
 
+def _warn_if_range_clips(paths: list[Path], intensity_range: Sequence[float]) -> None:
+    """Warn when ``patch.intensity_range`` cuts off a real share of the first
+    ``CLIP_SAMPLE`` images it applies to (16-bit, 32-bit and float single-band ones),
+    e.g. [0, 4095] set for a 14-bit camera: everything brighter turns white. A warning,
+    not a refusal: a narrower window can be meant (more contrast where it matters)."""
+    low, high = float(intensity_range[0]), float(intensity_range[1])
+    sampled, clipping, worst, reach = 0, 0, 0.0, (high, low)
+    for path in paths:
+        if sampled >= CLIP_SAMPLE:
+            break
+        try:
+            with Image.open(path) as img:
+                if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
+                    continue
+                values = np.asarray(img).astype(np.float64)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise DataError(f"{path}: corrupt or unreadable image ({exc})") from exc
+        sampled += 1
+        outside = float(((values < low) | (values > high)).mean())
+        if outside > CLIP_SHARE:
+            clipping += 1
+            worst = max(worst, outside)
+            reach = (max(reach[0], float(values.max())), min(reach[1], float(values.min())))
+    if clipping:
+        log.warning(
+            "patch.intensity_range [%g, %g] clips %d of the first %d images it applies to "
+            "(up to %.0f%% of an image's pixels; values reach %g to %g): what lies outside "
+            "turns black or white; widen the range unless that window is meant",
+            low,
+            high,
+            clipping,
+            sampled,
+            100 * worst,
+            reach[1],
+            reach[0],
+        )
+
+
 def check_deep_range(paths: Iterable[str | Path], intensity_range: IntensityRange) -> None:
     """Refuse a dataset whose 16-bit images all stay below ``DEEP_PEAK_MIN``: a 12-bit
     camera's files read by their 16-bit container would train on near-black images,
     silently. Single-band images pass when ``patch.intensity_range`` says what their
     values mean; colour ones always need the full range, since Pillow reads them by
     their high byte and no range can bring the lost bits back. Values are read only
-    until a kind reaches the bound, so real 16-bit data costs a read or two."""
+    until a kind reaches the bound, so real 16-bit data costs a read or two. With a
+    range set, also warns when it clips (:func:`_warn_if_range_clips`)."""
+    paths = [Path(path) for path in paths]
+    if intensity_range is not None:
+        _warn_if_range_clips(paths, intensity_range)
     peaks: dict[str, int] = {}
     counts: dict[str, int] = {}
     first: dict[str, Path] = {}
-    for path in map(Path, paths):
+    for path in paths:
         measured = _deep_peak(path, peaks, intensity_range)
         if measured is None:
             continue

@@ -308,3 +308,20 @@ def test_the_range_check_knows_16_bit_pngs_in_either_pillow_mode(tmp_path):
     Image.fromarray(np.zeros((8, 8), np.int32)).save(tmp_path / "32.tif")
     with Image.open(tmp_path / "32.tif") as img:
         assert img.mode == "I" and _deep_kind(img) is None
+
+
+def test_a_range_that_clips_the_data_is_said(tmp_path, monkeypatch, caplog):
+    """[0, 4095] set for a 14-bit camera turns everything above 4095 white: patchify
+    goes on (a narrower window can be meant) but says so, naming the key and how far
+    the values reach; a range that fits says nothing."""
+    folder = _camera_folder(tmp_path, 16383)
+    with caplog.at_level("WARNING", logger="anomaly.image_reader"):
+        assert _run_patchify(tmp_path, monkeypatch, folder, [0, 4095]) == 0
+    said = [r.getMessage() for r in caplog.records if r.name == "anomaly.image_reader"]
+    assert len(said) == 1
+    assert "patch.intensity_range [0, 4095] clips 6 of the first 6 images" in said[0]
+    assert "values reach 0 to 16383" in said[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="anomaly.image_reader"):
+        assert _run_patchify(tmp_path, monkeypatch, folder, [0, 16383]) == 0
+    assert not [r for r in caplog.records if r.name == "anomaly.image_reader"]
