@@ -129,6 +129,19 @@ def fit_tiny(model, rng, epochs: int, lr: float, data: Data = stripes) -> None:
     model.calibrate(iter([data(64, rng)]))
 
 
+SCORE_CFG = ScoreConfig(smooth_sigma=1.0, patch_reduce="topk_mean")
+
+
+def separation(model, normal: torch.Tensor, anomalous: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """(image AUROC of ``normal`` against ``anomalous``, the anomalous scores), checking
+    on the way that the maps come back one per tile at the tile's size."""
+    s_norm, maps = model.score(normal, SCORE_CFG)
+    s_anom, _ = model.score(anomalous, SCORE_CFG)
+    assert maps.shape == (len(normal), SIZE, SIZE)
+    labels = np.r_[np.zeros(len(normal)), np.ones(len(anomalous))]
+    return roc_auc_score(labels, np.r_[s_norm.numpy(), s_anom.numpy()]), s_anom
+
+
 def test_registry_lists_pipeline_models():
     assert {"ae", "cae", "vae", "aae", "vit_vae", "vae_grf", "patchcore"} <= set(available_models())
 
@@ -143,12 +156,7 @@ def test_model_separates_obvious_anomalies_and_round_trips(name, tmp_path):
     model, rng = train_tiny(name)
     normal = stripes(40, rng)
     anomalous = with_blobs(stripes(40, rng))
-    cfg = ScoreConfig(smooth_sigma=1.0, patch_reduce="topk_mean")
-    s_norm, maps = model.score(normal, cfg)
-    s_anom, _ = model.score(anomalous, cfg)
-    assert maps.shape == (40, SIZE, SIZE)
-    labels = np.r_[np.zeros(40), np.ones(40)]
-    auroc = roc_auc_score(labels, np.r_[s_norm.numpy(), s_anom.numpy()])
+    auroc, s_anom = separation(model, normal, anomalous)
     assert auroc > 0.9, f"{name} AUROC {auroc:.3f}"
 
     # `own_tile_score` names exactly the models whose tile score ignores patch_reduce,
@@ -161,7 +169,7 @@ def test_model_separates_obvious_anomalies_and_round_trips(name, tmp_path):
     save_checkpoint(model, tmp_path / "model.pt", {"seed": 0})
     loaded, payload = load_checkpoint(tmp_path / "model.pt")
     assert payload["model"] == name
-    again, _ = loaded.score(anomalous, cfg)
+    again, _ = loaded.score(anomalous, SCORE_CFG)
     assert torch.allclose(again, s_anom, atol=1e-6)
 
     # The latent-space plot's codes: one flat vector per sample for models with a latent.
@@ -181,13 +189,7 @@ def test_every_model_sees_colour(name):
     # after 100; a luminance blob: 1.0 after either)
     model, rng = train_tiny(name, epochs=100 if name == "anogan" else 40, data=colour_stripes)
     normal = colour_stripes(40, rng)
-    anomalous = with_swapped_hue(colour_stripes(40, rng))
-    cfg = ScoreConfig(smooth_sigma=1.0, patch_reduce="topk_mean")
-    s_norm, maps = model.score(normal, cfg)
-    s_anom, _ = model.score(anomalous, cfg)
-    assert maps.shape == (40, SIZE, SIZE)
-    labels = np.r_[np.zeros(40), np.ones(40)]
-    auroc = roc_auc_score(labels, np.r_[s_norm.numpy(), s_anom.numpy()])
+    auroc, _ = separation(model, normal, with_swapped_hue(colour_stripes(40, rng)))
     assert auroc > 0.9, f"{name} AUROC {auroc:.3f}"
 
 
