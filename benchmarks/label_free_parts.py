@@ -107,9 +107,9 @@ def samples(
     views of ``view_side`` pixels (the defects keep their sizes in pixels)."""
     rng = np.random.default_rng([seed, len(label_free_real.PHOTOS) + PARTS.index(name)])
     image = part(name, view_side)
-    donor = part(PARTS[(PARTS.index(name) + 1) % len(PARTS)], view_side)
-    if donor.shape[-1] != image.shape[-1]:
-        donor = donor.mean(axis=2, keepdims=True).repeat(image.shape[-1], axis=2)
+    donor = label_free_real.donor_like(
+        part(PARTS[(PARTS.index(name) + 1) % len(PARTS)], view_side), image
+    )
     return label_free_real.draw_samples(lambda _: view(image, rng), donor, rng, n_train, n_test)
 
 

@@ -98,6 +98,14 @@ class Sample(NamedTuple):
     mask: np.ndarray | None = None
 
 
+def donor_like(donor: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """The foreign-texture donor with ``image``'s channels: a colour donor for a grayscale
+    photograph is averaged to grey (and, the other way, repeated)."""
+    if donor.shape[-1] == image.shape[-1]:
+        return donor
+    return donor.mean(axis=2, keepdims=True).repeat(image.shape[-1], axis=2)
+
+
 def draw_samples(
     take: Callable[[str], np.ndarray],
     donor: np.ndarray,
@@ -135,9 +143,7 @@ def samples(name: str, n_train: int, n_test: int, seed: int) -> Iterator[Sample]
     """Photograph ``name``'s dataset (see the module docstring), image by image."""
     rng = np.random.default_rng([seed, PHOTOS.index(name)])
     image = photo(name)
-    donor = photo(PHOTOS[(PHOTOS.index(name) + 1) % len(PHOTOS)])
-    if donor.shape[-1] != image.shape[-1]:
-        donor = donor.mean(axis=2, keepdims=True).repeat(image.shape[-1], axis=2)
+    donor = donor_like(photo(PHOTOS[(PHOTOS.index(name) + 1) % len(PHOTOS)]), image)
     half = image.shape[0] // 2
     rows = {"train": (0, half), "test": (half, image.shape[0])}
     return draw_samples(lambda split: _crop(image, rows[split], rng), donor, rng, n_train, n_test)

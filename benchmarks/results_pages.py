@@ -401,6 +401,14 @@ def ensemble_rows() -> tuple[list[dict], list[str], list[str]]:
     return rows, singles, ensembles
 
 
+def pick_line(rows: list[dict], only: list[str] | None = None) -> str:
+    """The last line of ``label_free_real.summary_text``: the pick's and the best's mean
+    real AUROC, the regrets and the pooled rank correlation."""
+    import label_free_real
+
+    return label_free_real.summary_text(rows, only).rsplit("\n", 1)[-1]
+
+
 def _pick_mean(rows: list[dict], candidates: list[str]) -> str:
     """Mean real image AUROC of what the label-free figure picks among ``candidates``."""
     import label_free_real
@@ -463,9 +471,9 @@ def ensemble_pipeline_section() -> str:
             "256-px tile would lose the detail, leaves): the single tiled candidates, "
             "then with the ensembles:",
             "",
-            label_free_real.summary_text(rows, tiled).rsplit("\n", 1)[-1],
+            pick_line(rows, tiled),
             "",
-            label_free_real.summary_text(rows, tiled + ensembles).rsplit("\n", 1)[-1],
+            pick_line(rows, tiled + ensembles),
         ]
     return "\n".join(lines)
 
@@ -806,16 +814,15 @@ def candidate_rows(extra: tuple[str, ...] = ()) -> list[dict]:
 def auto_candidate_text() -> str:
     """What ``anomaly select`` would pick on the photographs with the auto-tile variant
     in place of the whole-image candidate, and why it is not a default candidate."""
-    import label_free_real
 
     if not (RESULTS / "auto_tiles_real.jsonl").is_file():
         return ""
     swapped = [c for c in DEFAULT_CANDIDATES if "whole" not in c] + [AUTO_CANDIDATE]
-    line = label_free_real.summary_text(candidate_rows((AUTO_CANDIDATE,)), swapped)
+    line = pick_line(candidate_rows((AUTO_CANDIDATE,)), swapped)
     return (
         f"With `{AUTO_CANDIDATE}` (`patch.side=auto`, `models.patchcore.input_size=256`; "
         f"{_where('auto_tiles_real.jsonl')}) in place of the whole-image candidate: "
-        + line.rsplit("\n", 1)[-1]
+        + line
         + ". It is not a default candidate because of its cost on larger images (on the "
         "default fabric it did not finish: [tiles sized to the images]"
         "(#tiles-sized-to-the-images-patchside-auto)); add it to `select.candidates` "
@@ -904,7 +911,6 @@ PARTS_512 = ("label_free_parts_512_working.jsonl", "label_free_parts_512.jsonl")
 def parts_512_section() -> str:
     """Larger parts: the whole image shrunk to 256 px against 64-px tiles at full
     resolution, the label-free defects sized per candidate (before) and pinned (after)."""
-    import label_free_real
 
     before, after = (_jsonl(name) for name in PARTS_512)
     table = by_variant(after)
@@ -938,7 +944,7 @@ def parts_512_section() -> str:
             + f" | {statistics.mean(cells):.3f} |"
         )
     for label, rows in (("Per candidate", before), ("Pinned", after)):
-        lines += ["", f"{label}: " + label_free_real.summary_text(rows).rsplit("\n", 1)[-1] + "."]
+        lines += ["", f"{label}: " + pick_line(rows) + "."]
     return "\n".join(lines)
 
 
@@ -1047,7 +1053,7 @@ def lite2_section() -> str:
     for label, base, lite in LITE2_SETS:
         rows = [r for r in _jsonl(base) if r["variant"] in DEFAULT_CANDIDATES]
         lite_rows = [r for r in _jsonl(lite) if r["variant"] == LITE2]
-        present = {r["variant"] for r in rows}
+        assert WHOLE in {r["variant"] for r in rows}, label  # before its mean is taken
         with_lite0 = label_free_real.picks(rows, [*others, WHOLE])
         with_lite2 = label_free_real.picks(
             [r for r in rows if r["variant"] != WHOLE] + lite_rows, [*others, LITE2]
@@ -1068,7 +1074,6 @@ def lite2_section() -> str:
                 for r in rows
                 if r["variant"] == WHOLE
             )
-        assert WHOLE in present, label
         lines.append(
             f"| {label} | {alone[WHOLE]:.3f} | {alone[LITE2]:.3f} | {pick0:.3f} | {pick2:.3f} |"
         )
@@ -1160,7 +1165,6 @@ def cae_steps_section() -> str:
 
 def _cae_candidate_text(variant: str) -> str:
     """What ``anomaly select`` would pick with ``variant`` in place of the cae candidate."""
-    import label_free_real
 
     swapped = [c if c != "cae (defaults)" else variant for c in DEFAULT_CANDIDATES]
     texts = []
@@ -1170,7 +1174,7 @@ def _cae_candidate_text(variant: str) -> str:
     ):
         for candidates in (DEFAULT_CANDIDATES, swapped):
             picked = [r for r in rows if r["variant"] in candidates]
-            line = label_free_real.summary_text(picked, candidates).rsplit("\n", 1)[-1]
+            line = pick_line(picked, candidates)
             texts.append(f"{label}, {'with it' if candidates is swapped else 'as is'}: {line}")
     return (
         f"As `anomaly select`'s cae candidate (`{variant}` in place of the cae at its "
@@ -1219,7 +1223,6 @@ def sizing_text() -> str:
     """The label-free figure with defects sized by the tile (the rows kept in
     ``label_free_tile_sized.jsonl``) against the same variants' reruns with defects
     sized and drawn in image pixels: the bias the change removed, and the pick."""
-    import label_free_real
 
     real = (
         "select_candidates_real.jsonl",
@@ -1257,10 +1260,7 @@ def sizing_text() -> str:
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     keep = [v for v in variants if v in test]
     picks = [
-        f"{label}: "
-        + label_free_real.summary_text([r for r in rows if r["variant"] in keep]).rsplit("\n", 1)[
-            -1
-        ]
+        f"{label}: " + pick_line([r for r in rows if r["variant"] in keep])
         for label, rows in (("sized by the tile", previous), ("in image pixels", current))
     ]
     lines += [
@@ -1675,31 +1675,28 @@ def readme_block() -> str:
         note = _provenance_file().get("compare_anomalib_heads.jsonl", {}).get("note")
         if note:
             lines += ["", f"Note: {note[0].upper()}{note[1:]}"]
-    import label_free_real
 
     rows, singles, ensembles = ensemble_rows()
-    summary = label_free_real.summary_text(candidate_rows(), DEFAULT_CANDIDATES)
+    summary = pick_line(candidate_rows(), DEFAULT_CANDIDATES)
     lines += [
         "",
         "Seven real photographs shipped with scikit-image, cut into crops with simulated "
         f"defects ({'; '.join(_where(n) for n in CANDIDATE_FILES)}), the model "
         "`anomaly select` picks among its default candidates without labels, against the "
-        "best candidate per photograph: " + summary.rsplit("\n", 1)[-1] + ".",
+        "best candidate per photograph: " + summary + ".",
     ]
     if (RESULTS / PARTS_FILE).is_file():
-        held_out = label_free_real.summary_text(parts_rows(), DEFAULT_CANDIDATES)
+        held_out = pick_line(parts_rows(), DEFAULT_CANDIDATES)
         lines += [
             "",
             "Seven other photographs, held out from every choice, as parts under a camera "
             f"(shifted, turned, lit; {_where(PARTS_FILE)}; [results]"
             "(docs/results.md#held-out-parts-does-the-pick-hold-on-photographs-no-choice-was-made-on)): "
-            + held_out.rsplit("\n", 1)[-1]
+            + held_out
             + ".",
         ]
     if all((RESULTS / name).is_file() for name in PARTS_512):
-        before, after = (
-            label_free_real.summary_text(_jsonl(name)).rsplit("\n", 1)[-1] for name in PARTS_512
-        )
+        before, after = (pick_line(_jsonl(name)) for name in PARTS_512)
         lines += [
             "",
             "On four of them as 512-px views, where one candidate shrinks the images to 256 px "
@@ -1715,12 +1712,7 @@ def readme_block() -> str:
         ]
     few = [files[0] for files in FEW_IMAGES.values()]
     if all((RESULTS / name).is_file() for name in few):
-        picks = [
-            label_free_real.summary_text(_jsonl(name), DEFAULT_CANDIDATES)
-            .rsplit("\n", 1)[-1]
-            .split("; pooled")[0]
-            for name in few
-        ]
+        picks = [pick_line(_jsonl(name), DEFAULT_CANDIDATES).split("; pooled")[0] for name in few]
         lines += [
             "",
             "With 30 good training images instead of 100 (4 or 5 good validation images "
