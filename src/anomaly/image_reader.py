@@ -42,7 +42,8 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,11 @@ DEEP_PEAK_MIN = 1 << 14
 CLIP_SAMPLE, CLIP_SHARE = 20, 0.01
 
 IntensityRange = Sequence[float] | None
+
+
+def _is_deep(mode: str) -> bool:
+    """Single-band 16-bit, 32-bit or float: scaled by bit depth or ``intensity_range``."""
+    return mode in ("I", "F") or mode.startswith("I;16")
 
 
 def is_single_channel(mode: str) -> bool:
@@ -140,7 +146,7 @@ def decode(
     by the rules in this module's docstring. ``name`` is what errors call the image."""
     check_decodes(img, name)
     img = ImageOps.exif_transpose(img) or img
-    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+    if _is_deep(img.mode):
         gray = _scale_deep(img, name, intensity_range)
         return gray if mode == "L" else np.repeat(gray[..., None], 3, axis=2)
     if img.mode not in ("1", "L", "P", "RGB") and not is_single_channel(img.mode):
@@ -183,6 +189,19 @@ def _open_and_decode(
         raise DataError(f"{name}: corrupt or unreadable image ({exc})") from exc
 
 
+@contextmanager
+def _opened(path: Path) -> Iterator[Image.Image]:
+    """``Image.open(path)`` for a header or values read in the ``with`` body; a missing or
+    unreadable file, there or in the body, is a DataError naming it."""
+    try:
+        with Image.open(path) as img:
+            yield img
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: image not found") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: corrupt or unreadable image ({exc})") from exc
+
+
 def _deep_kind(img: Image.Image) -> str | None:
     """ "gray" for a 16-bit single-band image, "colour" for 16 bits per colour channel
     (which Pillow decodes to 8 bits, keeping the high byte), None for anything else
@@ -196,87 +215,31 @@ def _deep_kind(img: Image.Image) -> str | None:
     return "colour" if isinstance(rawmode, str) and ";16" in rawmode else None
 
 
-def _deep_peak(
-    path: Path, peaks: dict[str, int], intensity_range: IntensityRange
-) -> tuple[str, int] | None:
-    """(kind, peak) of a 16-bit image file whose kind :func:`check_deep_range` still has
-    to measure: the largest raw value of a single-band one; for colour, the largest
-    value its 8-bit reading can stand for (high byte, low byte all ones). None without
-    reading values for any other image, for single-band images when
-    ``intensity_range`` is set, and once a kind has reached the bound."""
-    try:
-        with Image.open(path) as img:
-            kind = _deep_kind(img)
-            if kind is None or (kind == "gray" and intensity_range is not None):
-                return None
-            if peaks.get(kind, 0) >= DEEP_PEAK_MIN:
-                return None
-            peak = int(np.asarray(img).max())
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: corrupt or unreadable image ({exc})") from exc
-    return kind, peak if kind == "gray" else (peak << 8) | 0xFF
+def _warn_clipping(
+    window: tuple[float, ...], clipped: list[tuple[float, float, float]], sampled: int
+) -> None:
+    """Say that ``patch.intensity_range`` (``window``) cut off a real share of some of the ``sampled``
+    images it applies to; ``clipped``: (share outside, min, max) of each such image. A
+    warning, not a refusal: a narrower window can be meant (contrast where it matters)."""
+    log.warning(
+        "patch.intensity_range [%g, %g] clips %d of the first %d images it applies to "
+        "(up to %.0f%% of an image's pixels; values reach %g to %g): what lies outside "
+        "turns black or white; widen the range unless that window is meant",
+        window[0],
+        window[1],
+        len(clipped),
+        sampled,
+        100 * max(share for share, _, _ in clipped),
+        min(low for _, low, _ in clipped),
+        max(high for _, _, high in clipped),
+    )
 
 
-def _warn_if_range_clips(paths: list[Path], intensity_range: Sequence[float]) -> None:
-    """Warn when ``patch.intensity_range`` cuts off a real share of the first
-    ``CLIP_SAMPLE`` images it applies to (16-bit, 32-bit and float single-band ones),
-    e.g. [0, 4095] set for a 14-bit camera: everything brighter turns white. A warning,
-    not a refusal: a narrower window can be meant (more contrast where it matters)."""
-    low, high = float(intensity_range[0]), float(intensity_range[1])
-    sampled, clipping, worst, reach = 0, 0, 0.0, (high, low)
-    for path in paths:
-        if sampled >= CLIP_SAMPLE:
-            break
-        try:
-            with Image.open(path) as img:
-                if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
-                    continue
-                values = np.asarray(img).astype(np.float64)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise DataError(f"{path}: corrupt or unreadable image ({exc})") from exc
-        sampled += 1
-        outside = float(((values < low) | (values > high)).mean())
-        if outside > CLIP_SHARE:
-            clipping += 1
-            worst = max(worst, outside)
-            reach = (max(reach[0], float(values.max())), min(reach[1], float(values.min())))
-    if clipping:
-        log.warning(
-            "patch.intensity_range [%g, %g] clips %d of the first %d images it applies to "
-            "(up to %.0f%% of an image's pixels; values reach %g to %g): what lies outside "
-            "turns black or white; widen the range unless that window is meant",
-            low,
-            high,
-            clipping,
-            sampled,
-            100 * worst,
-            reach[1],
-            reach[0],
-        )
-
-
-def check_deep_range(paths: Iterable[str | Path], intensity_range: IntensityRange) -> None:
-    """Refuse a dataset whose 16-bit images all stay below ``DEEP_PEAK_MIN``: a 12-bit
-    camera's files read by their 16-bit container would train on near-black images,
-    silently. Single-band images pass when ``patch.intensity_range`` says what their
-    values mean; colour ones always need the full range, since Pillow reads them by
-    their high byte and no range can bring the lost bits back. Values are read only
-    until a kind reaches the bound, so real 16-bit data costs a read or two. With a
-    range set, also warns when it clips (:func:`_warn_if_range_clips`)."""
-    paths = [Path(path) for path in paths]
-    if intensity_range is not None:
-        _warn_if_range_clips(paths, intensity_range)
-    peaks: dict[str, int] = {}
-    counts: dict[str, int] = {}
-    first: dict[str, Path] = {}
-    for path in paths:
-        measured = _deep_peak(path, peaks, intensity_range)
-        if measured is None:
-            continue
-        kind, peak = measured
-        counts[kind] = counts.get(kind, 0) + 1
-        first.setdefault(kind, path)
-        peaks[kind] = max(peaks.get(kind, 0), peak)
+def _refuse_low_range(
+    peaks: dict[str, int], counts: dict[str, int], first: dict[str, Path]
+) -> None:
+    """The refusal of :func:`check_deep_range` for the first kind whose peak stayed
+    below ``DEEP_PEAK_MIN``, if any."""
     for kind, peak in peaks.items():
         if peak >= DEEP_PEAK_MIN:
             continue
@@ -299,6 +262,47 @@ def check_deep_range(paths: Iterable[str | Path], intensity_range: IntensityRang
             "patch.intensity_range cannot rescale: save them scaled to the full 16-bit "
             "range, or as 8-bit images"
         )
+
+
+def check_deep_range(paths: Iterable[str | Path], intensity_range: IntensityRange) -> None:
+    """Refuse a dataset whose 16-bit images all stay below ``DEEP_PEAK_MIN``: a 12-bit
+    camera's files read by their 16-bit container would train on near-black images,
+    silently. Single-band images pass when ``patch.intensity_range`` says what their
+    values mean; colour ones always need the full range, since Pillow reads them by
+    their high byte and no range can bring the lost bits back. With a range set, warn
+    when it cuts off more than ``CLIP_SHARE`` of any of the first ``CLIP_SAMPLE`` images
+    it applies to (e.g. [0, 4095] on a 14-bit camera: everything brighter turns white).
+
+    One pass, one open per file: values are read only for the clipping sample and, per
+    kind, until one image reaches the bound, so real 16-bit data costs a read or two."""
+    peaks: dict[str, int] = {}  # per kind: the largest value seen (colour: its bound)
+    counts: dict[str, int] = {}
+    first: dict[str, Path] = {}
+    clipped: list[tuple[float, float, float]] = []
+    sampled = 0
+    window = None if intensity_range is None else tuple(map(float, intensity_range))
+    for path in map(Path, paths):
+        with _opened(path) as img:
+            if window is not None and sampled < CLIP_SAMPLE and _is_deep(img.mode):
+                values = np.asarray(img)
+                sampled += 1
+                share = float(((values < window[0]) | (values > window[1])).mean())
+                if share > CLIP_SHARE:
+                    clipped.append((share, float(values.min()), float(values.max())))
+            kind = _deep_kind(img)
+            if kind is None or (kind == "gray" and intensity_range is not None):
+                continue
+            if peaks.get(kind, 0) >= DEEP_PEAK_MIN:
+                continue
+            peak = int(np.asarray(img).max())
+        # colour: the largest value its 8-bit reading can stand for (high byte, low ones)
+        peak = peak if kind == "gray" else (peak << 8) | 0xFF
+        counts[kind] = counts.get(kind, 0) + 1
+        first.setdefault(kind, path)
+        peaks[kind] = max(peaks.get(kind, 0), peak)
+    if clipped:
+        _warn_clipping(window, clipped, sampled)
+    _refuse_low_range(peaks, counts, first)
 
 
 def read_mask(path: str | Path, expected_shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -331,12 +335,6 @@ def oriented_size(img: Image.Image) -> tuple[int, int]:
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(height, width) of an image file as displayed, from its header."""
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            width, height = oriented_size(img)
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: image not found") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: corrupt or unreadable image ({exc})") from exc
+    with _opened(Path(path)) as img:
+        width, height = oriented_size(img)
     return height, width
